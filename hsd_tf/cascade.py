@@ -1,0 +1,455 @@
+"""The cascade: a student and its teaching assistants as masked views of one network.
+
+    student T0  <-  T1  <-  ...  <-  TN (keeps every filter)  <-  frozen teacher
+
+Every conv kernel except the stem's is shared by all views. Each view owns its
+stem conv, every BatchNormalization layer, the dense head and one score vector
+per mask group (method.md section 1). `Cascade.train_step` trains all views in
+one step; the score gradient of view i is the straight-through score gradient
+of view i+1 (the paper's Eq. 5, method.md section 3).
+
+Phases (`Cascade.phase`):
+  "joint": all views, masks recomputed from the scores every step.
+  "frozen": all views, masks frozen (`freeze_masks`), scores untouched.
+  "finetune": only the student (shared kernels and its own layers) trains,
+      taught by the current rung of the teacher ladder: frozen snapshots of
+      T1..TN (`set_ladder`) and finally the pre-trained teacher.
+"""
+
+from typing import List, Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from hsd_tf import costs, losses, masks, network
+from hsd_tf.architectures import Architecture
+
+PHASES = ("joint", "frozen", "finetune")
+
+
+def view_names(num_views: int) -> List[str]:
+    return ["student"] + [f"ta{i}" for i in range(1, num_views)]
+
+
+def validate_prune_ratios(prune_ratios: Sequence[float]) -> None:
+    """Checks a student-first list of prune ratios.
+
+    Raises:
+        ValueError: Not in [0, 1), not strictly decreasing, or (with teaching
+            assistants) the top assistant prunes anything.
+    """
+    ratios = list(prune_ratios)
+    if not ratios:
+        raise ValueError("prune_ratios needs at least the student's ratio. Received: []")
+    if any(not 0.0 <= r < 1.0 for r in ratios):
+        raise ValueError(f"Every prune ratio must be in [0, 1). Received: prune_ratios={ratios}")
+    if any(a <= b for a, b in zip(ratios, ratios[1:])):
+        raise ValueError(f"Prune ratios must decrease from the student up. Received: prune_ratios={ratios}")
+    if len(ratios) > 1 and ratios[-1] != 0.0:
+        raise ValueError(f"The top teaching assistant keeps every filter (ratio 0). Received: prune_ratios={ratios}")
+
+
+def even_prune_ratios(student_ratio: float, num_ta: int) -> List[float]:
+    """Student ratio k0, then num_ta assistants evenly spaced down to 0."""
+    if num_ta == 0:
+        return [student_ratio]
+    return [student_ratio * (num_ta - i) / num_ta for i in range(num_ta + 1)]
+
+
+class View(keras.layers.Layer):
+    """The per-view state of one cascade member.
+
+    Args:
+        architecture: The full-width `Architecture`.
+        keep_ratio: Fraction of prunable filters this view keeps.
+        prefix: Layer name prefix ("student_", "ta1_", ...).
+    """
+
+    def __init__(self, architecture: Architecture, keep_ratio: float, prefix: str, **kwargs):
+        super().__init__(**kwargs)
+        self.keep_ratio = keep_ratio
+        self.filter_counts = [len(architecture.group_members(g)) for g in architecture.group_names]
+        self.stem = network.make_layer(architecture, architecture.stem, "conv", prefix)
+        self.batch_norms = {
+            node.name: network.make_layer(architecture, node, "bn", prefix)
+            for node in architecture.nodes if node.op in ("conv", "depthwise")
+        }
+        self.head = {
+            node.name: network.make_layer(architecture, node, "dense", prefix)
+            for node in architecture.nodes if node.op == "dense"
+        }
+        self.scores = [
+            self.add_weight(shape=(size,), initializer="ones", name=f"score_{group}")
+            for group, size in architecture.groups
+        ]
+        self.frozen_masks = [
+            self.add_weight(shape=(size,), initializer="ones", trainable=False, name=f"mask_{group}")
+            for group, size in architecture.groups
+        ]
+
+    def hard_masks(self, frozen: bool) -> List[tf.Tensor]:
+        """0/1 masks: the frozen ones, or top-k of the current scores."""
+        if frozen:
+            return [tf.convert_to_tensor(m) for m in self.frozen_masks]
+        return masks.topk_masks([tf.convert_to_tensor(s) for s in self.scores], self.filter_counts, self.keep_ratio)
+
+    def masks(self, frozen: bool) -> List[tf.Tensor]:
+        """Masks with the straight-through gradient into the scores."""
+        return [masks.straight_through(m, s) for m, s in zip(self.hard_masks(frozen), self.scores)]
+
+    def kept_fraction(self, hard_masks) -> tf.Tensor:
+        kept = sum(tf.reduce_sum(m) * c for m, c in zip(hard_masks, self.filter_counts))
+        total = sum(int(m.shape[0]) * c for m, c in zip(hard_masks, self.filter_counts))
+        return kept / total
+
+    def weight_variables(self) -> list:
+        """Trainable variables of this view other than its scores."""
+        score_ids = {id(s) for s in self.scores}
+        return [v for v in self.trainable_variables if id(v) not in score_ids]
+
+
+@keras.saving.register_keras_serializable("hsd_tf")
+class Cascade(keras.Model):
+    """Student and teaching assistants trained jointly over one set of kernels.
+
+    Args:
+        architecture: Full-width `Architecture` (or its config dict).
+        prune_ratios: Student first, strictly decreasing; with assistants the
+            last is 0 (TN keeps every filter).
+        teacher: The pre-trained dense `keras.Model` of the same architecture,
+            frozen, teaching the top view. Needed for training, not for
+            evaluation or for a ladder snapshot.
+        kd_weight: lambda_KD.
+        temperature: tau.
+        hint_weight: lambda_H (0: no hint loss).
+    """
+
+    def __init__(
+        self,
+        architecture,
+        prune_ratios: Sequence[float],
+        teacher: Optional[keras.Model] = None,
+        kd_weight: float = 0.4,
+        temperature: float = 15.0,
+        hint_weight: float = 0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if isinstance(architecture, dict):
+            architecture = Architecture.from_config(architecture)
+        validate_prune_ratios(prune_ratios)
+        self.architecture = architecture
+        self.prune_ratios = [float(r) for r in prune_ratios]
+        self.kd_weight = float(kd_weight)
+        self.temperature = float(temperature)
+        self.hint_weight = float(hint_weight)
+        self.view_names = view_names(len(self.prune_ratios))
+        self.phase = "joint"
+        self.score_optimizer = None
+
+        stem = architecture.stem.name
+        shared = {}
+        for node in architecture.nodes:
+            for role in _shared_roles(node, stem):
+                shared[f"{node.name}:{role}"] = network.make_layer(architecture, node, role)
+        self.shared = shared
+        self.views = [
+            View(architecture, 1.0 - ratio, f"{name}_", name=name)
+            for name, ratio in zip(self.view_names, self.prune_ratios)
+        ]
+        self.teacher = None
+        if teacher is not None:
+            self.teacher = network.feature_model(teacher, architecture)
+            self.teacher.trainable = False
+        # The teacher ladder of fine-tuning: its position is state to resume.
+        self.ladder_rung = self.add_weight(
+            shape=(), initializer="zeros", dtype="int32", trainable=False, name="ladder_rung"
+        )
+        self._rung = 0
+        self._metric_names = []
+        self._trackers = {}
+        for name in self.view_names:
+            for key, metric in (
+                ("loss", keras.metrics.Mean), ("acc", keras.metrics.SparseCategoricalAccuracy),
+                ("kept", keras.metrics.Mean), ("ce", keras.metrics.Mean), ("kd", keras.metrics.Mean),
+                ("hint", keras.metrics.Mean),
+            ):
+                self._trackers[f"{name}_{key}"] = metric(name=f"{name}_{key}")
+        self._trackers["loss"] = keras.metrics.Mean(name="loss")
+
+        dummy = tf.zeros((1,) + tuple(architecture.input_shape))
+        for i in range(len(self.views)):
+            self.view_forward(i, dummy, training=False)
+        self.built = True
+
+    # ----------------------------------------------------------------- forward
+
+    def view_forward(self, index: int, images, training=False, frozen: Optional[bool] = None):
+        """Logits and hint features of view `index`.
+
+        Args:
+            index: 0 for the student, i for TA i.
+            images: Image batch.
+            training: BatchNorm mode.
+            frozen: Use frozen masks; defaults to the phase's choice.
+
+        Returns:
+            (logits, hints).
+        """
+        if frozen is None:
+            frozen = self.phase != "joint"
+        view = self.views[index]
+        group_masks = dict(zip(self.architecture.group_names, view.masks(frozen)))
+        stem = self.architecture.stem.name
+
+        def layer_for(node, role):
+            if role == "conv" and node.name == stem:
+                return view.stem
+            if role == "bn":
+                return view.batch_norms[node.name]
+            if role == "dense":
+                return view.head[node.name]
+            return self.shared[f"{node.name}:{role}"]
+
+        return network.run_graph(self.architecture, images, layer_for, group_masks.get, training)
+
+    def call(self, images, training=False):
+        """The student's logits."""
+        return self.view_forward(0, images, training=training)[0]
+
+    # ------------------------------------------------------------------- state
+
+    def initialize_from(self, teacher: keras.Model) -> None:
+        """Copies a dense pre-trained model into every view; scores from L1 norms.
+
+        Args:
+            teacher: Dense model of this architecture (`network.build_model`),
+                matched by layer name.
+        """
+        arch = self.architecture
+        for node in arch.nodes:
+            if node.op in ("conv", "depthwise"):
+                kernel = teacher.get_layer(node.name).get_weights()
+                if node.name != arch.stem.name:
+                    self.shared[f"{node.name}:conv"].set_weights(kernel)
+                bn = teacher.get_layer(network.layer_name(node, "bn")).get_weights()
+                for view in self.views:
+                    view.batch_norms[node.name].set_weights(bn)
+                    if node.name == arch.stem.name:
+                        view.stem.set_weights(kernel)
+            elif node.op == "dense":
+                for view in self.views:
+                    view.head[node.name].set_weights(teacher.get_layer(node.name).get_weights())
+        # A shared group's score is the sum of its members' scores.
+        for g, group in enumerate(arch.group_names):
+            score = sum(masks.l1_scores(teacher.get_layer(member).get_weights()[0])
+                        for member in arch.group_members(group))
+            for view in self.views:
+                view.scores[g].assign(score)
+
+    def freeze_masks(self) -> None:
+        """Stores every view's current top-k masks; later phases use them."""
+        for view in self.views:
+            for variable, mask in zip(view.frozen_masks, view.hard_masks(frozen=False)):
+                variable.assign(mask)
+
+    def set_phase(self, phase: str) -> None:
+        """Switches the phase and forces the step functions to be retraced."""
+        if phase not in PHASES:
+            raise ValueError(f"Unknown phase; expected one of {PHASES}. Received: {phase!r}")
+        self.phase = phase
+        self.train_function = self.test_function = self.predict_function = None
+
+    def snapshot(self) -> "Cascade":
+        """A frozen copy of the views (no teacher), masks frozen."""
+        copy = Cascade(
+            self.architecture, self.prune_ratios, kd_weight=self.kd_weight,
+            temperature=self.temperature, hint_weight=self.hint_weight, name=f"{self.name}_snapshot",
+        )
+        for key, layer in self.shared.items():
+            copy.shared[key].set_weights(layer.get_weights())
+        for view, source in zip(copy.views, self.views):
+            view.set_weights(source.get_weights())
+        copy.set_phase("frozen")
+        copy.trainable = False
+        return copy
+
+    def set_ladder(self, snapshot: "Cascade") -> None:
+        """Gives fine-tuning its frozen TA snapshots (rungs 0..N-1 are T1..TN).
+
+        Args:
+            snapshot: `snapshot()` taken at the end of the frozen-mask phase.
+                Only its forward pass is kept, so it is neither trained nor
+                saved with this model: the student gets its own copy of the
+                weights and the TAs stay as they were.
+        """
+        object.__setattr__(self, "_ladder_forward", snapshot.view_forward)
+
+    def set_ladder_rung(self, rung: Optional[int] = None) -> None:
+        """Moves fine-tuning to teacher `rung` (default: the stored one) and retraces."""
+        if rung is None:
+            rung = int(self.ladder_rung.numpy())
+        self.ladder_rung.assign(rung)
+        self._rung = rung
+        if self.train_function is not None:  # inside fit: swap the traced step now
+            self.make_train_function(force=True)
+
+    @property
+    def ladder_rung_value(self) -> int:
+        """The fine-tuning teacher's rung: 0..N-1 are T1..TN, N the pre-trained teacher."""
+        return self._rung
+
+    def ladder_teacher(self, rung: int, images):
+        """Logits and hints of the fine-tuning teacher at `rung`."""
+        if rung < len(self.views) - 1:
+            return self._ladder_forward(rung + 1, images, training=False, frozen=True)
+        logits, hints = self.teacher(images, training=False)
+        return logits, list(hints)
+
+    def hard_masks(self, index: int, frozen: Optional[bool] = None) -> List[np.ndarray]:
+        """The 0/1 masks of view `index` as numpy arrays, group order."""
+        if frozen is None:
+            frozen = self.phase != "joint"
+        return [np.asarray(m) for m in self.views[index].hard_masks(frozen)]
+
+    def kept_filters(self, index: int, frozen: Optional[bool] = None) -> dict:
+        """Group name -> kept filters of view `index`."""
+        return {g: int(m.sum()) for g, m in zip(self.architecture.group_names, self.hard_masks(index, frozen))}
+
+    def view_architecture(self, index: int, frozen: Optional[bool] = None) -> Architecture:
+        """The architecture of view `index` with its masked filters removed."""
+        return self.architecture.with_widths(self.kept_filters(index, frozen))
+
+    def view_costs(self, frozen: Optional[bool] = None) -> List[dict]:
+        """Per view: name, prune ratio, filters kept/total, params and MACs."""
+        rows = []
+        for i, name in enumerate(self.view_names):
+            slim = self.view_architecture(i, frozen)
+            report = costs.profile(slim)
+            rows.append({
+                "name": name,
+                "prune_ratio": self.prune_ratios[i],
+                "filters_kept": slim.total_filters,
+                "filters_total": self.architecture.total_filters,
+                "params": report["params"],
+                "macs": report["macs"],
+            })
+        return rows
+
+    # -------------------------------------------------------------- training
+
+    def compile(self, optimizer="sgd", score_optimizer=None, **kwargs):
+        """Args: optimizer for the weights, score_optimizer (default RMSprop) for the scores."""
+        super().compile(optimizer=optimizer, **kwargs)
+        self.score_optimizer = keras.optimizers.get(score_optimizer or "rmsprop")
+        self.score_optimizer.build([s for v in self.views for s in v.scores])
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values())
+
+    def _active_views(self) -> range:
+        return range(1) if self.phase == "finetune" else range(len(self.views))
+
+    def _weight_variables(self) -> list:
+        shared = [v for layer in self.shared.values() for v in layer.trainable_variables]
+        views = [self.views[i] for i in self._active_views()]
+        return shared + [v for view in views for v in view.weight_variables()]
+
+    def _teacher_outputs(self, index: int, outputs, images):
+        """Detached logits and hints of the teacher of view `index`."""
+        if self.phase == "finetune":
+            return self.ladder_teacher(self._rung, images)
+        if index + 1 < len(outputs):
+            return outputs[index + 1]
+        if self.teacher is None:
+            raise ValueError("Training the top view needs the pre-trained teacher; pass teacher=.")
+        logits, hints = self.teacher(images, training=False)
+        return logits, list(hints)
+
+    def train_step(self, data):
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        active = self._active_views()
+        frozen = self.phase != "joint"
+        weights = self._weight_variables()
+        scores = [s for i in active for s in self.views[i].scores]
+        with tf.GradientTape() as tape:
+            outputs = [self.view_forward(i, images, training=True) for i in active]
+            terms = []
+            for i in active:
+                teacher_logits, teacher_hints = self._teacher_outputs(i, outputs, images)
+                terms.append(losses.pair_loss(
+                    labels, outputs[i][0], teacher_logits, outputs[i][1], teacher_hints,
+                    kd_weight=self.kd_weight, temperature=self.temperature,
+                    hint_weight=self.hint_weight,
+                ))
+            total = tf.add_n([t["loss"] for t in terms])
+        grads = tape.gradient(total, weights + scores)
+        self.optimizer.apply(grads[: len(weights)], weights)
+        if not frozen:
+            self._apply_score_gradients(grads[len(weights):])
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        for i in active:
+            name = self.view_names[i]
+            for key in ("loss", "ce", "kd", "hint"):
+                self._trackers[f"{name}_{key}"].update_state(terms[i][key] * replicas)
+            self._trackers[f"{name}_acc"].update_state(labels, outputs[i][0])
+            self._trackers[f"{name}_kept"].update_state(self.views[i].kept_fraction(self.views[i].hard_masks(frozen)))
+        self._trackers["loss"].update_state(total * replicas)
+        return self._logs(active)
+
+    def _apply_score_gradients(self, score_grads) -> None:
+        """Eq. 5: view i's scores step along view i+1's score gradient."""
+        per_view = len(self.architecture.groups)
+        grads = [score_grads[i * per_view:(i + 1) * per_view] for i in range(len(self.views))]
+        if len(self.views) == 1:
+            pairs = list(zip(grads[0], self.views[0].scores))
+        else:
+            pairs = [
+                (g, s)
+                for i in range(len(self.views) - 1)
+                for g, s in zip(grads[i + 1], self.views[i].scores)
+            ]
+        self.score_optimizer.apply([g for g, _ in pairs], [s for _, s in pairs])
+
+    def test_step(self, data):
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        active = self._active_views()
+        frozen = self.phase != "joint"
+        for i in active:
+            logits, _ = self.view_forward(i, images, training=False)
+            name = self.view_names[i]
+            self._trackers[f"{name}_acc"].update_state(labels, logits)
+            self._trackers[f"{name}_kept"].update_state(self.views[i].kept_fraction(self.views[i].hard_masks(frozen)))
+        return {k: self._trackers[k].result()
+                for i in active for k in (f"{self.view_names[i]}_acc", f"{self.view_names[i]}_kept")}
+
+    def _logs(self, active) -> dict:
+        keys = ["loss"] + [f"{self.view_names[i]}_{k}" for i in active for k in ("loss", "acc", "kept")]
+        return {k: self._trackers[k].result() for k in keys}
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "architecture": self.architecture.get_config(),
+            "prune_ratios": self.prune_ratios,
+            "kd_weight": self.kd_weight,
+            "temperature": self.temperature,
+            "hint_weight": self.hint_weight,
+        }
+
+
+def _shared_roles(node, stem: str) -> List[str]:
+    """Roles of a node whose layers all views share (kernels and stateless ops)."""
+    if node.op in ("conv", "depthwise"):
+        roles = ["pad"] if node.pad else []
+        roles += [] if node.name == stem else ["conv"]
+        return roles + (["relu"] if node.relu else [])
+    if node.op == "add":
+        return ["add"] + (["relu"] if node.relu else [])
+    if node.op == "maxpool":
+        return (["pad"] if node.pad else []) + ["pool"]
+    if node.op in ("gap", "flatten"):
+        return [node.op]
+    return []

@@ -1,0 +1,161 @@
+"""Run configuration: one dataclass, validated before any heavy work.
+
+`main.py` fills it from absl flags (field names are the flag names); the
+Python API can build it directly. Defaults are the paper's CIFAR settings
+(method.md section 5).
+"""
+
+import dataclasses
+import json
+import os
+from typing import List, Optional
+
+from hsd_tf import architectures, cascade, data
+
+SCORE_OPTIMIZERS = ("rmsprop", "adam")
+MODES = ("train", "profile")
+# What must match between a run and the model_dir it resumes.
+IDENTITY_FIELDS = ("dataset", "arch", "num_ta", "prune_ratio", "ta_ratios", "width_multiplier", "image_size")
+
+
+class ConfigError(ValueError):
+    """A user mistake in one setting. `str(error)` is the one-line message."""
+
+    def __init__(self, flag: str, value, reason: str):
+        super().__init__(f"--{flag}: {reason}. Received: {flag}={value!r}")
+        self.flag = flag
+
+
+@dataclasses.dataclass
+class Config:
+    """Everything one run needs. See `main.py` for each field's help text."""
+
+    mode: str = "train"
+    dataset: str = "cifar10"
+    arch: str = "vgg16"
+    num_ta: int = 2
+    prune_ratio: float = 0.6
+    ta_ratios: Optional[List[float]] = None
+    width_multiplier: float = 1.0
+    image_size: Optional[int] = None
+    data_dir: Optional[str] = None
+    val_fraction: float = 0.1
+    model_dir: str = "runs/default"
+    teacher: Optional[str] = None
+    teacher_epochs: int = 160
+    teacher_learning_rate: float = 0.1
+    joint_epochs: int = 80
+    frozen_epochs: int = 0
+    finetune_epochs: int = 80
+    batch_size: int = 128
+    learning_rate: float = 0.008
+    lr_cycle_epochs: int = 5
+    lr_peak_decay: float = 0.8
+    momentum: float = 0.9
+    weight_decay: float = 4e-4
+    score_optimizer: str = "rmsprop"
+    score_learning_rate: float = 1e-3
+    kd_weight: float = 0.4
+    temperature: float = 15.0
+    hint_weight: float = 0.001
+    seed: int = 0
+    verbose: int = 2
+    profile_json: Optional[str] = None
+
+    def prune_ratios(self) -> List[float]:
+        """Student first: the explicit TA list, or even spacing down to 0."""
+        if self.ta_ratios:
+            return [self.prune_ratio] + list(self.ta_ratios)
+        return cascade.even_prune_ratios(self.prune_ratio, self.num_ta)
+
+    def validate(self) -> None:
+        """Raises ConfigError naming the first bad setting."""
+        _choice("mode", self.mode, MODES)
+        try:
+            data.validate_name(self.dataset)
+        except data.DatasetError as error:
+            raise ConfigError("dataset", self.dataset, "unknown dataset; expected one of " + ", ".join(data.DATASETS)) from error
+        _choice("arch", self.arch, tuple(architectures.ARCHITECTURES))
+        if self.dataset.startswith("folder:"):
+            root = self.dataset[len("folder:"):]
+            if not os.path.isdir(root):
+                raise ConfigError("dataset", self.dataset, "folder not found")
+        if self.dataset == "imagenet2012" and not self.data_dir and self.mode == "train":
+            raise ConfigError("data_dir", self.data_dir, "imagenet2012 needs the folder holding the ILSVRC2012 archives")
+        if self.num_ta < 0:
+            raise ConfigError("num_ta", self.num_ta, "must be 0 or more")
+        if not 0.0 <= self.prune_ratio < 1.0:
+            raise ConfigError("prune_ratio", self.prune_ratio, "must be in [0, 1)")
+        if self.ta_ratios:
+            if len(self.ta_ratios) != self.num_ta:
+                raise ConfigError("ta_ratios", self.ta_ratios, f"needs num_ta={self.num_ta} values, the last 0")
+            try:
+                cascade.validate_prune_ratios(self.prune_ratios())
+            except ValueError as error:
+                raise ConfigError(
+                    "ta_ratios", self.ta_ratios,
+                    "must be in [0, 1), decrease from below prune_ratio and end at 0",
+                ) from error
+        elif self.num_ta and self.prune_ratio == 0.0:
+            raise ConfigError("prune_ratio", self.prune_ratio, "must be above 0 when there are teaching assistants")
+        if not self.width_multiplier > 0:
+            raise ConfigError("width_multiplier", self.width_multiplier, "must be positive")
+        if self.image_size is not None and self.image_size < 8:
+            raise ConfigError("image_size", self.image_size, "must be at least 8")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError("val_fraction", self.val_fraction, "must be in [0, 1)")
+        for name in ("teacher_epochs", "joint_epochs", "finetune_epochs", "batch_size", "lr_cycle_epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, getattr(self, name), "must be at least 1")
+        if self.frozen_epochs < 0:
+            raise ConfigError("frozen_epochs", self.frozen_epochs, "must be 0 or more")
+        for name in ("learning_rate", "teacher_learning_rate", "score_learning_rate", "temperature"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(name, getattr(self, name), "must be positive")
+        for name in ("kd_weight", "lr_peak_decay", "momentum"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(name, getattr(self, name), "must be in [0, 1]")
+        for name in ("hint_weight", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, getattr(self, name), "must be 0 or more")
+        _choice("score_optimizer", self.score_optimizer, SCORE_OPTIMIZERS)
+        if self.teacher == "imagenet" and (self.arch != "resnet50" or self.dataset != "imagenet2012"):
+            raise ConfigError("teacher", self.teacher, "'imagenet' weights exist for --arch=resnet50 --dataset=imagenet2012 only")
+        if self.teacher not in (None, "imagenet") and not os.path.exists(self.teacher):
+            raise ConfigError("teacher", self.teacher, "file not found (expected a .keras or .weights.h5 file, or 'imagenet')")
+
+    def identity(self) -> dict:
+        return {name: getattr(self, name) for name in IDENTITY_FIELDS}
+
+    def check_model_dir(self) -> None:
+        """Refuses to resume a model_dir made with a different run identity.
+
+        The first run writes `config.json`; later runs must agree on every
+        field of `IDENTITY_FIELDS`.
+        """
+        path = os.path.join(self.model_dir, "config.json")
+        if not os.path.exists(path):
+            return
+        with open(path) as f:
+            stored = json.load(f)
+        for name, value in self.identity().items():
+            if name in stored and _normalise(stored[name]) != _normalise(value):
+                raise ConfigError(
+                    name, value,
+                    f"model_dir {self.model_dir} holds a run with {name}={stored[name]!r}; "
+                    "use another --model_dir",
+                )
+
+    def save(self) -> None:
+        os.makedirs(self.model_dir, exist_ok=True)
+        with open(os.path.join(self.model_dir, "config.json"), "w") as f:
+            json.dump(dataclasses.asdict(self), f, indent=2)
+
+
+def _normalise(value):
+    return [float(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _choice(flag, value, choices):
+    if value not in choices:
+        raise ConfigError(flag, value, f"expected one of {', '.join(choices)}")

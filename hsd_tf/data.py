@@ -1,0 +1,372 @@
+"""Input pipelines: tfds datasets, the offline digits set, and image folders.
+
+Every dataset yields (float32 image, int label) batches. Training batches are
+shuffled, augmented and have a fixed size (drop_remainder) so that every step
+splits evenly over replicas; evaluation pipelines are deterministic and keep
+every example. A validation split for the teacher ladder of fine-tuning is
+held out of the *training* split (`val_fraction`), never taken from the test
+split whose accuracy is reported.
+"""
+
+import dataclasses
+import os
+import socket
+import urllib.parse
+from typing import Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+AUTOTUNE = tf.data.AUTOTUNE
+TFDS_DATASETS = ("cifar10", "cifar100", "imagenet2012")
+DATASETS = TFDS_DATASETS + ("digits", "folder:PATH")
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
+
+# Per-channel statistics of the training images, in [0, 1] RGB.
+CIFAR_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+# keras.applications' "caffe" preprocessing (BGR, mean subtracted), so the
+# Keras ImageNet ResNet50 weights can serve as the teacher.
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+DIGITS_TEST_EXAMPLES = 360
+DIGITS_SPLIT_SEED = 0
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be read or prepared; the message says what to do."""
+
+
+@dataclasses.dataclass
+class Data:
+    """Batched pipelines and what the model needs to know about them.
+
+    Attributes:
+        name: Dataset name as given.
+        train: Shuffled, augmented training batches (repeats each epoch).
+        val: Held-out training examples, evaluation pipeline (None if
+            val_fraction is 0).
+        test: Test split, evaluation pipeline.
+        num_classes: Number of labels.
+        input_shape: (height, width, channels).
+        train_examples: Examples in `train` per epoch before batching.
+        steps_per_epoch: Training batches per epoch.
+    """
+
+    name: str
+    train: tf.data.Dataset
+    val: Optional[tf.data.Dataset]
+    test: tf.data.Dataset
+    num_classes: int
+    input_shape: Tuple[int, int, int]
+    train_examples: int
+    steps_per_epoch: int
+
+
+def validate_name(name: str) -> None:
+    """Raises DatasetError for a name that is none of `DATASETS`."""
+    if name in TFDS_DATASETS or name == "digits":
+        return
+    if name.startswith("folder:") and len(name) > len("folder:"):
+        return
+    raise DatasetError(f"Unknown dataset; expected one of {', '.join(DATASETS)}. Received: dataset={name!r}")
+
+
+def native_image_size(name: str) -> Optional[int]:
+    """Side of a dataset's images as the models see them; None for folders."""
+    if name == "imagenet2012":
+        return 224
+    if name.startswith("folder:"):
+        return None
+    return 32
+
+
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000, "digits": 10}
+
+
+def describe(name: str, image_size: Optional[int] = None) -> Tuple[Tuple[int, int, int], int]:
+    """(input_shape, num_classes) of a dataset without reading its images."""
+    validate_name(name)
+    size = native_image_size(name) or image_size or 32
+    if name.startswith("folder:"):
+        root = os.path.join(name[len("folder:"):], "train")
+        classes = [d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))] if os.path.isdir(root) else []
+        return (size, size, 3), len(classes)
+    return (size, size, 3), NUM_CLASSES[name]
+
+
+def load(
+    name: str,
+    batch_size: int,
+    data_dir: Optional[str] = None,
+    val_fraction: float = 0.1,
+    image_size: Optional[int] = None,
+    seed: int = 0,
+    eval_batch_size: Optional[int] = None,
+) -> Data:
+    """Builds the train, validation and test pipelines of a dataset.
+
+    Args:
+        name: "cifar10", "cifar100", "imagenet2012", "digits" or "folder:PATH".
+        batch_size: Global training batch size.
+        data_dir: tfds data directory; for imagenet2012 it must hold the
+            manual archives (or their `downloads/manual` folder).
+        val_fraction: Fraction of the training split held out for validation.
+        image_size: Side of the square images for `folder:` datasets.
+        seed: Shuffle and augmentation seed.
+        eval_batch_size: Evaluation batch size (default: batch_size).
+
+    Returns:
+        A `Data`.
+
+    Raises:
+        DatasetError: The dataset is unknown, unreadable or not downloadable.
+    """
+    validate_name(name)
+    eval_batch_size = eval_batch_size or batch_size
+    if name == "digits":
+        splits, num_classes, size = _digits(val_fraction)
+    elif name.startswith("folder:"):
+        splits, num_classes, size = _folder(name[len("folder:"):], val_fraction, image_size or 32, seed)
+    else:
+        splits, num_classes, size = _tfds(name, data_dir, val_fraction)
+    (train, train_examples), val, test = splits
+    train_fn, eval_fn = _preprocessors(name, size)
+    train_ds = (
+        train.shuffle(min(train_examples, 50_000), seed=seed, reshuffle_each_iteration=True)
+        .map(train_fn, num_parallel_calls=AUTOTUNE)
+        .batch(batch_size, drop_remainder=True)
+        .prefetch(AUTOTUNE)
+    )
+
+    def evaluation(ds):
+        return ds.map(eval_fn, num_parallel_calls=AUTOTUNE, deterministic=True).batch(eval_batch_size).prefetch(AUTOTUNE)
+
+    if train_examples < batch_size:
+        raise DatasetError(
+            f"batch_size is larger than the {train_examples} training examples of {name}. "
+            f"Received: batch_size={batch_size}"
+        )
+    return Data(
+        name=name,
+        train=train_ds,
+        val=evaluation(val[0]) if val is not None else None,
+        test=evaluation(test[0]),
+        num_classes=num_classes,
+        input_shape=(size, size, 3),
+        train_examples=train_examples,
+        steps_per_epoch=train_examples // batch_size,
+    )
+
+
+# --------------------------------------------------------------------- digits
+
+
+def _digits(val_fraction):
+    """scikit-learn's 1,797 8x8 digits: a fixed split of 360 test images."""
+    from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
+
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)[..., None]
+    labels = digits.target.astype(np.int32)
+    order = np.random.RandomState(DIGITS_SPLIT_SEED).permutation(len(labels))
+    test_idx, train_idx = order[:DIGITS_TEST_EXAMPLES], order[DIGITS_TEST_EXAMPLES:]
+    n_val = int(round(len(train_idx) * val_fraction))
+    val_idx, train_idx = train_idx[:n_val], train_idx[n_val:]
+
+    def split(idx):
+        return tf.data.Dataset.from_tensor_slices((images[idx], labels[idx])), len(idx)
+
+    return (split(train_idx), split(val_idx) if n_val else None, split(test_idx)), 10, 32
+
+
+# ----------------------------------------------------------------------- tfds
+
+
+def _tfds(name, data_dir, val_fraction):
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+    percent = int(round(val_fraction * 100))
+    if abs(percent - val_fraction * 100) > 1e-6:
+        raise DatasetError(
+            f"val_fraction must be a whole percentage for tfds datasets. Received: val_fraction={val_fraction}"
+        )
+    builder = tfds.builder(name, data_dir=data_dir)
+    _prepare(builder, name, data_dir)
+    test_split = "validation" if name == "imagenet2012" else "test"
+    read = {"as_supervised": True, "shuffle_files": False}
+    train_split = f"train[:{100 - percent}%]" if percent else "train"
+    train = builder.as_dataset(split=train_split, **read)
+    val = builder.as_dataset(split=f"train[{100 - percent}%:]", **read) if percent else None
+    test = builder.as_dataset(split=test_split, **read)
+    num_classes = builder.info.features["label"].num_classes
+    size = native_image_size(name)
+    val = (val, int(val.cardinality())) if val is not None else None
+    return ((train, int(train.cardinality())), val, (test, int(test.cardinality()))), num_classes, size
+
+
+def _prepare(builder, name, data_dir):
+    """Prepares a tfds dataset, failing fast when it cannot be obtained."""
+    if builder.is_prepared():
+        return
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+    if name == "imagenet2012":
+        manual_dir = _imagenet_manual_dir(data_dir)
+        config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    else:
+        hosts = sorted({urllib.parse.urlparse(url).hostname for url in (builder.url_infos or {})})
+        for host in hosts:
+            if not _reachable(host):
+                raise DatasetError(
+                    f"dataset {name} is not in data_dir={builder.data_dir!r} and {host} cannot be reached to "
+                    f"download it. On a machine with internet run `tfds build {name} --data_dir=DIR`, copy DIR "
+                    f"here and pass --data_dir=DIR."
+                )
+        config = None
+    builder.download_and_prepare(download_config=config)
+
+
+def _imagenet_manual_dir(data_dir):
+    archives = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
+    if not data_dir:
+        raise DatasetError(
+            "imagenet2012 needs --data_dir: a folder with ILSVRC2012_img_train.tar and "
+            "ILSVRC2012_img_val.tar (from https://image-net.org). Received: data_dir=None"
+        )
+    for candidate in (data_dir, os.path.join(data_dir, "downloads", "manual")):
+        if all(os.path.exists(os.path.join(candidate, a)) for a in archives):
+            return candidate
+    raise DatasetError(
+        f"imagenet2012 archives {', '.join(archives)} not found in data_dir or data_dir/downloads/manual. "
+        f"Received: data_dir={data_dir!r}"
+    )
+
+
+def _reachable(host: str, port: int = 443, timeout: float = 5.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------- folder
+
+
+def _folder(path, val_fraction, size, seed):
+    """PATH/train/<class>/* and PATH/test/<class>/*, resized to size x size."""
+    classes = {}
+    for split in ("train", "test"):
+        root = os.path.join(path, split)
+        if not os.path.isdir(root):
+            raise DatasetError(f"folder dataset needs {root}/<class>/<images>. Received: dataset='folder:{path}'")
+        names = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+        if len(names) < 2:
+            raise DatasetError(
+                f"folder dataset needs at least two class folders in {root}, found {len(names)}. "
+                f"Received: dataset='folder:{path}'"
+            )
+        classes[split] = names
+    if classes["train"] != classes["test"]:
+        raise DatasetError(
+            f"train and test class folders differ: {classes['train']} vs {classes['test']}. "
+            f"Received: dataset='folder:{path}'"
+        )
+
+    def files(split):
+        paths, labels = [], []
+        for label, name in enumerate(classes["train"]):
+            folder = os.path.join(path, split, name)
+            for file in sorted(os.listdir(folder)):
+                if file.lower().endswith(IMAGE_EXTENSIONS):
+                    paths.append(os.path.join(folder, file))
+                    labels.append(label)
+        if not paths:
+            raise DatasetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {os.path.join(path, split)}.")
+        return np.array(paths), np.array(labels, np.int32)
+
+    def decode(file, label):
+        image = tf.io.decode_image(tf.io.read_file(file), channels=3, expand_animations=False)
+        image = tf.image.resize(tf.cast(image, tf.float32) / 255.0, (size, size))
+        return image, label
+
+    train_paths, train_labels = files("train")
+    order = np.random.RandomState(seed).permutation(len(train_paths))
+    n_val = int(round(len(order) * val_fraction))
+
+    def split(paths, labels):
+        ds = tf.data.Dataset.from_tensor_slices((paths, labels)).map(decode, num_parallel_calls=AUTOTUNE)
+        return ds, len(paths)
+
+    val = split(train_paths[order[:n_val]], train_labels[order[:n_val]]) if n_val else None
+    train = split(train_paths[order[n_val:]], train_labels[order[n_val:]])
+    test = split(*files("test"))
+    return (train, val, test), len(classes["train"]), size
+
+
+# -------------------------------------------------------------- preprocessing
+
+
+def _preprocessors(name, size):
+    """(train_fn, eval_fn) mapping (image, label) to normalised float32 images."""
+    if name == "imagenet2012":
+        return _imagenet_train, _imagenet_eval
+    if name in CIFAR_STATS:
+        mean, std = CIFAR_STATS[name]
+        to_unit = lambda image: tf.cast(image, tf.float32) / 255.0  # noqa: E731
+        flip, pad = True, 4
+    elif name == "digits":
+        # Digits are not mirror-symmetric: shifts only.
+        mean, std = (0.5,) * 3, (0.5,) * 3
+        to_unit = _digits_to_rgb32
+        flip, pad = False, 2
+    else:  # folder: images already decoded to [0, 1]
+        mean, std = (0.5,) * 3, (0.5,) * 3
+        to_unit = tf.identity
+        flip, pad = True, max(1, size // 8)
+    mean = tf.constant(mean, tf.float32)
+    std = tf.constant(std, tf.float32)
+
+    def eval_fn(image, label):
+        return (to_unit(image) - mean) / std, label
+
+    def train_fn(image, label):
+        image = to_unit(image)
+        if flip:
+            image = tf.image.random_flip_left_right(image)
+        image = tf.image.resize_with_crop_or_pad(image, size + 2 * pad, size + 2 * pad)
+        image = tf.image.random_crop(image, (size, size, 3))
+        return (image - mean) / std, label
+
+    return train_fn, eval_fn
+
+
+def _digits_to_rgb32(image):
+    image = tf.image.resize(image, (32, 32), method="bilinear")
+    return tf.tile(image, (1, 1, 3))
+
+
+def _caffe(image):
+    return tf.reverse(tf.cast(image, tf.float32), axis=[-1]) - tf.constant(CAFFE_BGR_MEAN)
+
+
+def _imagenet_train(image, label):
+    bbox = tf.constant([0.0, 0.0, 1.0, 1.0], shape=(1, 1, 4))
+    begin, crop_size, _ = tf.image.sample_distorted_bounding_box(
+        tf.shape(image), bbox, min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=(0.08, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True,
+    )
+    image = tf.slice(image, begin, crop_size)
+    image = tf.image.resize(image, (224, 224))
+    image = tf.image.random_flip_left_right(image)
+    return _caffe(image), label
+
+
+def _imagenet_eval(image, label):
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = 256.0 / tf.reduce_min(shape)
+    image = tf.image.resize(image, tf.cast(tf.round(shape * scale), tf.int32))
+    image = tf.image.resize_with_crop_or_pad(image, 224, 224)
+    return _caffe(image), label

@@ -1,0 +1,76 @@
+"""Binary filter masks from importance scores, with a straight-through gradient.
+
+A view with keep ratio r keeps the top round(r x total) prunable filters,
+ranked globally across all mask groups by raw score (larger = keep), with at
+least one filter per group. A group shared by m convs (a ResNet stage's
+outputs) counts m filters per channel; its channels are taken whole, in score
+order, while they fit the budget, so the kept count is exact whenever the
+budget is not blocked by a multi-member channel at the boundary.
+
+The mask multiplies the BatchNorm output. Its gradient passes straight through
+to the scores (d mask / d score = 1), so the score gradient of filter n is
+sum over batch and positions of dL/dY_n * Yhat_n: a first-order Taylor estimate
+of the loss change when the filter is switched on or off.
+"""
+
+from typing import List, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+
+def keep_budget(keep_ratio: float, filter_counts: Sequence[int], group_sizes: Sequence[int]) -> int:
+    """round(keep_ratio x total filters), total counting each member conv."""
+    total = sum(size * count for size, count in zip(group_sizes, filter_counts))
+    return int(round(keep_ratio * total))
+
+
+def topk_masks(scores: Sequence[tf.Tensor], filter_counts: Sequence[int], keep_ratio: float) -> List[tf.Tensor]:
+    """Global top-k binary masks, one per group.
+
+    Args:
+        scores: One float vector per mask group.
+        filter_counts: Convs per group (how many filters one channel stands for).
+        keep_ratio: Fraction of all prunable filters to keep, in (0, 1].
+
+    Returns:
+        One float32 0/1 vector per group, no gradient.
+    """
+    sizes = [int(s.shape[0]) for s in scores]
+    if keep_ratio >= 1.0:
+        return [tf.ones([n], tf.float32) for n in sizes]
+    flat = tf.concat([tf.cast(s, tf.float32) for s in scores], axis=0)
+    weight = tf.constant(np.repeat(np.asarray(filter_counts, np.float32), sizes))
+    # The best filter of every group is kept whatever its rank: a layer with no
+    # filters is not a network.
+    forced = tf.concat([tf.one_hot(tf.argmax(s), n) for s, n in zip(scores, sizes)], axis=0)
+    budget = keep_budget(keep_ratio, filter_counts, sizes) - tf.reduce_sum(forced * weight)
+    candidates = tf.where(forced > 0, -np.inf, flat)
+    order = tf.argsort(candidates, direction="DESCENDING", stable=True)
+    free_weight = tf.gather(weight * (1.0 - forced), order)
+    kept_sorted = tf.logical_and(tf.cumsum(free_weight) <= budget, free_weight > 0)
+    kept = tf.gather(kept_sorted, tf.math.invert_permutation(order))
+    mask = tf.maximum(forced, tf.cast(kept, tf.float32))
+    return tf.split(tf.stop_gradient(mask), sizes)
+
+
+def straight_through(mask: tf.Tensor, scores: tf.Tensor) -> tf.Tensor:
+    """Equals `mask` in the forward pass; its gradient flows to `scores` unchanged."""
+    scores = tf.cast(scores, mask.dtype)
+    return mask + (scores - tf.stop_gradient(scores))
+
+
+def l1_scores(kernel: np.ndarray) -> np.ndarray:
+    """Per-layer normalised L1 norm of each output filter of a conv kernel.
+
+    Dividing by the layer mean makes layers of different fan-in comparable in
+    the global ranking, so the first mask is per-layer magnitude pruning.
+
+    Args:
+        kernel: Conv kernel of shape (kh, kw, in, out).
+
+    Returns:
+        float32 vector of length `out` with mean 1.
+    """
+    norms = np.abs(kernel).sum(axis=(0, 1, 2))
+    return (norms / max(float(norms.mean()), 1e-12)).astype(np.float32)

@@ -1,0 +1,215 @@
+"""`train_and_evaluate`: the whole run, phase by phase, resumable by default.
+
+    teacher   pre-train the dense model (skipped when --teacher is given)
+    joint     all views, masks from scores every step       (--joint_epochs)
+    frozen    all views, masks frozen                        (--frozen_epochs)
+    finetune  the student alone, teacher ladder T1..TN, then the pre-trained
+              teacher                                        (--finetune_epochs)
+
+Every phase writes `<model_dir>/<phase>/cascade.weights.h5` when it ends; a
+re-run loads finished phases instead of redoing them, and Keras'
+BackupAndRestore resumes an interrupted phase from its last epoch. Results
+go to `<model_dir>/results.json`; TensorBoard logs to `<model_dir>/logs/<phase>`.
+"""
+
+import json
+import os
+import time
+
+import keras
+
+from hsd_tf import architectures, costs
+from hsd_tf import data as data_lib
+from hsd_tf import teacher as teacher_lib
+from hsd_tf.cascade import Cascade
+from hsd_tf.config import Config
+
+CHECKPOINT = "cascade.weights.h5"
+
+
+class TeacherLadder(keras.callbacks.Callback):
+    """Moves the fine-tuning teacher up one rung once the student beats it.
+
+    After each epoch, if the student's validation accuracy exceeds the current
+    teacher's, the teacher becomes the next rung (T2, ..., TN, then the
+    pre-trained model). The rung is a model variable, so it is checkpointed
+    with the weights and restored on resume.
+
+    Args:
+        names: Teacher name per rung.
+        accuracies: Validation accuracy per rung.
+        log_path: JSON file that records the switches.
+    """
+
+    def __init__(self, names, accuracies, log_path):
+        super().__init__()
+        self.names = list(names)
+        self.accuracies = list(accuracies)
+        self.log_path = log_path
+
+    def switches(self) -> list:
+        if not os.path.exists(self.log_path):
+            return []
+        with open(self.log_path) as f:
+            return json.load(f)
+
+    def on_train_begin(self, logs=None):
+        self.model.set_ladder_rung()  # the restored rung, if resuming
+
+    def on_epoch_end(self, epoch, logs=None):
+        rung = self.model.ladder_rung_value
+        accuracy = (logs or {}).get("val_student_acc")
+        if accuracy is None or rung + 1 >= len(self.names) or accuracy <= self.accuracies[rung]:
+            return
+        self.model.set_ladder_rung(rung + 1)
+        switches = [s for s in self.switches() if s["epoch"] < epoch + 1]
+        switches.append({
+            "epoch": epoch + 1, "from": self.names[rung], "to": self.names[rung + 1],
+            "student_val_accuracy": float(accuracy), "teacher_val_accuracy": self.accuracies[rung],
+        })
+        _write_json(self.log_path, switches)
+        print(f"\nTeacher ladder: student val accuracy {accuracy:.4f} > {self.names[rung]}'s "
+              f"{self.accuracies[rung]:.4f}; now taught by {self.names[rung + 1]}.")
+
+
+def train_and_evaluate(config: Config) -> dict:
+    """Runs (or resumes) every phase and writes results.json.
+
+    Args:
+        config: The run's `Config`.
+
+    Returns:
+        The results dictionary written to `<model_dir>/results.json`.
+    """
+    config.validate()
+    config.check_model_dir()
+    config.save()
+    keras.utils.set_random_seed(config.seed)
+    start = time.time()
+    data = data_lib.load(
+        config.dataset, config.batch_size, data_dir=config.data_dir, val_fraction=config.val_fraction,
+        image_size=config.image_size, seed=config.seed,
+    )
+    validation = data.val if data.val is not None else data.test
+    architecture = architectures.get(config.arch, data.input_shape, data.num_classes, config.width_multiplier)
+    dense_teacher = _teacher(config, architecture, data)
+
+    cascade = Cascade(
+        architecture, config.prune_ratios(), teacher=dense_teacher, kd_weight=config.kd_weight,
+        temperature=config.temperature, hint_weight=config.hint_weight, name="cascade",
+    )
+    if not os.path.exists(_phase_path(config, "joint")):
+        cascade.initialize_from(dense_teacher)
+    _run_phase(config, cascade, "joint", config.joint_epochs, data, validation)
+    _run_phase(config, cascade, "frozen", config.frozen_epochs, data, validation)
+
+    snapshot = cascade.snapshot()
+    snapshot.compile()
+    ta_test = snapshot.evaluate(data.test, return_dict=True, verbose=0)
+    ladder_names = cascade.view_names[1:] + ["teacher"]
+    ladder_val = snapshot.evaluate(validation, return_dict=True, verbose=0)
+    ladder_accuracies = [float(ladder_val[f"{n}_acc"]) for n in cascade.view_names[1:]]
+    ladder_accuracies.append(teacher_lib.accuracy(dense_teacher, validation))
+    ladder = TeacherLadder(ladder_names, ladder_accuracies, os.path.join(config.model_dir, "finetune", "ladder.json"))
+    cascade.set_ladder(snapshot)
+    _run_phase(config, cascade, "finetune", config.finetune_epochs, data, validation, [ladder])
+
+    student_test = cascade.evaluate(data.test, return_dict=True, verbose=0)
+    views = cascade.view_costs(frozen=True)
+    for i, view in enumerate(views):
+        view["accuracy"] = float(student_test["student_acc"] if i == 0 else ta_test[f"{view['name']}_acc"])
+    dense_cost = costs.profile(architecture)
+    results = {
+        "dataset": config.dataset,
+        "arch": config.arch,
+        "num_ta": config.num_ta,
+        "width_multiplier": config.width_multiplier,
+        "prune_ratios": config.prune_ratios(),
+        "teacher": {
+            "accuracy": teacher_lib.accuracy(dense_teacher, data.test),
+            "params": dense_cost["params"],
+            "macs": dense_cost["macs"],
+        },
+        "views": views,
+        "teacher_ladder": {"names": ladder_names, "val_accuracies": ladder_accuracies, "switches": ladder.switches()},
+        "wall_seconds_this_invocation": round(time.time() - start, 1),
+    }
+    _write_json(os.path.join(config.model_dir, "results.json"), results)
+    return results
+
+
+def _teacher(config: Config, architecture, data) -> keras.Model:
+    """The frozen pre-trained teacher: given, imported, stored, or trained now."""
+    if config.teacher == "imagenet":
+        return teacher_lib.from_keras_resnet50(architecture)
+    if config.teacher:
+        return teacher_lib.load(config.teacher, architecture)
+    path = os.path.join(config.model_dir, "teacher", "teacher.weights.h5")
+    if os.path.exists(path):
+        return teacher_lib.load(path, architecture)
+    model = teacher_lib.train(architecture, data, config, _callbacks(config, "teacher"))
+    _save_weights(model, path)
+    return model
+
+
+def _phase_path(config: Config, phase: str) -> str:
+    return os.path.join(config.model_dir, phase, CHECKPOINT)
+
+
+def _run_phase(config, cascade, phase, epochs, data, validation, callbacks=()) -> None:
+    """Trains one phase, or loads its end state when it already finished."""
+    path = _phase_path(config, phase)
+    cascade.set_phase(phase)
+    if os.path.exists(path):
+        cascade.load_weights(path)
+    # Compiled after loading so that a finished phase's optimizer state is not restored.
+    cascade.compile(optimizer=_optimizer(config, data), score_optimizer=_score_optimizer(config))
+    if os.path.exists(path):
+        return
+    if epochs:
+        cascade.fit(
+            data.train, epochs=epochs, validation_data=validation,
+            callbacks=_callbacks(config, phase) + list(callbacks), verbose=config.verbose,
+        )
+    if phase == "joint":
+        cascade.freeze_masks()
+    _save_weights(cascade, path)
+
+
+def _callbacks(config, phase) -> list:
+    return [
+        keras.callbacks.BackupAndRestore(os.path.join(config.model_dir, phase, "backup")),
+        keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs", phase)),
+    ]
+
+
+def _optimizer(config: Config, data) -> keras.optimizers.Optimizer:
+    """SGD with Nesterov momentum; cosine restarts every lr_cycle_epochs with decaying peaks."""
+    schedule = keras.optimizers.schedules.CosineDecayRestarts(
+        config.learning_rate, first_decay_steps=config.lr_cycle_epochs * data.steps_per_epoch,
+        t_mul=1.0, m_mul=config.lr_peak_decay,
+    )
+    return keras.optimizers.SGD(schedule, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay)
+
+
+def _score_optimizer(config: Config) -> keras.optimizers.Optimizer:
+    """The scores' own optimizer, without weight decay (method.md section 2)."""
+    if config.score_optimizer == "adam":
+        return keras.optimizers.Adam(config.score_learning_rate)
+    return keras.optimizers.RMSprop(config.score_learning_rate)
+
+
+def _save_weights(model: keras.Model, path: str) -> None:
+    """Writes weights atomically, so a killed run never leaves half a checkpoint."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path.replace(".weights.h5", ".tmp.weights.h5")
+    model.save_weights(tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(path: str, value) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2)
+    os.replace(tmp, path)

@@ -1,0 +1,134 @@
+"""hsd_tf command line: prune a CNN with hierarchical self-distillation.
+
+    python main.py --flagfile=flags/digits_demo.cfg --model_dir=runs/digits
+    python main.py --dataset=cifar10 --arch=vgg16 --num_ta=2
+    python main.py --mode=profile --arch=vgg16 --dataset=cifar10
+
+Re-running a command with the same --model_dir resumes it.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+
+# TensorFlow's C++ start-up chatter would bury one-line errors on stderr.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags
+
+from hsd_tf import config as config_lib
+
+FLAGS = flags.FLAGS
+_HELP = {
+    "mode": "train: run every phase; profile: print the dense network's params and MACs.",
+    "dataset": "cifar10, cifar100, imagenet2012 (tfds), digits (offline, bundled with scikit-learn) "
+               "or folder:PATH (PATH/train/<class>/*, PATH/test/<class>/*).",
+    "arch": "vgg16, resnet50 or mobilenet_v1.",
+    "num_ta": "Teaching assistants between the student and the frozen teacher; the top one keeps every filter.",
+    "prune_ratio": "Fraction of prunable filters the student removes (the paper's k0).",
+    "ta_ratios": "Prune ratios of the assistants from T1 up, ending at 0; default: even spacing.",
+    "width_multiplier": "Scales every layer width, for small runs.",
+    "image_size": "Image side for folder: datasets (others use their native size).",
+    "data_dir": "tfds data directory; for imagenet2012, the folder holding the ILSVRC2012 archives.",
+    "val_fraction": "Fraction of the training split held out to drive the fine-tuning teacher ladder.",
+    "model_dir": "Where checkpoints, TensorBoard logs and results.json go; re-running resumes.",
+    "teacher": "Pre-trained teacher: a .keras or .weights.h5 file, or 'imagenet' (resnet50); "
+               "default: train one first.",
+    "teacher_epochs": "Epochs of teacher pre-training (when --teacher is not given).",
+    "teacher_learning_rate": "Initial learning rate of teacher pre-training (cosine to 0).",
+    "joint_epochs": "Epochs of joint training with masks recomputed every step.",
+    "frozen_epochs": "Epochs of joint training with frozen masks (the paper uses 10 on ImageNet).",
+    "finetune_epochs": "Epochs of student fine-tuning with the teacher ladder.",
+    "batch_size": "Global batch size.",
+    "learning_rate": "Peak learning rate of the cascade phases (SGD, Nesterov).",
+    "lr_cycle_epochs": "Length of one cosine cycle in epochs.",
+    "lr_peak_decay": "Factor applied to the peak learning rate at each restart.",
+    "momentum": "SGD momentum.",
+    "weight_decay": "Weight decay of the network weights (not of the scores).",
+    "score_optimizer": "Optimizer of the importance scores: rmsprop or adam.",
+    "score_learning_rate": "Learning rate of the importance scores.",
+    "kd_weight": "lambda_KD: weight of the distillation term; CE gets 1 - lambda_KD.",
+    "temperature": "Distillation temperature tau.",
+    "hint_weight": "lambda_H: weight of the hint (feature MSE) loss; 0 switches hints off.",
+    "seed": "Random seed.",
+    "verbose": "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.",
+    "profile_json": "With --mode=profile, also write the report as JSON here.",
+}
+
+
+def _define_flags():
+    for field in dataclasses.fields(config_lib.Config):
+        default, help_text = field.default, _HELP[field.name]
+        if field.name == "ta_ratios":
+            flags.DEFINE_list(field.name, None, help_text)
+        elif isinstance(default, bool):
+            flags.DEFINE_bool(field.name, default, help_text)
+        elif isinstance(default, int):
+            flags.DEFINE_integer(field.name, default, help_text)
+        elif isinstance(default, float):
+            flags.DEFINE_float(field.name, default, help_text)
+        elif field.name == "image_size":
+            flags.DEFINE_integer(field.name, None, help_text)
+        else:
+            flags.DEFINE_string(field.name, default, help_text)
+
+
+_define_flags()
+
+
+def _config_from_flags() -> config_lib.Config:
+    values = {f.name: FLAGS[f.name].value for f in dataclasses.fields(config_lib.Config)}
+    if values["ta_ratios"] is not None:
+        try:
+            values["ta_ratios"] = [float(v) for v in values["ta_ratios"]]
+        except ValueError:
+            raise config_lib.ConfigError("ta_ratios", ",".join(values["ta_ratios"]), "must be numbers") from None
+    return config_lib.Config(**values)
+
+
+def main(argv):
+    if len(argv) > 1:
+        _fail(f"unexpected arguments {argv[1:]}; every setting is a --flag")
+    try:
+        config = _config_from_flags()
+        config.validate()
+        if config.mode == "profile":
+            return _profile(config)
+        from hsd_tf import training  # pylint: disable=import-outside-toplevel
+
+        results = training.train_and_evaluate(config)
+    except (config_lib.ConfigError, _dataset_error()) as error:
+        _fail(str(error))
+    print(json.dumps({k: results[k] for k in ("teacher", "views")}, indent=2))
+    return 0
+
+
+def _profile(config):
+    from hsd_tf import architectures, costs, data  # pylint: disable=import-outside-toplevel
+
+    input_shape, num_classes = data.describe(config.dataset, config.image_size)
+    architecture = architectures.get(config.arch, input_shape, num_classes, config.width_multiplier)
+    report = costs.profile(architecture)
+    print(f"{config.arch} on {config.dataset} ({'x'.join(map(str, input_shape))}, {num_classes} classes, "
+          f"width x{config.width_multiplier})")
+    print(costs.format_table(report))
+    if config.profile_json:
+        with open(config.profile_json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+def _dataset_error():
+    from hsd_tf.data import DatasetError  # pylint: disable=import-outside-toplevel
+
+    return DatasetError
+
+
+def _fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,219 @@
+"""The cascade's train step: Eq. 5, per-view state, the frozen teacher, masking."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from hsd_tf import losses, network
+from hsd_tf.cascade import Cascade, even_prune_ratios, validate_prune_ratios
+
+from conftest import TOPOLOGIES, tiny_chain, tiny_residual
+
+
+def randomize(model, seed=0):
+    """Random weights and BatchNorm statistics, so no test passes by symmetry."""
+    rng = np.random.RandomState(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights([
+                rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.3, beta.shape),
+                rng.normal(0, 0.3, mean.shape), rng.uniform(0.5, 1.5, var.shape),
+            ])
+        elif layer.weights:
+            layer.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") for w in layer.get_weights()])
+    return model
+
+
+def make_cascade(architecture, ratios, hint_weight=0.0, score_lr=1.0, seed=0):
+    teacher = randomize(network.build_model(architecture), seed)
+    cascade = Cascade(architecture, ratios, teacher=teacher, hint_weight=hint_weight)
+    cascade.initialize_from(teacher)
+    # Plain SGD with lr 1 on the scores: the score update is minus the gradient.
+    cascade.compile(optimizer=keras.optimizers.SGD(0.01), score_optimizer=keras.optimizers.SGD(score_lr))
+    return cascade, teacher
+
+
+def straight_through_score_grads(cascade, index, images, labels):
+    """dL_index / d mask_index, computed with the masks as free variables.
+
+    This is the straight-through score gradient of view `index` by definition
+    (d mask / d score = 1), computed without the cascade's estimator or its
+    gradient shifting.
+    """
+    hard = cascade.views[index].hard_masks(frozen=False)
+    mask_vars = [tf.Variable(m) for m in hard]
+    names = cascade.architecture.group_names
+    view = cascade.views[index]
+    stem = cascade.architecture.stem.name
+
+    def layer_for(node, role):
+        if role == "conv" and node.name == stem:
+            return view.stem
+        if role == "bn":
+            return view.batch_norms[node.name]
+        if role == "dense":
+            return view.head[node.name]
+        return cascade.shared[f"{node.name}:{role}"]
+
+    if index + 1 < len(cascade.views):
+        teacher_logits, teacher_hints = cascade.view_forward(index + 1, images, training=True)
+    else:
+        teacher_logits, teacher_hints = cascade.teacher(images, training=False)
+    with tf.GradientTape() as tape:
+        logits, hints = network.run_graph(
+            cascade.architecture, images, layer_for, dict(zip(names, mask_vars)).get, training=True
+        )
+        loss = losses.pair_loss(
+            labels, logits, teacher_logits, hints, teacher_hints, hint_weight=cascade.hint_weight
+        )["loss"]
+    return [g.numpy() for g in tape.gradient(loss, mask_vars)]
+
+
+@pytest.mark.parametrize("topology", ["chain", "residual"])
+def test_score_gradient_is_the_teacher_views_straight_through_gradient(topology, batch):
+    """Eq. 5: after one step, delta score_i = -dL_{i+1}/d mask_{i+1}; the top view's scores stay."""
+    images, labels = batch
+    cascade, _ = make_cascade(TOPOLOGIES[topology](), [0.6, 0.3, 0.0], hint_weight=0.01)
+    expected = [straight_through_score_grads(cascade, i, images, labels) for i in range(3)]
+    before = [[s.numpy().copy() for s in view.scores] for view in cascade.views]
+    cascade.train_on_batch(images, labels)
+    after = [[s.numpy() for s in view.scores] for view in cascade.views]
+    for i in range(2):
+        for b, a, g in zip(before[i], after[i], expected[i + 1]):
+            np.testing.assert_allclose(b - a, g, rtol=1e-4, atol=1e-6)
+        assert any(np.abs(g).max() > 1e-6 for g in expected[i + 1])
+    for b, a in zip(before[2], after[2]):
+        np.testing.assert_array_equal(b, a)
+
+
+def test_student_alone_uses_its_own_gradient(batch):
+    images, labels = batch
+    cascade, _ = make_cascade(tiny_chain(), [0.5])
+    expected = straight_through_score_grads(cascade, 0, images, labels)
+    before = [s.numpy().copy() for s in cascade.views[0].scores]
+    cascade.train_on_batch(images, labels)
+    for b, s, g in zip(before, cascade.views[0].scores, expected):
+        np.testing.assert_allclose(b - s.numpy(), g, rtol=1e-4, atol=1e-6)
+
+
+def test_batchnorm_stem_and_head_are_per_view_and_kernels_shared(batch):
+    images, labels = batch
+    cascade, _ = make_cascade(tiny_chain(), [0.5, 0.0])
+    student, top = cascade.views
+    for name in student.batch_norms:
+        assert student.batch_norms[name].moving_mean is not top.batch_norms[name].moving_mean
+    cascade.train_on_batch(images, labels)
+    # Different masks see different activation statistics.
+    assert not np.allclose(student.batch_norms["conv_b"].moving_mean.numpy(),
+                           top.batch_norms["conv_b"].moving_mean.numpy())
+    # Editing the top view's head and stem leaves the student's logits alone...
+    logits_before = cascade.view_forward(0, images)[0].numpy()
+    for layer in [top.stem] + list(top.head.values()) + list(top.batch_norms.values()):
+        layer.set_weights([w + 1.0 for w in layer.get_weights()])
+    np.testing.assert_array_equal(cascade.view_forward(0, images)[0].numpy(), logits_before)
+    # ...while a shared kernel moves both views.
+    top_before = cascade.view_forward(1, images)[0].numpy()
+    kernel = cascade.shared["conv_b:conv"]
+    kernel.set_weights([w * 2.0 for w in kernel.get_weights()])
+    assert not np.allclose(cascade.view_forward(0, images)[0].numpy(), logits_before)
+    assert not np.allclose(cascade.view_forward(1, images)[0].numpy(), top_before)
+
+
+def test_frozen_teacher_never_changes(batch):
+    images, labels = batch
+    cascade, teacher = make_cascade(tiny_residual(), [0.5, 0.0])
+    before = [w.copy() for w in teacher.get_weights()]
+    for phase in ("joint", "frozen"):
+        cascade.set_phase(phase)
+        cascade.train_on_batch(images, labels)
+    cascade.set_ladder(cascade.snapshot())
+    cascade.set_phase("finetune")
+    cascade.set_ladder_rung(1)  # the pre-trained teacher itself
+    cascade.train_on_batch(images, labels)
+    for b, a in zip(before, teacher.get_weights()):
+        np.testing.assert_array_equal(b, a)
+    assert not cascade.teacher.trainable_variables
+
+
+@pytest.mark.parametrize("topology", sorted(TOPOLOGIES))
+def test_masked_filter_contributes_nothing_downstream(topology, batch):
+    """Whatever a masked filter's kernel and BatchNorm hold, the logits are the same."""
+    images, _ = batch
+    architecture = TOPOLOGIES[topology]()
+    cascade, _ = make_cascade(architecture, [0.5, 0.0])
+    logits = cascade.view_forward(0, images, training=False)[0].numpy()
+    view = cascade.views[0]
+    rng = np.random.RandomState(1)
+    for g, group in enumerate(architecture.group_names):
+        dropped = np.where(view.hard_masks(frozen=False)[g].numpy() == 0)[0]
+        for member in architecture.group_members(group):
+            layer = cascade.shared[f"{member}:conv"]
+            (kernel,) = layer.get_weights()
+            kernel[..., dropped] = rng.normal(0, 100, kernel[..., dropped].shape)
+            layer.set_weights([kernel])
+            bn = view.batch_norms[member]
+            weights = bn.get_weights()
+            for w in weights[:3]:
+                w[dropped] = rng.normal(0, 100, w[dropped].shape)
+            bn.set_weights(weights)
+    assert sum(int((m.numpy() == 0).sum()) for m in view.hard_masks(frozen=False)) > 0
+    np.testing.assert_allclose(cascade.view_forward(0, images, training=False)[0].numpy(), logits, atol=1e-5)
+
+
+def test_train_step_reports_per_view_metrics(batch):
+    images, labels = batch
+    cascade, _ = make_cascade(tiny_chain(), [0.6, 0.3, 0.0])
+    logs = cascade.train_on_batch(images, labels, return_dict=True)
+    for name in ("student", "ta1", "ta2"):
+        assert {f"{name}_loss", f"{name}_acc", f"{name}_kept"} <= set(logs)
+    total = tiny_chain().total_filters
+    assert logs["student_kept"] == pytest.approx(round(0.4 * total) / total)
+    assert logs["ta2_kept"] == 1.0
+
+
+def test_frozen_masks_stay_fixed_and_scores_untouched(batch):
+    images, labels = batch
+    cascade, _ = make_cascade(tiny_chain(), [0.5, 0.0])
+    cascade.freeze_masks()
+    cascade.set_phase("frozen")
+    masks = [m.copy() for m in cascade.hard_masks(0)]
+    scores = [s.numpy().copy() for s in cascade.views[0].scores]
+    for _ in range(2):
+        cascade.train_on_batch(images, labels)
+    for before, after in zip(masks, cascade.hard_masks(0)):
+        np.testing.assert_array_equal(before, after)
+    for before, after in zip(scores, cascade.views[0].scores):
+        np.testing.assert_array_equal(before, after.numpy())
+
+
+def test_finetune_trains_only_the_student(batch):
+    images, labels = batch
+    cascade, _ = make_cascade(tiny_chain(), [0.5, 0.0])
+    cascade.freeze_masks()
+    cascade.set_ladder(cascade.snapshot())
+    cascade.set_phase("finetune")
+    cascade.set_ladder_rung(0)
+    top = [w.copy() for w in cascade.views[1].get_weights()]
+    student = [w.numpy().copy() for w in cascade.views[0].weight_variables()]
+    cascade.train_on_batch(images, labels)
+    for before, after in zip(top, cascade.views[1].get_weights()):
+        np.testing.assert_array_equal(before, after)
+    assert any(not np.allclose(b, a.numpy()) for b, a in zip(student, cascade.views[0].weight_variables()))
+
+
+def test_prune_ratio_rules():
+    assert even_prune_ratios(0.6, 2) == pytest.approx([0.6, 0.3, 0.0])
+    assert even_prune_ratios(0.6, 0) == [0.6]
+    validate_prune_ratios([0.8, 0.8 / 1.5, 0.8 / 2.5, 0.0])
+    for bad in ([], [1.0], [0.3, 0.5, 0.0], [0.6, 0.3], [-0.1]):
+        with pytest.raises(ValueError, match="Received"):
+            validate_prune_ratios(bad)
+
+
+def test_config_round_trip():
+    cascade, _ = make_cascade(tiny_residual(), [0.5, 0.0])
+    clone = Cascade.from_config(cascade.get_config())
+    assert clone.architecture == cascade.architecture
+    assert clone.prune_ratios == cascade.prune_ratios

@@ -1,0 +1,82 @@
+"""The command line: bad input, profiling, and a tiny end-to-end run that resumes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--dataset=digits", "--arch=vgg16", "--width_multiplier=0.0625", "--num_ta=1", "--prune_ratio=0.5",
+        "--batch_size=128", "--teacher_epochs=2", "--teacher_learning_rate=0.05", "--joint_epochs=1",
+        "--frozen_epochs=1", "--finetune_epochs=1", "--verbose=0"]
+
+
+def run_main(*args, timeout=600):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT, env=env)
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["--num_ta=-1"], "num_ta=-1"),
+    (["--arch=vgg19"], "arch='vgg19'"),
+    (["--dataset=mnist"], "dataset='mnist'"),
+    (["--prune_ratio=1.0"], "prune_ratio=1.0"),
+    (["--num_ta=2", "--ta_ratios=0.5"], "ta_ratios=[0.5]"),
+    (["--num_ta=2", "--prune_ratio=0.6", "--ta_ratios=0.7,0"], "ta_ratios=[0.7, 0.0]"),
+    (["--joint_epochs=0"], "joint_epochs=0"),
+    (["--batch_size=-4"], "batch_size=-4"),
+    (["--dataset=imagenet2012", "--arch=resnet50"], "data_dir=None"),
+    (["--dataset=folder:/nonexistent"], "dataset='folder:/nonexistent'"),
+])
+def test_bad_input_is_one_line_naming_the_flag(args, flag):
+    result = run_main(*args)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert flag in lines[0] and "Traceback" not in result.stderr
+
+
+def test_profile_prints_table_and_writes_json(tmp_path):
+    path = tmp_path / "profile.json"
+    result = run_main("--mode=profile", "--arch=vgg16", "--dataset=cifar10", f"--profile_json={path}")
+    assert result.returncode == 0, result.stderr
+    assert "313,463,808" in result.stdout and "14,977,728" in result.stdout
+    report = json.loads(path.read_text())
+    assert report["params"] == 14_977_728 and report["macs"] == 313_463_808
+    assert [layer["name"] for layer in report["layers"]][:2] == ["block1_conv1", "block1_conv2"]
+
+
+def test_end_to_end_then_resume_only_reports(tmp_path):
+    model_dir = str(tmp_path / "run")
+    result = run_main(*TINY, f"--model_dir={model_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(model_dir, "results.json")) as f:
+        results = json.load(f)
+    assert (results["dataset"], results["arch"], results["num_ta"]) == ("digits", "vgg16", 1)
+    assert 0.0 <= results["teacher"]["accuracy"] <= 1.0
+    student, top = results["views"]
+    assert (student["name"], top["name"]) == ("student", "ta1")
+    assert student["filters_kept"] == round(0.5 * student["filters_total"])
+    assert top["filters_kept"] == top["filters_total"]
+    assert student["params"] < top["params"] == results["teacher"]["params"]
+    assert student["macs"] < top["macs"] == results["teacher"]["macs"]
+    for view in results["views"]:
+        assert 0.0 <= view["accuracy"] <= 1.0
+    for phase in ("teacher", "joint", "frozen", "finetune"):
+        assert os.listdir(os.path.join(model_dir, "logs", phase))
+    checkpoints = {p: os.path.getmtime(os.path.join(model_dir, p, "cascade.weights.h5"))
+                   for p in ("joint", "frozen", "finetune")}
+
+    again = run_main(*TINY, f"--model_dir={model_dir}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    for phase, mtime in checkpoints.items():
+        assert os.path.getmtime(os.path.join(model_dir, phase, "cascade.weights.h5")) == mtime
+    with open(os.path.join(model_dir, "results.json")) as f:
+        resumed = json.load(f)
+    assert resumed["views"] == results["views"]
+
+    conflict = run_main(*TINY, "--num_ta=2", f"--model_dir={model_dir}")
+    assert conflict.returncode == 2 and "num_ta" in conflict.stderr and "Traceback" not in conflict.stderr

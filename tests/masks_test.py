@@ -1,0 +1,84 @@
+"""Global top-k masks and the straight-through estimator."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from hsd_tf import masks
+
+
+def _random_scores(sizes, seed):
+    rng = np.random.RandomState(seed)
+    return [tf.constant(rng.normal(size=n).astype("float32")) for n in sizes]
+
+
+@pytest.mark.parametrize("keep_ratio", [0.1, 0.25, 0.4, 0.5, 0.7, 0.93])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_topk_keeps_exactly_the_budget_of_best_filters(keep_ratio, seed):
+    sizes = [3, 8, 16, 5, 32]
+    scores = _random_scores(sizes, seed)
+    result = [m.numpy() for m in masks.topk_masks(scores, [1] * len(sizes), keep_ratio)]
+    assert sum(m.sum() for m in result) == round(keep_ratio * sum(sizes))
+    assert all(m.sum() >= 1 for m in result)
+    assert all(set(np.unique(m)) <= {0.0, 1.0} for m in result)
+    # Apart from each layer's forced best filter, every kept score beats every dropped one.
+    flat_scores = np.concatenate([s.numpy() for s in scores])
+    flat_masks = np.concatenate(result)
+    forced = np.concatenate([np.eye(n)[np.argmax(s.numpy())] for s, n in zip(scores, sizes)])
+    free_kept = flat_scores[(flat_masks == 1) & (forced == 0)]
+    dropped = flat_scores[flat_masks == 0]
+    if len(free_kept) and len(dropped):
+        assert free_kept.min() >= dropped.max()
+
+
+def test_every_layer_keeps_one_filter_even_when_all_its_scores_are_lowest():
+    scores = [tf.constant([10.0, 11.0, 12.0, 13.0]), tf.constant([-5.0, -6.0, -7.0])]
+    result = [m.numpy() for m in masks.topk_masks(scores, [1, 1], 0.45)]
+    np.testing.assert_array_equal(result[1], [1, 0, 0])
+    np.testing.assert_array_equal(result[0], [0, 0, 1, 1])
+    assert sum(m.sum() for m in result) == round(0.45 * 7)
+
+
+def test_shared_group_channels_count_once_per_member_conv():
+    # Group 0 is shared by 3 convs: each of its channels is 3 filters. Total 13.
+    scores = [tf.constant([5.0, 1.5, -1.0]), tf.constant([3.0, 2.0, 1.0, 0.0])]
+    result = [m.numpy() for m in masks.topk_masks(scores, [3, 1], 0.7)]  # keep 9
+    np.testing.assert_array_equal(result[0], [1, 1, 0])
+    np.testing.assert_array_equal(result[1], [1, 1, 1, 0])
+    assert 3 * result[0].sum() + result[1].sum() == round(0.7 * 13)
+
+
+def test_a_shared_channel_that_does_not_fit_ends_the_prefix():
+    # Budget 6; forced 3 + 1; the next channel (4.0) would need 3 more: stop there.
+    scores = [tf.constant([5.0, 4.0, -1.0]), tf.constant([3.0, 2.0, 1.0, 0.0])]
+    result = [m.numpy() for m in masks.topk_masks(scores, [3, 1], 0.5)]
+    kept = 3 * result[0].sum() + result[1].sum()
+    assert round(0.5 * 13) - 3 < kept <= round(0.5 * 13)
+    np.testing.assert_array_equal(result[0], [1, 0, 0])
+    np.testing.assert_array_equal(result[1], [1, 0, 0, 0])
+
+
+def test_keep_everything():
+    result = masks.topk_masks(_random_scores([4, 5], 0), [1, 1], 1.0)
+    assert all(np.all(m.numpy() == 1) for m in result)
+
+
+def test_straight_through_forward_is_the_mask_and_gradient_is_identity():
+    scores = tf.Variable([0.3, -1.2, 2.0])
+    weights = tf.constant([2.0, 3.0, 5.0])
+    with tf.GradientTape() as tape:
+        hard = masks.topk_masks([scores], [1], 0.67)[0]
+        soft = masks.straight_through(hard, scores)
+        loss = tf.reduce_sum(soft * weights)
+    np.testing.assert_array_equal(soft.numpy(), hard.numpy())
+    np.testing.assert_array_equal(tape.gradient(loss, scores).numpy(), weights.numpy())
+
+
+def test_l1_scores_are_per_layer_normalised():
+    kernel = np.zeros((3, 3, 2, 4), np.float32)
+    kernel[..., 0] = 1.0
+    kernel[..., 1] = 3.0
+    scores = masks.l1_scores(kernel)
+    assert scores.mean() == pytest.approx(1.0)
+    assert scores[1] == pytest.approx(3 * scores[0])
+    assert scores[2] == scores[3] == 0.0
