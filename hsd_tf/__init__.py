@@ -1,0 +1,3 @@
+"""hsd_tf: filter pruning of CNNs with hierarchical self-distillation (Keras 3 / TensorFlow)."""
+
+__version__ = "0.1.0"
