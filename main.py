@@ -21,7 +21,8 @@ from hsd_tf import config as config_lib
 
 FLAGS = flags.FLAGS
 _HELP = {
-    "mode": "train: run every phase; profile: print the dense network's params and MACs.",
+    "mode": "train: run (or resume) every phase; profile: print the dense network's params and MACs; "
+            "export: export the views of a finished --model_dir again.",
     "dataset": "cifar10, cifar100, imagenet2012 (tfds), digits (offline, bundled with scikit-learn) "
                "or folder:PATH (PATH/train/<class>/*, PATH/test/<class>/*).",
     "arch": "vgg16, resnet50 or mobilenet_v1.",
@@ -54,6 +55,9 @@ _HELP = {
     "seed": "Random seed.",
     "verbose": "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.",
     "profile_json": "With --mode=profile, also write the report as JSON here.",
+    "export": "Formats written at the end of a run: savedmodel, tflite (float32), tflite_dynamic "
+              "(dynamic-range), tflite_int8 (full integer); empty for none.",
+    "export_views": "student: export the slim student; all: every TA and the dense teacher too.",
 }
 
 
@@ -62,6 +66,8 @@ def _define_flags():
         default, help_text = field.default, _HELP[field.name]
         if field.name == "ta_ratios":
             flags.DEFINE_list(field.name, None, help_text)
+        elif field.name == "export":
+            flags.DEFINE_list(field.name, config_lib.Config().export, help_text)
         elif isinstance(default, bool):
             flags.DEFINE_bool(field.name, default, help_text)
         elif isinstance(default, int):

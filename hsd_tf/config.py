@@ -10,10 +10,11 @@ import json
 import os
 from typing import List, Optional
 
-from hsd_tf import architectures, cascade, data
+from hsd_tf import architectures, cascade, data, export
 
 SCORE_OPTIMIZERS = ("rmsprop", "adam")
-MODES = ("train", "profile")
+MODES = ("train", "profile", "export")
+EXPORT_VIEWS = ("student", "all")
 # What must match between a run and the model_dir it resumes.
 IDENTITY_FIELDS = ("dataset", "arch", "num_ta", "prune_ratio", "ta_ratios", "width_multiplier", "image_size")
 
@@ -59,8 +60,10 @@ class Config:
     temperature: float = 15.0
     hint_weight: float = 0.001
     seed: int = 0
-    verbose: int = 2
+    verbose: int = 1
     profile_json: Optional[str] = None
+    export: List[str] = dataclasses.field(default_factory=lambda: list(export.FORMATS))
+    export_views: str = "student"
 
     def prune_ratios(self) -> List[float]:
         """Student first: the explicit TA list, or even spacing down to 0."""
@@ -119,6 +122,12 @@ class Config:
             if getattr(self, name) < 0:
                 raise ConfigError(name, getattr(self, name), "must be 0 or more")
         _choice("score_optimizer", self.score_optimizer, SCORE_OPTIMIZERS)
+        unknown = [f for f in self.export if f not in export.FORMATS]
+        if unknown:
+            raise ConfigError("export", ",".join(self.export), f"expected some of {', '.join(export.FORMATS)}")
+        _choice("export_views", self.export_views, EXPORT_VIEWS)
+        if self.mode == "export" and not os.path.exists(os.path.join(self.model_dir, "finetune", "cascade.weights.h5")):
+            raise ConfigError("model_dir", self.model_dir, "--mode=export needs a finished run here")
         if self.teacher == "imagenet" and (self.arch != "resnet50" or self.dataset != "imagenet2012"):
             raise ConfigError("teacher", self.teacher, "'imagenet' weights exist for --arch=resnet50 --dataset=imagenet2012 only")
         if self.teacher not in (None, "imagenet") and not os.path.exists(self.teacher):

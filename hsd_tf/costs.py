@@ -7,13 +7,36 @@ following layer too, since they are gone from its kernel.
 """
 
 import math
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 
 def _out_size(size: int, kernel: int, strides: int, pad: Optional[int]) -> int:
     if pad is None:  # "same"
         return math.ceil(size / strides)
     return (size + 2 * pad - kernel) // strides + 1
+
+
+def shapes(architecture) -> Dict[str, Tuple[int, int, int]]:
+    """Node name -> (height, width, channels) of its output for one image."""
+    result = {}
+    for node in architecture.nodes:
+        if node.op == "input":
+            result[node.name] = tuple(architecture.input_shape)
+            continue
+        h, w, c = result[node.inputs[0]]
+        if node.op in ("conv", "depthwise", "maxpool"):
+            h = _out_size(h, node.kernel, node.strides, node.pad)
+            w = _out_size(w, node.kernel, node.strides, node.pad)
+        if node.op == "conv":
+            c = architecture.filters(node)
+        elif node.op == "gap":
+            h = w = 1
+        elif node.op == "flatten":
+            h, w, c = 1, 1, h * w * c
+        elif node.op == "dense":
+            c = node.filters
+        result[node.name] = (h, w, c)
+    return result
 
 
 def profile(architecture) -> dict:
@@ -26,40 +49,26 @@ def profile(architecture) -> dict:
         `{"params": N, "macs": N, "layers": [{"name", "output_size", "filters",
         "params", "macs"}, ...]}` with `output_size` as [height, width, channels].
     """
-    shapes = {}
+    sizes = shapes(architecture)
     layers: List[dict] = []
     for node in architecture.nodes:
-        if node.op == "input":
-            shapes[node.name] = tuple(architecture.input_shape)
+        if node.op not in ("conv", "depthwise", "dense"):
             continue
-        h, w, c = shapes[node.inputs[0]]
-        if node.op in ("conv", "depthwise", "maxpool"):
-            h = _out_size(h, node.kernel, node.strides, node.pad)
-            w = _out_size(w, node.kernel, node.strides, node.pad)
+        h, w, c = sizes[node.name]
+        fan_in = sizes[node.inputs[0]][2]
         if node.op == "conv":
-            filters = architecture.filters(node)
-            params = node.kernel * node.kernel * c * filters
-            c = filters
+            params = node.kernel * node.kernel * fan_in * c
         elif node.op == "depthwise":
-            filters = c
             params = node.kernel * node.kernel * c
-        elif node.op == "gap":
-            h = w = 1
-        elif node.op == "flatten":
-            h, w, c = 1, 1, h * w * c
-        elif node.op == "dense":
-            filters = node.filters
-            params = c * filters
-            c = filters
-        shapes[node.name] = (h, w, c)
-        if node.op in ("conv", "depthwise", "dense"):
-            layers.append({
-                "name": node.name,
-                "output_size": [h, w, c],
-                "filters": filters,
-                "params": params,
-                "macs": params * h * w,
-            })
+        else:
+            params = fan_in * c
+        layers.append({
+            "name": node.name,
+            "output_size": [h, w, c],
+            "filters": c,
+            "params": params,
+            "macs": params * h * w,
+        })
     return {
         "params": sum(layer["params"] for layer in layers),
         "macs": sum(layer["macs"] for layer in layers),

@@ -18,8 +18,9 @@ import time
 
 import keras
 
-from hsd_tf import architectures, costs
+from hsd_tf import architectures, costs, slimming
 from hsd_tf import data as data_lib
+from hsd_tf import export as export_lib
 from hsd_tf import teacher as teacher_lib
 from hsd_tf.cascade import Cascade
 from hsd_tf.config import Config
@@ -83,6 +84,10 @@ def train_and_evaluate(config: Config) -> dict:
     """
     config.validate()
     config.check_model_dir()
+    results_path = os.path.join(config.model_dir, "results.json")
+    if config.mode == "train" and _finished(results_path, config):
+        with open(results_path) as f:
+            return json.load(f)
     config.save()
     keras.utils.set_random_seed(config.seed)
     start = time.time()
@@ -132,10 +137,39 @@ def train_and_evaluate(config: Config) -> dict:
         },
         "views": views,
         "teacher_ladder": {"names": ladder_names, "val_accuracies": ladder_accuracies, "switches": ladder.switches()},
-        "wall_seconds_this_invocation": round(time.time() - start, 1),
     }
-    _write_json(os.path.join(config.model_dir, "results.json"), results)
+    if config.export:
+        models = [(results["views"][0], slimming.slim_view(cascade, 0, name="student"))]
+        if config.export_views == "all":
+            models += [(results["views"][i], slimming.slim_view(snapshot, i, name=cascade.view_names[i]))
+                       for i in range(1, len(cascade.views))]
+            models.append((results["teacher"], dense_teacher))
+        _export(config, models, data)
+    results["wall_seconds_this_invocation"] = round(time.time() - start, 1)
+    _write_json(results_path, results)
     return results
+
+
+def _finished(results_path: str, config: Config) -> bool:
+    """Whether a previous invocation already wrote everything this one asks for."""
+    if not os.path.exists(results_path):
+        return False
+    with open(results_path) as f:
+        results = json.load(f)
+    entries = results["views"] + [results["teacher"]] if config.export_views == "all" else results["views"][:1]
+    return all(set(config.export) <= set(entry.get("exports", {})) for entry in entries)
+
+
+def _export(config: Config, models, data) -> None:
+    """Saves each slim model (.keras), exports it, and verifies every file on the test split."""
+    directory = os.path.join(config.model_dir, "export")
+    sample = export_lib.representative_sample(data.train)
+    for entry, model in models:
+        os.makedirs(directory, exist_ok=True)
+        model.save(os.path.join(directory, f"{model.name}.keras"))
+        paths = export_lib.export_model(model, directory, config.export, sample)
+        entry["exports"] = export_lib.verify(paths, model, data.test)
+        entry["exports"]["keras"]["path"] = os.path.join(directory, f"{model.name}.keras")
 
 
 def _teacher(config: Config, architecture, data) -> keras.Model:

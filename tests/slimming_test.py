@@ -1,0 +1,83 @@
+"""Slim models compute what the masked views computed, one test per topology."""
+
+import keras
+import numpy as np
+import pytest
+
+from hsd_tf import architectures, costs, network, slimming
+from hsd_tf.cascade import Cascade
+
+from cascade_test import make_cascade
+from conftest import TOPOLOGIES
+
+
+def _set_masks(cascade, index, masks):
+    for variable, mask in zip(cascade.views[index].frozen_masks, masks):
+        variable.assign(mask.astype("float32"))
+    cascade.set_phase("frozen")
+
+
+def _random_masks(architecture, rng, extreme):
+    masks = []
+    for _, size in architecture.groups:
+        if extreme:  # one filter kept in every layer
+            mask = np.zeros(size)
+            mask[rng.randint(size)] = 1
+        else:
+            mask = (rng.uniform(size=size) < 0.5).astype(float)
+            mask[rng.randint(size)] = 1
+        masks.append(mask)
+    return masks
+
+
+def _kernel_params(model):
+    return sum(int(np.prod(layer.kernel.shape)) for layer in model.layers
+               if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)))
+
+
+@pytest.mark.parametrize("topology", ["chain", "residual", "depthwise"])
+@pytest.mark.parametrize("extreme", [False, True])
+def test_slim_logits_equal_masked_logits(topology, extreme, batch):
+    images, labels = batch
+    architecture = TOPOLOGIES[topology]()
+    cascade, _ = make_cascade(architecture, [0.5, 0.0])
+    cascade.train_on_batch(images, labels)  # per-view BN statistics that differ
+    rng = np.random.RandomState(3)
+    for trial in range(3):
+        _set_masks(cascade, 0, _random_masks(architecture, rng, extreme))
+        slim = slimming.slim_view(cascade, 0)
+        masked = cascade.view_forward(0, images, training=False)[0].numpy()
+        np.testing.assert_allclose(slim(images).numpy(), masked, rtol=1e-4, atol=1e-4)
+        cost = cascade.view_costs()[0]
+        assert _kernel_params(slim) == cost["params"] == costs.profile(cascade.view_architecture(0))["params"]
+        assert costs.profile(cascade.view_architecture(0))["macs"] == cost["macs"]
+
+
+def test_slim_top_view_is_the_full_network(batch):
+    images, _ = batch
+    cascade, _ = make_cascade(TOPOLOGIES["residual"](), [0.5, 0.0])
+    slim = slimming.slim_view(cascade, 1)
+    np.testing.assert_allclose(slim(images).numpy(), cascade.view_forward(1, images)[0].numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_slim_vgg16_from_topk_masks(batch):
+    architecture = architectures.vgg16((32, 32, 3), 4, width_multiplier=0.0625)
+    teacher = network.build_model(architecture)
+    cascade = Cascade(architecture, [0.7, 0.0], teacher=teacher)
+    cascade.initialize_from(teacher)
+    rng = np.random.RandomState(0)
+    for score in cascade.views[0].scores:
+        score.assign(rng.normal(size=score.shape))
+    images = rng.normal(size=(3, 32, 32, 3)).astype("float32")
+    slim = slimming.slim_view(cascade, 0, frozen=False)
+    np.testing.assert_allclose(slim(images).numpy(), cascade.view_forward(0, images, frozen=False)[0].numpy(),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_slim_model_is_plain_and_round_trips_its_config():
+    cascade, _ = make_cascade(TOPOLOGIES["chain"](), [0.5, 0.0])
+    slim = slimming.slim_view(cascade, 0, frozen=False)
+    names = {w.path for w in slim.weights}
+    assert not any("score" in n or "mask" in n or "teacher" in n for n in names)
+    clone = keras.Model.from_config(slim.get_config())
+    assert [w.shape for w in clone.weights] == [w.shape for w in slim.weights]
