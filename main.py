@@ -15,7 +15,7 @@ import sys
 # TensorFlow's C++ start-up chatter would bury one-line errors on stderr.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from hsd_tf import config as config_lib
 
@@ -96,6 +96,8 @@ def _config_from_flags() -> config_lib.Config:
 def main(argv):
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}; every setting is a --flag")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # TensorFlow's SavedModel writer is chatty at INFO
     try:
         config = _config_from_flags()
         config.validate()
@@ -106,8 +108,18 @@ def main(argv):
         results = training.train_and_evaluate(config)
     except (config_lib.ConfigError, _dataset_error()) as error:
         _fail(str(error))
-    print(json.dumps({k: results[k] for k in ("teacher", "views")}, indent=2))
+    print(_summary(results))
     return 0
+
+
+def _summary(results) -> str:
+    """One line per model: costs, test accuracy, and the exported float32 TFLite accuracy."""
+    lines = [f"{'model':<10} {'prune':>6} {'params':>12} {'MACs':>14} {'accuracy':>9} {'tflite acc':>11}"]
+    for entry in [dict(results["teacher"], name="teacher", prune_ratio=0.0)] + results["views"]:
+        tflite = entry.get("exports", {}).get("tflite", {}).get("accuracy")
+        lines.append(f"{entry['name']:<10} {entry['prune_ratio']:>6.3f} {entry['params']:>12,} {entry['macs']:>14,} "
+                     f"{entry['accuracy']:>9.4f} {'' if tflite is None else format(tflite, '.4f'):>11}")
+    return "\n".join(lines)
 
 
 def _profile(config):

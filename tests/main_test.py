@@ -30,6 +30,8 @@ def run_main(*args, timeout=600):
     (["--batch_size=-4"], "batch_size=-4"),
     (["--dataset=imagenet2012", "--arch=resnet50"], "data_dir=None"),
     (["--dataset=folder:/nonexistent"], "dataset='folder:/nonexistent'"),
+    (["--export=onnx"], "export='onnx'"),
+    (["--mode=export", "--model_dir=/nonexistent"], "model_dir='/nonexistent'"),
 ])
 def test_bad_input_is_one_line_naming_the_flag(args, flag):
     result = run_main(*args)
@@ -67,6 +69,16 @@ def test_end_to_end_then_resume_only_reports(tmp_path):
         assert 0.0 <= view["accuracy"] <= 1.0
     for phase in ("teacher", "joint", "frozen", "finetune"):
         assert os.listdir(os.path.join(model_dir, "logs", phase))
+    exports = student["exports"]
+    assert set(exports) == {"keras", "savedmodel", "tflite", "tflite_dynamic", "tflite_int8"}
+    assert exports["keras"]["accuracy"] == pytest.approx(student["accuracy"], abs=1e-6)
+    assert exports["savedmodel"]["agreement"] == 1.0
+    assert exports["tflite"]["agreement"] >= 0.99
+    assert exports["tflite_int8"]["agreement"] >= 0.8
+    for fmt in ("tflite", "tflite_dynamic", "tflite_int8"):
+        assert os.path.getsize(exports[fmt]["path"]) == exports[fmt]["bytes"] > 0
+    assert exports["tflite_int8"]["bytes"] < exports["tflite"]["bytes"]
+    assert "student" in result.stdout and "tflite acc" in result.stdout
     checkpoints = {p: os.path.getmtime(os.path.join(model_dir, p, "cascade.weights.h5"))
                    for p in ("joint", "frozen", "finetune")}
 
@@ -77,6 +89,11 @@ def test_end_to_end_then_resume_only_reports(tmp_path):
     with open(os.path.join(model_dir, "results.json")) as f:
         resumed = json.load(f)
     assert resumed["views"] == results["views"]
+
+    reexport = run_main(*TINY, "--mode=export", "--export=tflite", f"--model_dir={model_dir}")
+    assert reexport.returncode == 0, reexport.stderr[-3000:]
+    with open(os.path.join(model_dir, "results.json")) as f:
+        assert set(json.load(f)["views"][0]["exports"]) == {"keras", "tflite"}
 
     conflict = run_main(*TINY, "--num_ta=2", f"--model_dir={model_dir}")
     assert conflict.returncode == 2 and "num_ta" in conflict.stderr and "Traceback" not in conflict.stderr
