@@ -10,7 +10,7 @@ import json
 import os
 from typing import List, Optional
 
-from hsd_tf import architectures, cascade, data, export
+from hsd_tf import architectures, cascade, data, export, strategy
 
 SCORE_OPTIMIZERS = ("rmsprop", "adam")
 MODES = ("train", "profile", "export")
@@ -64,6 +64,7 @@ class Config:
     profile_json: Optional[str] = None
     export: List[str] = dataclasses.field(default_factory=lambda: list(export.FORMATS))
     export_views: str = "student"
+    strategy: str = "auto"
 
     def prune_ratios(self) -> List[float]:
         """Student first: the explicit TA list, or even spacing down to 0."""
@@ -126,12 +127,18 @@ class Config:
         if unknown:
             raise ConfigError("export", ",".join(self.export), f"expected some of {', '.join(export.FORMATS)}")
         _choice("export_views", self.export_views, EXPORT_VIEWS)
+        _choice("strategy", self.strategy, strategy.STRATEGIES)
         if self.mode == "export" and not os.path.exists(os.path.join(self.model_dir, "finetune", "cascade.weights.h5")):
             raise ConfigError("model_dir", self.model_dir, "--mode=export needs a finished run here")
         if self.teacher == "imagenet" and (self.arch != "resnet50" or self.dataset != "imagenet2012"):
             raise ConfigError("teacher", self.teacher, "'imagenet' weights exist for --arch=resnet50 --dataset=imagenet2012 only")
         if self.teacher not in (None, "imagenet") and not os.path.exists(self.teacher):
             raise ConfigError("teacher", self.teacher, "file not found (expected a .keras or .weights.h5 file, or 'imagenet')")
+
+    def check_replicas(self, replicas: int) -> None:
+        """The global batch must split evenly over the replicas."""
+        if self.batch_size % replicas:
+            raise ConfigError("batch_size", self.batch_size, f"must divide evenly over the {replicas} replicas")
 
     def identity(self) -> dict:
         return {name: getattr(self, name) for name in IDENTITY_FIELDS}

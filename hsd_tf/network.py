@@ -47,9 +47,11 @@ def make_layer(architecture, node, role: str, prefix: str = "") -> keras.layers.
         )
     if role == "bn":
         # PyTorch's momentum: the paper's recipes and short runs need moving
-        # statistics that follow the weights within an epoch.
+        # statistics that follow the weights within an epoch. Synchronized:
+        # under tf.distribute the batch statistics are those of the global
+        # batch, so N replicas train exactly like one device.
         return keras.layers.BatchNormalization(
-            momentum=0.9, epsilon=architecture.bn_epsilon, name=name
+            momentum=0.9, epsilon=architecture.bn_epsilon, synchronized=True, name=name
         )
     if role == "relu":
         return keras.layers.ReLU(name=name)

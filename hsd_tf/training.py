@@ -18,7 +18,7 @@ import time
 
 import keras
 
-from hsd_tf import architectures, costs, slimming
+from hsd_tf import architectures, costs, slimming, strategy
 from hsd_tf import data as data_lib
 from hsd_tf import export as export_lib
 from hsd_tf import teacher as teacher_lib
@@ -89,7 +89,14 @@ def train_and_evaluate(config: Config) -> dict:
         with open(results_path) as f:
             return json.load(f)
     config.save()
+    distribution = strategy.make(config.strategy)
+    config.check_replicas(distribution.num_replicas_in_sync)
     keras.utils.set_random_seed(config.seed)
+    with distribution.scope():
+        return _train_and_evaluate(config, results_path)
+
+
+def _train_and_evaluate(config: Config, results_path: str) -> dict:
     start = time.time()
     data = data_lib.load(
         config.dataset, config.batch_size, data_dir=config.data_dir, val_fraction=config.val_fraction,

@@ -6,6 +6,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# Two logical CPUs, so MirroredStrategy can be tested on one machine. Must run
+# before TensorFlow initialises its devices.
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0],
+    [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()],
+)
 
 from hsd_tf.architectures import Architecture, Node  # noqa: E402
 
@@ -63,7 +71,43 @@ def tiny_depthwise() -> Architecture:
     return Architecture("depthwise", INPUT_SHAPE, NUM_CLASSES, nodes, (("pw_1", 6), ("pw_2", 7)))
 
 
-TOPOLOGIES = {"chain": tiny_chain, "residual": tiny_residual, "depthwise": tiny_depthwise}
+def tiny_identity() -> Architecture:
+    """A residual add with an identity shortcut: the block input is already in the add's group."""
+    nodes = (
+        Node("input", "input"),
+        Node("stem", "conv", ("input",), filters=4, kernel=3),
+        Node("c0", "conv", ("stem",), kernel=3, strides=2, group="out"),
+        Node("b_1", "conv", ("c0",), kernel=3, group="b_1"),
+        Node("b_3", "conv", ("b_1",), group="out", relu=False),
+        Node("b_add", "add", ("c0", "b_3"), hint=True),
+        Node("gap", "gap", ("b_add",)),
+        Node("predictions", "dense", ("gap",), filters=NUM_CLASSES, relu=False),
+    )
+    return Architecture("identity", INPUT_SHAPE, NUM_CLASSES, nodes, (("out", 6), ("b_1", 5)))
+
+
+def tiny_projection() -> Architecture:
+    """A residual add whose shortcut is a strided 1x1 projection conv of the unmasked stem."""
+    nodes = (
+        Node("input", "input"),
+        Node("stem", "conv", ("input",), filters=4, kernel=3),
+        Node("b_0", "conv", ("stem",), strides=2, group="out", relu=False),
+        Node("b_1", "conv", ("stem",), strides=2, group="b_1"),
+        Node("b_3", "conv", ("b_1",), kernel=3, group="out", relu=False),
+        Node("b_add", "add", ("b_0", "b_3"), hint=True),
+        Node("flatten", "flatten", ("b_add",)),
+        Node("predictions", "dense", ("flatten",), filters=NUM_CLASSES, relu=False),
+    )
+    return Architecture("projection", INPUT_SHAPE, NUM_CLASSES, nodes, (("out", 7), ("b_1", 3)))
+
+
+TOPOLOGIES = {
+    "chain": tiny_chain,
+    "identity": tiny_identity,
+    "projection": tiny_projection,
+    "depthwise": tiny_depthwise,
+    "residual": tiny_residual,  # projection then identity, as in a ResNet stage
+}
 
 
 @pytest.fixture

@@ -13,6 +13,17 @@ TINY = ["--dataset=digits", "--arch=vgg16", "--width_multiplier=0.0625", "--num_
         "--frozen_epochs=1", "--finetune_epochs=1", "--verbose=0"]
 
 
+def _scalar_tags(log_dir):
+    """Every summary tag written in a TensorBoard log folder."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    tags = set()
+    for name in os.listdir(log_dir):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(log_dir, name)):
+            tags.update(value.tag for value in event.summary.value)
+    return tags
+
+
 def run_main(*args, timeout=600):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args], capture_output=True,
@@ -32,6 +43,7 @@ def run_main(*args, timeout=600):
     (["--dataset=folder:/nonexistent"], "dataset='folder:/nonexistent'"),
     (["--export=onnx"], "export='onnx'"),
     (["--mode=export", "--model_dir=/nonexistent"], "model_dir='/nonexistent'"),
+    (["--strategy=tpu"], "strategy='tpu'"),
 ])
 def test_bad_input_is_one_line_naming_the_flag(args, flag):
     result = run_main(*args)
@@ -69,6 +81,9 @@ def test_end_to_end_then_resume_only_reports(tmp_path):
         assert 0.0 <= view["accuracy"] <= 1.0
     for phase in ("teacher", "joint", "frozen", "finetune"):
         assert os.listdir(os.path.join(model_dir, "logs", phase))
+    joint_tags = _scalar_tags(os.path.join(model_dir, "logs", "joint", "train"))
+    assert {f"epoch_{v}_{m}" for v in ("student", "ta1") for m in ("loss", "acc", "kept")} <= joint_tags
+    assert {"epoch_student_acc", "epoch_student_loss"} <= _scalar_tags(os.path.join(model_dir, "logs", "finetune", "train"))
     exports = student["exports"]
     assert set(exports) == {"keras", "savedmodel", "tflite", "tflite_dynamic", "tflite_int8"}
     assert exports["keras"]["accuracy"] == pytest.approx(student["accuracy"], abs=1e-6)

@@ -35,7 +35,7 @@ def _kernel_params(model):
                if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)))
 
 
-@pytest.mark.parametrize("topology", ["chain", "residual", "depthwise"])
+@pytest.mark.parametrize("topology", sorted(TOPOLOGIES))
 @pytest.mark.parametrize("extreme", [False, True])
 def test_slim_logits_equal_masked_logits(topology, extreme, batch):
     images, labels = batch
