@@ -9,6 +9,7 @@ BatchNorm and head layers (`hsd_tf.cascade`).
 from typing import Callable, Optional
 
 import keras
+import tensorflow as tf
 
 def layer_name(node, role: str, prefix: str = "") -> str:
     """The Keras applications naming: conv1_conv -> conv1_bn, conv1_relu; x_add -> x_out."""
@@ -47,11 +48,12 @@ def make_layer(architecture, node, role: str, prefix: str = "") -> keras.layers.
         )
     if role == "bn":
         # PyTorch's momentum: the paper's recipes and short runs need moving
-        # statistics that follow the weights within an epoch. Synchronized:
-        # under tf.distribute the batch statistics are those of the global
-        # batch, so N replicas train exactly like one device.
+        # statistics that follow the weights within an epoch. Synchronized
+        # across replicas, so N replicas train exactly like one device on the
+        # global batch; only then, as it slows a single device down 2-3x.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
         return keras.layers.BatchNormalization(
-            momentum=0.9, epsilon=architecture.bn_epsilon, synchronized=True, name=name
+            momentum=0.9, epsilon=architecture.bn_epsilon, synchronized=replicas > 1, name=name
         )
     if role == "relu":
         return keras.layers.ReLU(name=name)

@@ -16,7 +16,7 @@ def make(name: str) -> tf.distribute.Strategy:
 
     Args:
         name: "auto" (mirrored over every GPU when there are several, else
-            one device), "one_device" (the first GPU, else the CPU) or
+            TensorFlow's default single-device placement), "one_device" (the first GPU, else the CPU) or
             "mirrored" (every GPU, or every logical CPU when there is none).
 
     Returns:
@@ -28,4 +28,7 @@ def make(name: str) -> tf.distribute.Strategy:
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         devices = gpus or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([d.name for d in devices])
-    return tf.distribute.OneDeviceStrategy((gpus or tf.config.list_logical_devices("CPU"))[0].name)
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy((gpus or tf.config.list_logical_devices("CPU"))[0].name)
+    # TensorFlow's default placement: no distribution machinery on the hot path.
+    return tf.distribute.get_strategy()
