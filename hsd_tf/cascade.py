@@ -199,8 +199,12 @@ class Cascade(keras.Model):
         """
         if frozen is None:
             frozen = self.phase != "joint"
+        group_masks = dict(zip(self.architecture.group_names, self.views[index].masks(frozen)))
+        return network.run_graph(self.architecture, images, self.layer_for(index), group_masks.get, training)
+
+    def layer_for(self, index: int):
+        """`(node, role) -> layer` of view `index`: its own stem, BN and head, else shared."""
         view = self.views[index]
-        group_masks = dict(zip(self.architecture.group_names, view.masks(frozen)))
         stem = self.architecture.stem.name
 
         def layer_for(node, role):
@@ -212,7 +216,7 @@ class Cascade(keras.Model):
                 return view.head[node.name]
             return self.shared[f"{node.name}:{role}"]
 
-        return network.run_graph(self.architecture, images, layer_for, group_masks.get, training)
+        return layer_for
 
     def call(self, images, training=False):
         """The student's logits."""

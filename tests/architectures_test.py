@@ -7,12 +7,7 @@ import pytest
 from hsd_tf import architectures, costs, network, teacher
 from hsd_tf.architectures import Architecture, Node
 
-from conftest import TOPOLOGIES
-
-
-def _kernel_params(model):
-    return sum(int(np.prod(layer.kernel.shape)) for layer in model.layers
-               if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)))
+from conftest import TOPOLOGIES, kernel_params
 
 
 @pytest.mark.parametrize("name,shape,classes", [("vgg16", (32, 32, 3), 10), ("resnet50", (64, 64, 3), 7),
@@ -21,7 +16,7 @@ def test_dense_model_matches_the_accounting(name, shape, classes):
     architecture = architectures.get(name, shape, classes, width_multiplier=0.25)
     model = network.build_model(architecture)
     assert model.output_shape == (None, classes)
-    assert _kernel_params(model) == costs.profile(architecture)["params"]
+    assert kernel_params(model) == costs.profile(architecture)["params"]
 
 
 def test_any_widths_give_a_smaller_network_of_the_same_family():
@@ -29,7 +24,7 @@ def test_any_widths_give_a_smaller_network_of_the_same_family():
     narrow = architecture.with_widths({g: 1 for g in architecture.group_names})
     model = network.build_model(narrow)
     assert model(np.zeros((2, 32, 32, 3), np.float32)).shape == (2, 10)
-    assert _kernel_params(model) == costs.profile(narrow)["params"]
+    assert kernel_params(model) == costs.profile(narrow)["params"]
     assert costs.profile(narrow)["macs"] < costs.profile(architecture)["macs"]
 
 

@@ -45,25 +45,13 @@ def straight_through_score_grads(cascade, index, images, labels):
     hard = cascade.views[index].hard_masks(frozen=False)
     mask_vars = [tf.Variable(m) for m in hard]
     names = cascade.architecture.group_names
-    view = cascade.views[index]
-    stem = cascade.architecture.stem.name
-
-    def layer_for(node, role):
-        if role == "conv" and node.name == stem:
-            return view.stem
-        if role == "bn":
-            return view.batch_norms[node.name]
-        if role == "dense":
-            return view.head[node.name]
-        return cascade.shared[f"{node.name}:{role}"]
-
     if index + 1 < len(cascade.views):
         teacher_logits, teacher_hints = cascade.view_forward(index + 1, images, training=True)
     else:
         teacher_logits, teacher_hints = cascade.teacher(images, training=False)
     with tf.GradientTape() as tape:
         logits, hints = network.run_graph(
-            cascade.architecture, images, layer_for, dict(zip(names, mask_vars)).get, training=True
+            cascade.architecture, images, cascade.layer_for(index), dict(zip(names, mask_vars)).get, training=True
         )
         loss = losses.pair_loss(
             labels, logits, teacher_logits, hints, teacher_hints, hint_weight=cascade.hint_weight

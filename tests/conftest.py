@@ -110,6 +110,14 @@ TOPOLOGIES = {
 }
 
 
+def kernel_params(model) -> int:
+    """Conv and dense kernel weights of a Keras model, counted from the layers themselves."""
+    import keras  # pylint: disable=import-outside-toplevel
+
+    kernels = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+    return sum(int(np.prod(layer.kernel.shape)) for layer in model.layers if isinstance(layer, kernels))
+
+
 @pytest.fixture
 def batch():
     rng = np.random.RandomState(0)

@@ -8,7 +8,7 @@ from hsd_tf import architectures, costs, network, slimming
 from hsd_tf.cascade import Cascade
 
 from cascade_test import make_cascade
-from conftest import TOPOLOGIES
+from conftest import TOPOLOGIES, kernel_params
 
 
 def _set_masks(cascade, index, masks):
@@ -30,11 +30,6 @@ def _random_masks(architecture, rng, extreme):
     return masks
 
 
-def _kernel_params(model):
-    return sum(int(np.prod(layer.kernel.shape)) for layer in model.layers
-               if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)))
-
-
 @pytest.mark.parametrize("topology", sorted(TOPOLOGIES))
 @pytest.mark.parametrize("extreme", [False, True])
 def test_slim_logits_equal_masked_logits(topology, extreme, batch):
@@ -49,7 +44,7 @@ def test_slim_logits_equal_masked_logits(topology, extreme, batch):
         masked = cascade.view_forward(0, images, training=False)[0].numpy()
         np.testing.assert_allclose(slim(images).numpy(), masked, rtol=1e-4, atol=1e-4)
         cost = cascade.view_costs()[0]
-        assert _kernel_params(slim) == cost["params"] == costs.profile(cascade.view_architecture(0))["params"]
+        assert kernel_params(slim) == cost["params"] == costs.profile(cascade.view_architecture(0))["params"]
         assert costs.profile(cascade.view_architecture(0))["macs"] == cost["macs"]
 
 
