@@ -58,6 +58,7 @@ _HELP = {
     "export": "Formats written at the end of a run: savedmodel, tflite (float32), tflite_dynamic "
               "(dynamic-range), tflite_int8 (full integer); empty for none.",
     "export_views": "student: export the slim student; all: every TA and the dense teacher too.",
+    "deterministic": "Repeatable runs: TensorFlow op determinism on top of the seeds (slower on GPUs).",
     "strategy": "tf.distribute strategy: auto (mirrored over several GPUs, else one device), one_device, "
                 "mirrored (every GPU, or every logical CPU).",
 }
@@ -110,6 +111,8 @@ def main(argv):
         results = training.train_and_evaluate(config)
     except (config_lib.ConfigError, _dataset_error()) as error:
         _fail(str(error))
+    except _training_error() as error:
+        _fail(str(error), status=1)
     print(_summary(results))
     return 0
 
@@ -145,9 +148,15 @@ def _dataset_error():
     return DatasetError
 
 
-def _fail(message):
+def _training_error():
+    from hsd_tf.training import TrainingError  # pylint: disable=import-outside-toplevel
+
+    return TrainingError
+
+
+def _fail(message, status=2):
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -346,6 +346,10 @@ class Cascade(keras.Model):
     def compile(self, optimizer="sgd", score_optimizer=None, **kwargs):
         """Args: optimizer for the weights, score_optimizer (default RMSprop) for the scores."""
         super().compile(optimizer=optimizer, **kwargs)
+        # Built now, over every variable either optimizer may ever update, so a
+        # checkpoint's optimizer state always has the structure it is loaded
+        # into (a lazily built optimizer would only know the first step's).
+        self.optimizer.build(self._weight_variables(range(len(self.views))))
         self.score_optimizer = keras.optimizers.get(score_optimizer or "rmsprop")
         self.score_optimizer.build([s for v in self.views for s in v.scores])
 
@@ -356,10 +360,10 @@ class Cascade(keras.Model):
     def _active_views(self) -> range:
         return range(1) if self.phase == "finetune" else range(len(self.views))
 
-    def _weight_variables(self) -> list:
+    def _weight_variables(self, views) -> list:
+        """Shared kernels and the non-score trainable variables of `views` (indices)."""
         shared = [v for layer in self.shared.values() for v in layer.trainable_variables]
-        views = [self.views[i] for i in self._active_views()]
-        return shared + [v for view in views for v in view.weight_variables()]
+        return shared + [v for i in views for v in self.views[i].weight_variables()]
 
     def _teacher_outputs(self, index: int, outputs, images):
         """Detached logits and hints of the teacher of view `index`."""
@@ -376,7 +380,7 @@ class Cascade(keras.Model):
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         active = self._active_views()
         frozen = self.phase != "joint"
-        weights = self._weight_variables()
+        weights = self._weight_variables(active)
         scores = [s for i in active for s in self.views[i].scores]
         with tf.GradientTape() as tape:
             outputs = [self.view_forward(i, images, training=True) for i in active]

@@ -65,6 +65,7 @@ class Config:
     export: List[str] = dataclasses.field(default_factory=lambda: list(export.FORMATS))
     export_views: str = "student"
     strategy: str = "auto"
+    deterministic: bool = False
 
     def prune_ratios(self) -> List[float]:
         """Student first: the explicit TA list, or even spacing down to 0."""

@@ -3,7 +3,10 @@
 Every dataset yields (float32 image, int label) batches. Training batches are
 shuffled, augmented and have a fixed size (drop_remainder) so that every step
 splits evenly over replicas; evaluation pipelines are deterministic and keep
-every example. A validation split for the teacher ladder of fine-tuning is
+every example. Epoch e of training is a pure function of (seed, e): its
+shuffle is seeded by both and its augmentation uses stateless random ops seeded
+by (seed, e, example), so a run resumed at epoch e sees exactly the batches an
+uninterrupted run would (`Data.train_from`). A validation split for the teacher ladder of fine-tuning is
 held out of the *training* split (`val_fraction`), never taken from the test
 split whose accuracy is reported.
 """
@@ -12,7 +15,7 @@ import dataclasses
 import os
 import socket
 import urllib.parse
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -44,7 +47,7 @@ class Data:
 
     Attributes:
         name: Dataset name as given.
-        train: Shuffled, augmented training batches (repeats each epoch).
+        train_examples_ds: Un-augmented training examples (use `train_from`).
         val: Held-out training examples, evaluation pipeline (None if
             val_fraction is 0).
         test: Test split, evaluation pipeline.
@@ -52,16 +55,49 @@ class Data:
         input_shape: (height, width, channels).
         train_examples: Examples in `train` per epoch before batching.
         steps_per_epoch: Training batches per epoch.
+        batch_size: Global training batch size.
+        seed: Shuffle and augmentation seed.
+        augment: `(image, label, seed pair) -> (image, label)`, stateless.
     """
 
     name: str
-    train: tf.data.Dataset
+    train_examples_ds: tf.data.Dataset
     val: Optional[tf.data.Dataset]
     test: tf.data.Dataset
     num_classes: int
     input_shape: Tuple[int, int, int]
     train_examples: int
     steps_per_epoch: int
+    batch_size: int
+    seed: int
+    augment: Callable
+
+    def train_from(self, first_epoch: int, epochs: int) -> tf.data.Dataset:
+        """Training batches of epochs first_epoch .. epochs-1, steps_per_epoch each.
+
+        Args:
+            first_epoch: The epoch to start at (where a resumed run continues).
+            epochs: One past the last epoch.
+
+        Returns:
+            A dataset whose epoch e depends only on (seed, e).
+        """
+        buffer = min(self.train_examples, 50_000)
+
+        def epoch(e):
+            # Python-int seeds: tf.data refuses tensor shuffle seeds under op determinism.
+            epoch_seed = self.seed * 1_000_003 + e
+            examples = self.train_examples_ds.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+            examples = examples.enumerate().map(
+                lambda i, example: self.augment(*example, tf.stack([tf.constant(epoch_seed, tf.int64), i])),
+                num_parallel_calls=AUTOTUNE, deterministic=True,
+            )
+            return examples.batch(self.batch_size, drop_remainder=True)
+
+        dataset = epoch(first_epoch)
+        for e in range(first_epoch + 1, max(epochs, first_epoch + 1)):
+            dataset = dataset.concatenate(epoch(e))
+        return dataset.prefetch(AUTOTUNE)
 
 
 def validate_name(name: str) -> None:
@@ -133,12 +169,6 @@ def load(
         splits, num_classes, size = _tfds(name, data_dir, val_fraction)
     (train, train_examples), val, test = splits
     train_fn, eval_fn = _preprocessors(name, size)
-    train_ds = (
-        train.shuffle(min(train_examples, 50_000), seed=seed, reshuffle_each_iteration=True)
-        .map(train_fn, num_parallel_calls=AUTOTUNE)
-        .batch(batch_size, drop_remainder=True)
-        .prefetch(AUTOTUNE)
-    )
 
     def evaluation(ds):
         return ds.map(eval_fn, num_parallel_calls=AUTOTUNE, deterministic=True).batch(eval_batch_size).prefetch(AUTOTUNE)
@@ -150,13 +180,16 @@ def load(
         )
     return Data(
         name=name,
-        train=train_ds,
+        train_examples_ds=train,
         val=evaluation(val[0]) if val is not None else None,
         test=evaluation(test[0]),
         num_classes=num_classes,
         input_shape=(size, size, 3),
         train_examples=train_examples,
         steps_per_epoch=train_examples // batch_size,
+        batch_size=batch_size,
+        seed=seed,
+        augment=train_fn,
     )
 
 
@@ -332,12 +365,12 @@ def _preprocessors(name, size):
     def eval_fn(image, label):
         return (to_unit(image) - mean) / std, label
 
-    def train_fn(image, label):
+    def train_fn(image, label, seed):
         image = to_unit(image)
         if flip:
-            image = tf.image.random_flip_left_right(image)
+            image = tf.image.stateless_random_flip_left_right(image, seed)
         image = tf.image.resize_with_crop_or_pad(image, size + 2 * pad, size + 2 * pad)
-        image = tf.image.random_crop(image, (size, size, 3))
+        image = tf.image.stateless_random_crop(image, (size, size, 3), seed + 1)
         return (image - mean) / std, label
 
     return train_fn, eval_fn
@@ -352,15 +385,15 @@ def _caffe(image):
     return tf.reverse(tf.cast(image, tf.float32), axis=[-1]) - tf.constant(CAFFE_BGR_MEAN)
 
 
-def _imagenet_train(image, label):
+def _imagenet_train(image, label, seed):
     bbox = tf.constant([0.0, 0.0, 1.0, 1.0], shape=(1, 1, 4))
-    begin, crop_size, _ = tf.image.sample_distorted_bounding_box(
-        tf.shape(image), bbox, min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3),
+    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image), bbox, seed, min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3),
         area_range=(0.08, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True,
     )
     image = tf.slice(image, begin, crop_size)
     image = tf.image.resize(image, (224, 224))
-    image = tf.image.random_flip_left_right(image)
+    image = tf.image.stateless_random_flip_left_right(image, seed + 1)
     return _caffe(image), label
 
 

@@ -57,8 +57,8 @@ def from_keras_resnet50(architecture, source: keras.Model = None) -> keras.Model
     return model
 
 
-def train(architecture, data, config, callbacks) -> keras.Model:
-    """Trains the dense teacher from scratch with cross-entropy.
+def compiled_for_training(architecture, data, config) -> keras.Model:
+    """The dense teacher, compiled for training from scratch with cross-entropy.
 
     SGD with Nesterov momentum and weight decay, cosine learning rate from
     `config.teacher_learning_rate` to 0 over `config.teacher_epochs`.
@@ -67,10 +67,9 @@ def train(architecture, data, config, callbacks) -> keras.Model:
         architecture: The full-width `Architecture`.
         data: `hsd_tf.data.Data`.
         config: `hsd_tf.config.Config`.
-        callbacks: Keras callbacks (backup, TensorBoard).
 
     Returns:
-        The trained model.
+        The compiled, untrained model.
     """
     model = network.build_model(architecture, name="teacher")
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -82,10 +81,6 @@ def train(architecture, data, config, callbacks) -> keras.Model:
         ),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="acc")],
-    )
-    model.fit(
-        data.train, epochs=config.teacher_epochs, validation_data=data.val,
-        callbacks=callbacks, verbose=config.verbose,
     )
     return model
 

@@ -7,16 +7,19 @@
               teacher                                        (--finetune_epochs)
 
 Every phase writes `<model_dir>/<phase>/cascade.weights.h5` when it ends; a
-re-run loads finished phases instead of redoing them, and Keras'
-BackupAndRestore resumes an interrupted phase from its last epoch. Results
+re-run loads finished phases instead of redoing them, and `EpochBackup`
+resumes an interrupted phase from its last finished epoch. Results
 go to `<model_dir>/results.json`; TensorBoard logs to `<model_dir>/logs/<phase>`.
 """
 
 import json
 import os
+import shutil
 import time
 
 import keras
+import numpy as np
+import tensorflow as tf
 
 from hsd_tf import architectures, costs, slimming, strategy
 from hsd_tf import data as data_lib
@@ -92,6 +95,8 @@ def train_and_evaluate(config: Config) -> dict:
     distribution = strategy.make(config.strategy)
     config.check_replicas(distribution.num_replicas_in_sync)
     keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     with distribution.scope():
         return _train_and_evaluate(config, results_path)
 
@@ -170,7 +175,7 @@ def _finished(results_path: str, config: Config) -> bool:
 def _export(config: Config, models, data) -> None:
     """Saves each slim model (.keras), exports it, and verifies every file on the test split."""
     directory = os.path.join(config.model_dir, "export")
-    sample = export_lib.representative_sample(data.train)
+    sample = export_lib.representative_sample(data.train_from(0, 1))
     for entry, model in models:
         os.makedirs(directory, exist_ok=True)
         model.save(os.path.join(directory, f"{model.name}.keras"))
@@ -187,9 +192,15 @@ def _teacher(config: Config, architecture, data) -> keras.Model:
         return teacher_lib.load(config.teacher, architecture)
     path = os.path.join(config.model_dir, "teacher", "teacher.weights.h5")
     if os.path.exists(path):
-        return teacher_lib.load(path, architecture)
-    model = teacher_lib.train(architecture, data, config, _callbacks(config, "teacher"))
+        try:
+            return teacher_lib.load(path, architecture)
+        except (OSError, ValueError) as error:
+            raise TrainingError(f"cannot read {path} ({error}); it was left untouched. "
+                                "Move it away to retrain the teacher.") from None
+    model = teacher_lib.compiled_for_training(architecture, data, config)
+    _fit(model, config, "teacher", config.teacher_epochs, data, data.val)
     _save_weights(model, path)
+    _discard_backup(config, "teacher")
     return model
 
 
@@ -202,26 +213,113 @@ def _run_phase(config, cascade, phase, epochs, data, validation, callbacks=()) -
     path = _phase_path(config, phase)
     cascade.set_phase(phase)
     if os.path.exists(path):
-        cascade.load_weights(path)
+        _load_weights(cascade, path)
     # Compiled after loading so that a finished phase's optimizer state is not restored.
     cascade.compile(optimizer=_optimizer(config, data), score_optimizer=_score_optimizer(config))
     if os.path.exists(path):
         return
     if epochs:
-        cascade.fit(
-            data.train, epochs=epochs, validation_data=validation,
-            callbacks=_callbacks(config, phase) + list(callbacks), verbose=config.verbose,
-        )
+        _fit(cascade, config, phase, epochs, data, validation, callbacks)
     if phase == "joint":
         cascade.freeze_masks()
     _save_weights(cascade, path)
+    _discard_backup(config, phase)
 
 
-def _callbacks(config, phase) -> list:
-    return [
-        keras.callbacks.BackupAndRestore(os.path.join(config.model_dir, phase, "backup")),
-        keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs", phase)),
-    ]
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss, a corrupt checkpoint); the message says why."""
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops at the first NaN or infinite loss, before anything saves the bad weights."""
+
+    def __init__(self, phase, backup):
+        super().__init__()
+        self.phase, self.backup = phase, backup
+        self.flag = "teacher_learning_rate" if phase == "teacher" else "learning_rate"
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)):
+            raise TrainingError(
+                f"the {self.phase} loss became {float(loss)} at epoch {self.epoch + 1}, step {batch + 1}; "
+                f"stopped. The last good checkpoint is kept in {self.backup}: lower --{self.flag} and re-run."
+            )
+
+
+class EpochBackup(keras.callbacks.Callback):
+    """Saves the whole training state at every epoch end, atomically, named by epoch.
+
+    Keras' BackupAndRestore writes the weights and the epoch number into two
+    files, one after the other: a SIGKILL between the two resumes the next
+    epoch's weights at the previous epoch (seen in tests/resume_test.py). Here
+    one file holds both: `epoch-<N>.weights.h5`, written to a temporary name
+    and renamed, so it either exists complete or not at all.
+
+    Args:
+        directory: The phase's backup folder.
+    """
+
+    def __init__(self, directory: str):
+        super().__init__()
+        self.directory = directory
+
+    @staticmethod
+    def latest(directory: str):
+        """(epochs done, path) of the newest complete backup, or (0, None)."""
+        if not os.path.isdir(directory):
+            return 0, None
+        epochs = [int(name[len("epoch-"):-len(".weights.h5")]) for name in os.listdir(directory)
+                  if name.startswith("epoch-") and name.endswith(".weights.h5") and ".tmp" not in name]
+        if not epochs:
+            return 0, None
+        return max(epochs), os.path.join(directory, f"epoch-{max(epochs)}.weights.h5")
+
+    def on_epoch_end(self, epoch, logs=None):
+        _save_weights(self.model, os.path.join(self.directory, f"epoch-{epoch + 1}.weights.h5"))
+        for name in os.listdir(self.directory):
+            if name.startswith("epoch-") and name != f"epoch-{epoch + 1}.weights.h5":
+                os.remove(os.path.join(self.directory, name))
+
+
+def _fit(model, config, phase, epochs, data, validation, callbacks=()) -> None:
+    """Fits one phase, resuming from its newest backup.
+
+    The training data of epoch e depends only on (seed, e), so a resumed run
+    sees the batches an uninterrupted one would, and the backup holds the
+    optimizer state, so the run continues exactly. Callbacks that change model
+    state at the end of an epoch (the teacher ladder) come before the backup.
+    """
+    backup = os.path.join(config.model_dir, phase, "backup")
+    first_epoch, path = EpochBackup.latest(backup)
+    if path:
+        if not model.optimizer.built:  # the teacher's optimizer builds lazily; its state must load too
+            model.optimizer.build(model.trainable_variables)
+        _load_weights(model, path)
+    model.fit(
+        data.train_from(first_epoch, epochs), epochs=epochs, initial_epoch=first_epoch,
+        steps_per_epoch=data.steps_per_epoch, validation_data=validation, verbose=config.verbose,
+        shuffle=False,  # train_from already shuffles, per epoch and reproducibly
+        callbacks=[StopOnNonFiniteLoss(phase, backup), *callbacks, EpochBackup(backup),
+                   keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs", phase))],
+    )
+
+
+def _discard_backup(config, phase) -> None:
+    """Removes a phase's backup once its end-of-phase checkpoint is safely written."""
+    shutil.rmtree(os.path.join(config.model_dir, phase, "backup"), ignore_errors=True)
+
+
+def _load_weights(model, path) -> None:
+    try:
+        model.load_weights(path)
+    except (OSError, ValueError) as error:
+        raise TrainingError(f"cannot read {path} ({error}); it was left untouched. "
+                            "Move it away to redo that phase.") from None
 
 
 def _optimizer(config: Config, data) -> keras.optimizers.Optimizer:

@@ -112,3 +112,12 @@ def test_end_to_end_then_resume_only_reports(tmp_path):
 
     conflict = run_main(*TINY, "--num_ta=2", f"--model_dir={model_dir}")
     assert conflict.returncode == 2 and "num_ta" in conflict.stderr and "Traceback" not in conflict.stderr
+
+
+def test_a_non_finite_loss_stops_the_run_with_one_line(tmp_path):
+    result = run_main(*TINY, "--teacher_learning_rate=1e30", f"--model_dir={tmp_path}")
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "teacher loss became" in lines[0] and "--teacher_learning_rate" in lines[0]
+    assert not os.path.exists(tmp_path / "teacher" / "teacher.weights.h5")

@@ -1,0 +1,54 @@
+"""A run killed with SIGKILL, in the joint phase and again in fine-tuning, resumes to the same results."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from main_test import ROOT
+
+ARGS = ["--dataset=digits", "--arch=vgg16", "--width_multiplier=0.0625", "--num_ta=1", "--prune_ratio=0.5",
+        "--batch_size=128", "--teacher_epochs=2", "--teacher_learning_rate=0.05", "--joint_epochs=4",
+        "--frozen_epochs=0", "--finetune_epochs=4", "--verbose=0", "--export=", "--deterministic"]
+
+
+def _start(model_dir):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py"), *ARGS, f"--model_dir={model_dir}"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _kill_after_first_epoch(process, model_dir, phase, timeout=300):
+    """SIGKILLs the run once `phase` has backed up at least one epoch."""
+    backup = os.path.join(model_dir, phase, "backup")
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        if os.path.isdir(backup) and any(n.startswith("epoch-") for n in os.listdir(backup)):
+            break
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    assert not os.path.exists(os.path.join(model_dir, phase, "cascade.weights.h5")), "killed too late"
+
+
+def _comparable(model_dir):
+    with open(os.path.join(model_dir, "results.json")) as f:
+        results = json.load(f)
+    results.pop("wall_seconds_this_invocation")
+    return results
+
+
+def test_sigkill_in_joint_and_finetune_then_rerun_gives_the_uninterrupted_results(tmp_path):
+    reference = str(tmp_path / "uninterrupted")
+    process = _start(reference)
+    assert process.wait(timeout=600) == 0, process.stderr.read().decode()[-3000:]
+
+    killed = str(tmp_path / "killed")
+    _kill_after_first_epoch(_start(killed), killed, "joint")
+    _kill_after_first_epoch(_start(killed), killed, "finetune")
+    process = _start(killed)
+    assert process.wait(timeout=600) == 0, process.stderr.read().decode()[-3000:]
+
+    assert _comparable(killed) == _comparable(reference)
