@@ -353,6 +353,10 @@ class Cascade(keras.Model):
         self.score_optimizer = keras.optimizers.get(score_optimizer or "rmsprop")
         self.score_optimizer.build([s for v in self.views for s in v.scores])
 
+    def metric_result(self, name: str) -> float:
+        """The current value of one of the cascade's metrics ("student_kd", ...)."""
+        return float(self._trackers[name].result())
+
     @property
     def metrics(self):
         return list(self._trackers.values())

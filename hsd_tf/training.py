@@ -27,6 +27,7 @@ from hsd_tf import export as export_lib
 from hsd_tf import teacher as teacher_lib
 from hsd_tf.cascade import Cascade
 from hsd_tf.config import Config
+from hsd_tf.summaries import CascadeSummaries
 
 CHECKPOINT = "cascade.weights.h5"
 
@@ -219,7 +220,8 @@ def _run_phase(config, cascade, phase, epochs, data, validation, callbacks=()) -
     if os.path.exists(path):
         return
     if epochs:
-        _fit(cascade, config, phase, epochs, data, validation, callbacks)
+        summaries = CascadeSummaries(os.path.join(config.model_dir, "logs", phase))
+        _fit(cascade, config, phase, epochs, data, validation, [*callbacks, summaries])
     if phase == "joint":
         cascade.freeze_masks()
     _save_weights(cascade, path)

@@ -84,6 +84,11 @@ def test_end_to_end_then_resume_only_reports(tmp_path):
     joint_tags = _scalar_tags(os.path.join(model_dir, "logs", "joint", "train"))
     assert {f"epoch_{v}_{m}" for v in ("student", "ta1") for m in ("loss", "acc", "kept")} <= joint_tags
     assert {"epoch_student_acc", "epoch_student_loss"} <= _scalar_tags(os.path.join(model_dir, "logs", "finetune", "train"))
+    cascade_tags = _scalar_tags(os.path.join(model_dir, "logs", "joint", "cascade"))
+    for view in ("student", "ta1"):
+        assert {f"{view}/{t}" for t in ("ce", "kd", "hint", "params", "macs", "scores")} <= cascade_tags
+    assert {"learning_rate", "score_learning_rate", "kept_fraction_per_layer"} <= cascade_tags
+    assert "teacher_rung" in _scalar_tags(os.path.join(model_dir, "logs", "finetune", "cascade"))
     exports = student["exports"]
     assert set(exports) == {"keras", "savedmodel", "tflite", "tflite_dynamic", "tflite_int8"}
     assert exports["keras"]["accuracy"] == pytest.approx(student["accuracy"], abs=1e-6)
