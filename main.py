@@ -58,6 +58,8 @@ _HELP = {
     "export": "Formats written at the end of a run: savedmodel, tflite (float32), tflite_dynamic "
               "(dynamic-range), tflite_int8 (full integer); empty for none.",
     "export_views": "student: export the slim student; all: every TA and the dense teacher too.",
+    "tensorboard": "Write TensorBoard logs to <model_dir>/logs (--notensorboard: none); "
+                   "open them with: tensorboard --logdir=<model_dir>/logs",
     "deterministic": "Repeatable runs: TensorFlow op determinism on top of the seeds (slower on GPUs).",
     "strategy": "tf.distribute strategy: auto (mirrored over several GPUs, else one device), one_device, "
                 "mirrored (every GPU, or every logical CPU).",

@@ -66,6 +66,7 @@ class Config:
     export_views: str = "student"
     strategy: str = "auto"
     deterministic: bool = False
+    tensorboard: bool = True
 
     def prune_ratios(self) -> List[float]:
         """Student first: the explicit TA list, or even spacing down to 0."""

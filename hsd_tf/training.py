@@ -220,8 +220,9 @@ def _run_phase(config, cascade, phase, epochs, data, validation, callbacks=()) -
     if os.path.exists(path):
         return
     if epochs:
-        summaries = CascadeSummaries(os.path.join(config.model_dir, "logs", phase))
-        _fit(cascade, config, phase, epochs, data, validation, [*callbacks, summaries])
+        if config.tensorboard:
+            callbacks = [*callbacks, CascadeSummaries(os.path.join(config.model_dir, "logs", phase))]
+        _fit(cascade, config, phase, epochs, data, validation, callbacks)
     if phase == "joint":
         cascade.freeze_masks()
     _save_weights(cascade, path)
@@ -306,8 +307,8 @@ def _fit(model, config, phase, epochs, data, validation, callbacks=()) -> None:
         data.train_from(first_epoch, epochs), epochs=epochs, initial_epoch=first_epoch,
         steps_per_epoch=data.steps_per_epoch, validation_data=validation, verbose=config.verbose,
         shuffle=False,  # train_from already shuffles, per epoch and reproducibly
-        callbacks=[StopOnNonFiniteLoss(phase, backup), *callbacks, EpochBackup(backup),
-                   keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs", phase))],
+        callbacks=[StopOnNonFiniteLoss(phase, backup), *callbacks, EpochBackup(backup)]
+        + ([keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs", phase))] if config.tensorboard else []),
     )
 
 

@@ -53,6 +53,15 @@ def test_bad_input_is_one_line_naming_the_flag(args, flag):
     assert flag in lines[0] and "Traceback" not in result.stderr
 
 
+def test_image_folder_with_one_class_is_refused(tmp_path):
+    for split in ("train", "test"):
+        (tmp_path / split / "only").mkdir(parents=True)
+    result = run_main("--dataset=folder:" + str(tmp_path), f"--model_dir={tmp_path / 'run'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "at least two class folders" in lines[0] and f"dataset='folder:{tmp_path}'" in lines[0]
+
+
 def test_profile_prints_table_and_writes_json(tmp_path):
     path = tmp_path / "profile.json"
     result = run_main("--mode=profile", "--arch=vgg16", "--dataset=cifar10", f"--profile_json={path}")
@@ -126,3 +135,11 @@ def test_a_non_finite_loss_stops_the_run_with_one_line(tmp_path):
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "teacher loss became" in lines[0] and "--teacher_learning_rate" in lines[0]
     assert not os.path.exists(tmp_path / "teacher" / "teacher.weights.h5")
+
+
+def test_notensorboard_writes_no_logs(tmp_path):
+    result = run_main(*TINY, "--teacher_epochs=1", "--joint_epochs=1", "--frozen_epochs=0",
+                      "--finetune_epochs=1", "--export=", "--notensorboard", f"--model_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not os.path.exists(tmp_path / "logs")
+    assert os.path.exists(tmp_path / "results.json")
