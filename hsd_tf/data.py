@@ -6,9 +6,9 @@ splits evenly over replicas; evaluation pipelines are deterministic and keep
 every example. Epoch e of training is a pure function of (seed, e): its
 shuffle is seeded by both and its augmentation uses stateless random ops seeded
 by (seed, e, example), so a run resumed at epoch e sees exactly the batches an
-uninterrupted run would (`Data.train_from`). A validation split for the teacher ladder of fine-tuning is
-held out of the *training* split (`val_fraction`), never taken from the test
-split whose accuracy is reported.
+uninterrupted run would (`Data.train_from`). A validation split for the teacher
+ladder of fine-tuning is held out of the *training* split (`val_fraction`),
+never taken from the test split whose accuracy is reported.
 """
 
 import dataclasses

@@ -177,8 +177,8 @@ def _export(config: Config, models, data) -> None:
     """Saves each slim model (.keras), exports it, and verifies every file on the test split."""
     directory = os.path.join(config.model_dir, "export")
     sample = export_lib.representative_sample(data.train_from(0, 1))
+    os.makedirs(directory, exist_ok=True)
     for entry, model in models:
-        os.makedirs(directory, exist_ok=True)
         model.save(os.path.join(directory, f"{model.name}.keras"))
         paths = export_lib.export_model(model, directory, config.export, sample)
         entry["exports"] = export_lib.verify(paths, model, data.test)
@@ -193,11 +193,7 @@ def _teacher(config: Config, architecture, data) -> keras.Model:
         return teacher_lib.load(config.teacher, architecture)
     path = os.path.join(config.model_dir, "teacher", "teacher.weights.h5")
     if os.path.exists(path):
-        try:
-            return teacher_lib.load(path, architecture)
-        except (OSError, ValueError) as error:
-            raise TrainingError(f"cannot read {path} ({error}); it was left untouched. "
-                                "Move it away to retrain the teacher.") from None
+        return _read_checkpoint(lambda: teacher_lib.load(path, architecture), path, "retrain the teacher")
     model = teacher_lib.compiled_for_training(architecture, data, config)
     _fit(model, config, "teacher", config.teacher_epochs, data, data.val)
     _save_weights(model, path)
@@ -318,11 +314,16 @@ def _discard_backup(config, phase) -> None:
 
 
 def _load_weights(model, path) -> None:
+    _read_checkpoint(lambda: model.load_weights(path), path, "redo that phase")
+
+
+def _read_checkpoint(read, path, remedy):
+    """Returns `read()`; an unreadable file becomes a TrainingError and is left in place."""
     try:
-        model.load_weights(path)
+        return read()
     except (OSError, ValueError) as error:
         raise TrainingError(f"cannot read {path} ({error}); it was left untouched. "
-                            "Move it away to redo that phase.") from None
+                            f"Move it away to {remedy}.") from None
 
 
 def _optimizer(config: Config, data) -> keras.optimizers.Optimizer:
