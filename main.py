@@ -62,7 +62,10 @@ _HELP = {
                    "open them with: tensorboard --logdir=<model_dir>/logs",
     "deterministic": "Repeatable runs: TensorFlow op determinism on top of the seeds (slower on GPUs).",
     "strategy": "tf.distribute strategy: auto (mirrored over several GPUs, else one device), one_device, "
-                "mirrored (every GPU, or every logical CPU).",
+                "mirrored (every GPU, or every logical CPU), multi_worker (the cluster in TF_CONFIG; "
+                "model_dir on storage every worker sees), tpu (TPU_NAME, or the local TPU VM).",
+    "mixed_precision": "float32, or bfloat16 / float16 compute with float32 variables, logits and losses "
+                       "(float16 adds dynamic loss scaling).",
 }
 
 

@@ -344,14 +344,26 @@ class Cascade(keras.Model):
     # -------------------------------------------------------------- training
 
     def compile(self, optimizer="sgd", score_optimizer=None, **kwargs):
-        """Args: optimizer for the weights, score_optimizer (default RMSprop) for the scores."""
+        """Args: optimizer for the weights, score_optimizer (default RMSprop) for the scores.
+
+        Under the "mixed_float16" policy Keras wraps the weights' optimizer in
+        a `LossScaleOptimizer`; the scores' optimizer is wrapped the same way
+        and `train_step` keeps the two loss scales equal.
+        """
         super().compile(optimizer=optimizer, **kwargs)
         # Built now, over every variable either optimizer may ever update, so a
         # checkpoint's optimizer state always has the structure it is loaded
         # into (a lazily built optimizer would only know the first step's).
         self.optimizer.build(self._weight_variables(range(len(self.views))))
-        self.score_optimizer = keras.optimizers.get(score_optimizer or "rmsprop")
+        score_optimizer = keras.optimizers.get(score_optimizer or "rmsprop")
+        if self._loss_scaled and not isinstance(score_optimizer, keras.optimizers.LossScaleOptimizer):
+            score_optimizer = keras.optimizers.LossScaleOptimizer(score_optimizer)
+        self.score_optimizer = score_optimizer
         self.score_optimizer.build([s for v in self.views for s in v.scores])
+
+    @property
+    def _loss_scaled(self) -> bool:
+        return isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
 
     def metric_result(self, name: str) -> float:
         """The current value of one of the cascade's metrics ("student_kd", ...)."""
@@ -385,7 +397,7 @@ class Cascade(keras.Model):
         active = self._active_views()
         frozen = self.phase != "joint"
         weights = self._weight_variables(active)
-        scores = [s for i in active for s in self.views[i].scores]
+        scores = [] if frozen else [s for i in active for s in self.views[i].scores]
         with tf.GradientTape() as tape:
             outputs = [self.view_forward(i, images, training=True) for i in active]
             terms = []
@@ -397,7 +409,10 @@ class Cascade(keras.Model):
                     hint_weight=self.hint_weight,
                 ))
             total = tf.add_n([t["loss"] for t in terms])
-        grads = tape.gradient(total, weights + scores)
+            scaled_total = self.optimizer.scale_loss(total)
+        grads = tape.gradient(scaled_total, weights + scores)
+        if self._loss_scaled:
+            grads = _one_overflow_decision(grads)
         self.optimizer.apply(grads[: len(weights)], weights)
         if not frozen:
             self._apply_score_gradients(grads[len(weights):])
@@ -450,6 +465,20 @@ class Cascade(keras.Model):
             "temperature": self.temperature,
             "hint_weight": self.hint_weight,
         }
+
+
+def _one_overflow_decision(grads: list) -> list:
+    """Makes every gradient non-finite when any is (float16 loss scaling).
+
+    The weights and the scores have a `LossScaleOptimizer` each, and each
+    skips its step and halves its scale when one of its own gradients
+    overflows. Deciding once for all gradients keeps the two scales equal
+    (same start, same growth), so the scores are unscaled by the scale the
+    loss was multiplied with, and both steps are skipped together.
+    """
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])
+    poison = tf.where(finite, 0.0, float("nan"))
+    return [None if g is None else g + tf.cast(poison, g.dtype) for g in grads]
 
 
 def _shared_roles(node, stem: str) -> List[str]:

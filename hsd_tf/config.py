@@ -15,6 +15,7 @@ from hsd_tf import architectures, cascade, data, export, strategy
 SCORE_OPTIMIZERS = ("rmsprop", "adam")
 MODES = ("train", "profile", "export")
 EXPORT_VIEWS = ("student", "all")
+MIXED_PRECISION = ("float32", "bfloat16", "float16")
 # What must match between a run and the model_dir it resumes.
 IDENTITY_FIELDS = ("dataset", "arch", "num_ta", "prune_ratio", "ta_ratios", "width_multiplier", "image_size")
 
@@ -65,6 +66,7 @@ class Config:
     export: List[str] = dataclasses.field(default_factory=lambda: list(export.FORMATS))
     export_views: str = "student"
     strategy: str = "auto"
+    mixed_precision: str = "float32"
     deterministic: bool = False
     tensorboard: bool = True
 
@@ -130,6 +132,7 @@ class Config:
             raise ConfigError("export", ",".join(self.export), f"expected some of {', '.join(export.FORMATS)}")
         _choice("export_views", self.export_views, EXPORT_VIEWS)
         _choice("strategy", self.strategy, strategy.STRATEGIES)
+        _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         if self.mode == "export" and not os.path.exists(os.path.join(self.model_dir, "finetune", "cascade.weights.h5")):
             raise ConfigError("model_dir", self.model_dir, "--mode=export needs a finished run here")
         if self.teacher == "imagenet" and (self.arch != "resnet50" or self.dataset != "imagenet2012"):

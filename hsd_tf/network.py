@@ -99,7 +99,7 @@ def run_graph(
         training: Passed to BatchNormalization.
 
     Returns:
-        (logits, [hint features in graph order]).
+        (float32 logits, [hint features in graph order]).
     """
     channel_groups = architecture.channel_groups
     values = {}
@@ -117,7 +117,7 @@ def run_graph(
             group = channel_groups[node.name]
             mask = mask_for(group) if (mask_for is not None and group is not None) else None
             if mask is not None:
-                x = x * mask
+                x = x * tf.cast(mask, x.dtype)  # 16-bit activations under mixed precision
             if node.relu:
                 x = layer_for(node, "relu")(x)
         elif node.op == "add":
@@ -134,7 +134,10 @@ def run_graph(
         values[node.name] = x
         if node.hint:
             hints.append(x)
-    return values[architecture.nodes[-1].name], hints
+    logits = values[architecture.nodes[-1].name]
+    if keras.backend.standardize_dtype(logits.dtype) != "float32":
+        logits = keras.ops.cast(logits, "float32")  # mixed precision: softmax and losses need the range
+    return logits, hints
 
 
 def build_model(architecture, name: Optional[str] = None) -> keras.Model:

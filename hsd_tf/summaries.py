@@ -57,4 +57,5 @@ def kept_image(cascade) -> np.ndarray:
 
 def _learning_rate(optimizer) -> float:
     rate = optimizer.learning_rate
-    return float(rate(optimizer.iterations) if callable(rate) else rate)
+    # convert_to_numpy, not float(): float() fails on MultiWorkerMirroredStrategy's variables.
+    return float(keras.ops.convert_to_numpy(rate(optimizer.iterations) if callable(rate) else rate))

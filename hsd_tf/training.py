@@ -21,15 +21,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hsd_tf import architectures, costs, slimming, strategy
+from hsd_tf import architectures, costs, network, slimming, strategy
 from hsd_tf import data as data_lib
 from hsd_tf import export as export_lib
 from hsd_tf import teacher as teacher_lib
 from hsd_tf.cascade import Cascade
-from hsd_tf.config import Config
+from hsd_tf.config import Config, ConfigError
 from hsd_tf.summaries import CascadeSummaries
 
 CHECKPOINT = "cascade.weights.h5"
+TEACHER_CHECKPOINT = "teacher.weights.h5"
 
 
 class TeacherLadder(keras.callbacks.Callback):
@@ -80,6 +81,12 @@ class TeacherLadder(keras.callbacks.Callback):
 def train_and_evaluate(config: Config) -> dict:
     """Runs (or resumes) every phase and writes results.json.
 
+    Every process reads `config.model_dir`; only the chief writes it. Under
+    `--strategy=multi_worker` the other workers run the same steps (they
+    take part in every collective) but write into `<model_dir>/workers/<task>`,
+    and resume from the chief's checkpoints, so the model_dir must be on
+    storage that every worker sees.
+
     Args:
         config: The run's `Config`.
 
@@ -87,39 +94,64 @@ def train_and_evaluate(config: Config) -> dict:
         The results dictionary written to `<model_dir>/results.json`.
     """
     config.validate()
+    start = time.time()
+    try:
+        distribution = strategy.make(config.strategy)
+    except ValueError as error:
+        raise ConfigError("strategy", config.strategy, str(error)) from None
+    config.check_replicas(distribution.num_replicas_in_sync)
     config.check_model_dir()
     results_path = os.path.join(config.model_dir, "results.json")
     if config.mode == "train" and _finished(results_path, config):
         with open(results_path) as f:
             return json.load(f)
-    config.save()
-    distribution = strategy.make(config.strategy)
-    config.check_replicas(distribution.num_replicas_in_sync)
+    is_chief, task = strategy.worker(distribution)
+    out_dir = config.model_dir if is_chief else os.path.join(config.model_dir, "workers", task)
+    if is_chief:
+        config.save()
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    with distribution.scope():
-        return _train_and_evaluate(config, results_path)
+    policy = keras.config.dtype_policy()
+    # Mixed policies compute in 16 bits and keep every variable in float32.
+    keras.config.set_dtype_policy("float32" if config.mixed_precision == "float32" else f"mixed_{config.mixed_precision}")
+    try:
+        with distribution.scope():
+            results, cascade, snapshot, dense_teacher, data = _train_and_evaluate(config, out_dir)
+    finally:
+        keras.config.set_dtype_policy(policy)
+    # Slim models are plain float32 single-device models, built outside the
+    # strategy, so exporting involves no collective and the chief does it alone.
+    if config.export and is_chief:
+        models = [(results["views"][0], slimming.slim_view(cascade, 0, name="student"))]
+        if config.export_views == "all":
+            models += [(results["views"][i], slimming.slim_view(snapshot, i, name=cascade.view_names[i]))
+                       for i in range(1, len(cascade.views))]
+            models.append((results["teacher"], _float32_copy(dense_teacher, cascade.architecture)))
+        _export(config, models, data)
+    results["wall_seconds_this_invocation"] = round(time.time() - start, 1)
+    _write_json(os.path.join(out_dir, "results.json"), results)
+    return results
 
 
-def _train_and_evaluate(config: Config, results_path: str) -> dict:
-    start = time.time()
+def _train_and_evaluate(config: Config, out_dir: str):
+    """Trains or loads every phase; returns (results, cascade, snapshot, dense teacher, data)."""
     data = data_lib.load(
         config.dataset, config.batch_size, data_dir=config.data_dir, val_fraction=config.val_fraction,
         image_size=config.image_size, seed=config.seed,
     )
     validation = data.val if data.val is not None else data.test
     architecture = architectures.get(config.arch, data.input_shape, data.num_classes, config.width_multiplier)
-    dense_teacher = _teacher(config, architecture, data)
+    dense_teacher = _teacher(config, out_dir, architecture, data)
 
     cascade = Cascade(
         architecture, config.prune_ratios(), teacher=dense_teacher, kd_weight=config.kd_weight,
         temperature=config.temperature, hint_weight=config.hint_weight, name="cascade",
     )
-    if not os.path.exists(_phase_path(config, "joint")):
+    if not os.path.exists(_phase_path(config.model_dir, "joint")):
         cascade.initialize_from(dense_teacher)
-    _run_phase(config, cascade, "joint", config.joint_epochs, data, validation)
-    _run_phase(config, cascade, "frozen", config.frozen_epochs, data, validation)
+    _run_phase(config, out_dir, cascade, "joint", config.joint_epochs, data, validation)
+    _run_phase(config, out_dir, cascade, "frozen", config.frozen_epochs, data, validation)
 
     snapshot = cascade.snapshot()
     snapshot.compile()
@@ -128,14 +160,16 @@ def _train_and_evaluate(config: Config, results_path: str) -> dict:
     ladder_val = snapshot.evaluate(validation, return_dict=True, verbose=0)
     ladder_accuracies = [float(ladder_val[f"{n}_acc"]) for n in cascade.view_names[1:]]
     ladder_accuracies.append(teacher_lib.accuracy(dense_teacher, validation))
-    ladder = TeacherLadder(ladder_names, ladder_accuracies, os.path.join(config.model_dir, "finetune", "ladder.json"))
+    ladder = TeacherLadder(ladder_names, ladder_accuracies, os.path.join(out_dir, "finetune", "ladder.json"))
     cascade.set_ladder(snapshot)
-    _run_phase(config, cascade, "finetune", config.finetune_epochs, data, validation, [ladder])
+    _run_phase(config, out_dir, cascade, "finetune", config.finetune_epochs, data, validation, [ladder])
 
     student_test = cascade.evaluate(data.test, return_dict=True, verbose=0)
     views = cascade.view_costs(frozen=True)
     for i, view in enumerate(views):
         view["accuracy"] = float(student_test["student_acc"] if i == 0 else ta_test[f"{view['name']}_acc"])
+        view["kept_channels"] = {group: np.flatnonzero(mask).tolist()
+                                 for group, mask in zip(architecture.group_names, cascade.hard_masks(i, frozen=True))}
     dense_cost = costs.profile(architecture)
     results = {
         "dataset": config.dataset,
@@ -151,16 +185,14 @@ def _train_and_evaluate(config: Config, results_path: str) -> dict:
         "views": views,
         "teacher_ladder": {"names": ladder_names, "val_accuracies": ladder_accuracies, "switches": ladder.switches()},
     }
-    if config.export:
-        models = [(results["views"][0], slimming.slim_view(cascade, 0, name="student"))]
-        if config.export_views == "all":
-            models += [(results["views"][i], slimming.slim_view(snapshot, i, name=cascade.view_names[i]))
-                       for i in range(1, len(cascade.views))]
-            models.append((results["teacher"], dense_teacher))
-        _export(config, models, data)
-    results["wall_seconds_this_invocation"] = round(time.time() - start, 1)
-    _write_json(results_path, results)
-    return results
+    return results, cascade, snapshot, dense_teacher, data
+
+
+def _float32_copy(model: keras.Model, architecture) -> keras.Model:
+    """The dense teacher as a plain float32 single-device model, whatever it was trained under."""
+    copy = network.build_model(architecture, name=model.name)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def _finished(results_path: str, config: Config) -> bool:
@@ -185,44 +217,61 @@ def _export(config: Config, models, data) -> None:
         entry["exports"]["keras"]["path"] = os.path.join(directory, f"{model.name}.keras")
 
 
-def _teacher(config: Config, architecture, data) -> keras.Model:
+def pretrain_teacher(config: Config) -> str:
+    """Trains the dense teacher of `config` alone (or finds it trained) in its model_dir.
+
+    Several runs can then share one teacher with `--teacher=<the returned path>`.
+
+    Returns:
+        The teacher's weights file.
+    """
+    config.validate()
+    keras.utils.set_random_seed(config.seed)
+    data = data_lib.load(config.dataset, config.batch_size, data_dir=config.data_dir,
+                         val_fraction=config.val_fraction, image_size=config.image_size, seed=config.seed)
+    architecture = architectures.get(config.arch, data.input_shape, data.num_classes, config.width_multiplier)
+    _teacher(config, config.model_dir, architecture, data)
+    return os.path.join(config.model_dir, "teacher", TEACHER_CHECKPOINT)
+
+
+def _teacher(config: Config, out_dir: str, architecture, data) -> keras.Model:
     """The frozen pre-trained teacher: given, imported, stored, or trained now."""
     if config.teacher == "imagenet":
         return teacher_lib.from_keras_resnet50(architecture)
     if config.teacher:
         return teacher_lib.load(config.teacher, architecture)
-    path = os.path.join(config.model_dir, "teacher", "teacher.weights.h5")
+    path = os.path.join(config.model_dir, "teacher", TEACHER_CHECKPOINT)
     if os.path.exists(path):
         return _read_checkpoint(lambda: teacher_lib.load(path, architecture), path, "retrain the teacher")
     model = teacher_lib.compiled_for_training(architecture, data, config)
-    _fit(model, config, "teacher", config.teacher_epochs, data, data.val)
-    _save_weights(model, path)
-    _discard_backup(config, "teacher")
+    _fit(model, config, out_dir, "teacher", config.teacher_epochs, data, data.val)
+    _save_weights(model, os.path.join(out_dir, "teacher", TEACHER_CHECKPOINT))
+    _discard_backup(out_dir, "teacher")
     return model
 
 
-def _phase_path(config: Config, phase: str) -> str:
-    return os.path.join(config.model_dir, phase, CHECKPOINT)
+def _phase_path(directory: str, phase: str) -> str:
+    return os.path.join(directory, phase, CHECKPOINT)
 
 
-def _run_phase(config, cascade, phase, epochs, data, validation, callbacks=()) -> None:
+def _run_phase(config, out_dir, cascade, phase, epochs, data, validation, callbacks=()) -> None:
     """Trains one phase, or loads its end state when it already finished."""
-    path = _phase_path(config, phase)
+    path = _phase_path(config.model_dir, phase)
     cascade.set_phase(phase)
     if os.path.exists(path):
         _load_weights(cascade, path)
     # Compiled after loading so that a finished phase's optimizer state is not restored.
-    cascade.compile(optimizer=_optimizer(config, data), score_optimizer=_score_optimizer(config))
+    cascade.compile(optimizer=weight_optimizer(config, data), score_optimizer=_score_optimizer(config))
     if os.path.exists(path):
         return
     if epochs:
         if config.tensorboard:
-            callbacks = [*callbacks, CascadeSummaries(os.path.join(config.model_dir, "logs", phase))]
-        _fit(cascade, config, phase, epochs, data, validation, callbacks)
+            callbacks = [*callbacks, CascadeSummaries(os.path.join(out_dir, "logs", phase))]
+        _fit(cascade, config, out_dir, phase, epochs, data, validation, callbacks)
     if phase == "joint":
         cascade.freeze_masks()
-    _save_weights(cascade, path)
-    _discard_backup(config, phase)
+    _save_weights(cascade, _phase_path(out_dir, phase))
+    _discard_backup(out_dir, phase)
 
 
 class TrainingError(RuntimeError):
@@ -285,7 +334,7 @@ class EpochBackup(keras.callbacks.Callback):
                 os.remove(os.path.join(self.directory, name))
 
 
-def _fit(model, config, phase, epochs, data, validation, callbacks=()) -> None:
+def _fit(model, config, out_dir, phase, epochs, data, validation, callbacks=()) -> None:
     """Fits one phase, resuming from its newest backup.
 
     The training data of epoch e depends only on (seed, e), so a resumed run
@@ -293,8 +342,8 @@ def _fit(model, config, phase, epochs, data, validation, callbacks=()) -> None:
     optimizer state, so the run continues exactly. Callbacks that change model
     state at the end of an epoch (the teacher ladder) come before the backup.
     """
-    backup = os.path.join(config.model_dir, phase, "backup")
-    first_epoch, path = EpochBackup.latest(backup)
+    first_epoch, path = EpochBackup.latest(os.path.join(config.model_dir, phase, "backup"))
+    backup = os.path.join(out_dir, phase, "backup")
     if path:
         if not model.optimizer.built:  # the teacher's optimizer builds lazily; its state must load too
             model.optimizer.build(model.trainable_variables)
@@ -304,13 +353,13 @@ def _fit(model, config, phase, epochs, data, validation, callbacks=()) -> None:
         steps_per_epoch=data.steps_per_epoch, validation_data=validation, verbose=config.verbose,
         shuffle=False,  # train_from already shuffles, per epoch and reproducibly
         callbacks=[StopOnNonFiniteLoss(phase, backup), *callbacks, EpochBackup(backup)]
-        + ([keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs", phase))] if config.tensorboard else []),
+        + ([keras.callbacks.TensorBoard(os.path.join(out_dir, "logs", phase))] if config.tensorboard else []),
     )
 
 
-def _discard_backup(config, phase) -> None:
+def _discard_backup(out_dir, phase) -> None:
     """Removes a phase's backup once its end-of-phase checkpoint is safely written."""
-    shutil.rmtree(os.path.join(config.model_dir, phase, "backup"), ignore_errors=True)
+    shutil.rmtree(os.path.join(out_dir, phase, "backup"), ignore_errors=True)
 
 
 def _load_weights(model, path) -> None:
@@ -326,7 +375,7 @@ def _read_checkpoint(read, path, remedy):
                             f"Move it away to {remedy}.") from None
 
 
-def _optimizer(config: Config, data) -> keras.optimizers.Optimizer:
+def weight_optimizer(config: Config, data) -> keras.optimizers.Optimizer:
     """SGD with Nesterov momentum; cosine restarts every lr_cycle_epochs with decaying peaks."""
     schedule = keras.optimizers.schedules.CosineDecayRestarts(
         config.learning_rate, first_decay_steps=config.lr_cycle_epochs * data.steps_per_epoch,

@@ -26,6 +26,7 @@ def _scalar_tags(log_dir):
 
 def run_main(*args, timeout=600):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("TF_CONFIG", None)
     return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args], capture_output=True,
                           text=True, timeout=timeout, cwd=ROOT, env=env)
 
@@ -43,7 +44,10 @@ def run_main(*args, timeout=600):
     (["--dataset=folder:/nonexistent"], "dataset='folder:/nonexistent'"),
     (["--export=onnx"], "export='onnx'"),
     (["--mode=export", "--model_dir=/nonexistent"], "model_dir='/nonexistent'"),
-    (["--strategy=tpu"], "strategy='tpu'"),
+    (["--strategy=gpus"], "strategy='gpus'"),
+    (["--strategy=tpu"], "strategy='tpu'"),  # no TPU here
+    (["--strategy=multi_worker"], "strategy='multi_worker'"),  # no TF_CONFIG
+    (["--mixed_precision=int8"], "mixed_precision='int8'"),
 ])
 def test_bad_input_is_one_line_naming_the_flag(args, flag):
     result = run_main(*args)

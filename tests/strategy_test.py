@@ -17,8 +17,27 @@ def test_mirrored_uses_every_logical_cpu():
 
 
 def test_unknown_strategy():
-    with pytest.raises(ValueError, match="strategy='tpu'"):
-        strategy.make("tpu")
+    with pytest.raises(ValueError, match="strategy='gpus'"):
+        strategy.make("gpus")
+
+
+def test_a_single_process_is_the_chief():
+    assert strategy.worker(strategy.make("mirrored")) == (True, "chief")
+    assert strategy.worker(strategy.make("auto")) == (True, "chief")
+
+
+@pytest.mark.parametrize("tf_config,reason", [
+    (None, "TF_CONFIG environment variable, which is not set"),
+    ('{"cluster": {"worker": ["127.0.0.1:1"]}}', "KeyError: 'task'"),
+    ("worker0", "JSONDecodeError"),
+])
+def test_multi_worker_needs_a_valid_tf_config(monkeypatch, tf_config, reason):
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(ValueError, match=reason):
+        strategy.make("multi_worker")
 
 
 def test_batch_must_divide_over_replicas():
