@@ -146,15 +146,13 @@ def train_baseline(study: Study, spec: Run) -> dict:
     """Trains l1_finetune or scratch for joint + finetune epochs; returns test accuracy and costs."""
     import keras  # pylint: disable=import-outside-toplevel
 
-    from hsd_tf import architectures, costs, training  # pylint: disable=import-outside-toplevel
-    from hsd_tf import data as data_lib  # pylint: disable=import-outside-toplevel
+    from hsd_tf import costs, training  # pylint: disable=import-outside-toplevel
     from hsd_tf import teacher as teacher_lib  # pylint: disable=import-outside-toplevel
 
     epochs = study.joint_epochs + study.finetune_epochs
     config = study.config(seed=spec.seed, teacher_epochs=epochs)
     keras.utils.set_random_seed(spec.seed)
-    data = data_lib.load(config.dataset, config.batch_size, val_fraction=config.val_fraction, seed=spec.seed)
-    architecture = architectures.get(config.arch, data.input_shape, data.num_classes, config.width_multiplier)
+    data, architecture = training.data_and_architecture(config)
     model, slim_architecture = l1_pruned(teacher_lib.load(study.teacher_path, architecture), architecture, spec.ratio)
     if spec.method == "l1_finetune":  # the cascade's fine-tuning optimizer, cross-entropy only
         model.compile(optimizer=training.weight_optimizer(config, data),

@@ -136,12 +136,8 @@ def train_and_evaluate(config: Config) -> dict:
 
 def _train_and_evaluate(config: Config, out_dir: str):
     """Trains or loads every phase; returns (results, cascade, snapshot, dense teacher, data)."""
-    data = data_lib.load(
-        config.dataset, config.batch_size, data_dir=config.data_dir, val_fraction=config.val_fraction,
-        image_size=config.image_size, seed=config.seed,
-    )
+    data, architecture = data_and_architecture(config)
     validation = data.val if data.val is not None else data.test
-    architecture = architectures.get(config.arch, data.input_shape, data.num_classes, config.width_multiplier)
     dense_teacher = _teacher(config, out_dir, architecture, data)
 
     cascade = Cascade(
@@ -217,6 +213,15 @@ def _export(config: Config, models, data) -> None:
         entry["exports"]["keras"]["path"] = os.path.join(directory, f"{model.name}.keras")
 
 
+def data_and_architecture(config: Config):
+    """(`hsd_tf.data.Data`, full-width `Architecture`) of a run's dataset and arch."""
+    data = data_lib.load(
+        config.dataset, config.batch_size, data_dir=config.data_dir, val_fraction=config.val_fraction,
+        image_size=config.image_size, seed=config.seed,
+    )
+    return data, architectures.get(config.arch, data.input_shape, data.num_classes, config.width_multiplier)
+
+
 def pretrain_teacher(config: Config) -> str:
     """Trains the dense teacher of `config` alone (or finds it trained) in its model_dir.
 
@@ -227,9 +232,7 @@ def pretrain_teacher(config: Config) -> str:
     """
     config.validate()
     keras.utils.set_random_seed(config.seed)
-    data = data_lib.load(config.dataset, config.batch_size, data_dir=config.data_dir,
-                         val_fraction=config.val_fraction, image_size=config.image_size, seed=config.seed)
-    architecture = architectures.get(config.arch, data.input_shape, data.num_classes, config.width_multiplier)
+    data, architecture = data_and_architecture(config)
     _teacher(config, config.model_dir, architecture, data)
     return os.path.join(config.model_dir, "teacher", TEACHER_CHECKPOINT)
 
