@@ -127,33 +127,19 @@ def train(study: Study, spec: Run) -> dict:
     return row
 
 
-def l1_pruned(teacher, architecture, ratio: float):
-    """(slim model, its architecture): the teacher's filters ranked by L1 norm, the best kept (Li et al.).
-
-    The ranking is the one that initialises the cascade's scores (global top-k of layer-normalised L1
-    norms, at least one filter per layer), so the baselines and the cascade start from the same masks.
-    """
-    from hsd_tf import slimming  # pylint: disable=import-outside-toplevel
-    from hsd_tf.cascade import Cascade  # pylint: disable=import-outside-toplevel
-
-    cascade = Cascade(architecture, [ratio])
-    cascade.initialize_from(teacher)
-    cascade.freeze_masks()
-    return slimming.slim_view(cascade, 0, frozen=True, name="l1_pruned"), cascade.view_architecture(0, frozen=True)
-
-
 def train_baseline(study: Study, spec: Run) -> dict:
     """Trains l1_finetune or scratch for joint + finetune epochs; returns test accuracy and costs."""
     import keras  # pylint: disable=import-outside-toplevel
 
-    from hsd_tf import costs, training  # pylint: disable=import-outside-toplevel
+    from hsd_tf import costs, slimming, training  # pylint: disable=import-outside-toplevel
     from hsd_tf import teacher as teacher_lib  # pylint: disable=import-outside-toplevel
 
     epochs = study.joint_epochs + study.finetune_epochs
     config = study.config(seed=spec.seed, teacher_epochs=epochs)
     keras.utils.set_random_seed(spec.seed)
     data, architecture = training.data_and_architecture(config)
-    model, slim_architecture = l1_pruned(teacher_lib.load(study.teacher_path, architecture), architecture, spec.ratio)
+    model, slim_architecture = slimming.l1_pruned(teacher_lib.load(study.teacher_path, architecture), architecture,
+                                                  spec.ratio)
     if spec.method == "l1_finetune":  # the cascade's fine-tuning optimizer, cross-entropy only
         model.compile(optimizer=training.weight_optimizer(config, data),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from hsd_tf import costs, network
+from hsd_tf.cascade import Cascade
 
 
 def slim_view(cascade, index: int, frozen=None, name=None) -> keras.Model:
@@ -64,6 +65,27 @@ def slim_view(cascade, index: int, frozen=None, name=None) -> keras.Model:
         bn = view.batch_norms[node.name].get_weights()
         model.get_layer(network.layer_name(node, "bn")).set_weights([w[outputs] for w in bn])
     return model
+
+
+def l1_pruned(dense: keras.Model, architecture, prune_ratio: float, name: str = "l1_pruned"):
+    """A dense model pruned by filter L1 norm (Li et al.) and physically slimmed.
+
+    The ranking is the one that initialises a cascade's scores (global top-k
+    of layer-normalised L1 norms, at least one filter per layer), so the
+    result is a cascade's student before any training.
+
+    Args:
+        dense: Dense model of `architecture` (`network.build_model`).
+        architecture: Its full-width `Architecture`.
+        prune_ratio: Fraction of prunable filters removed.
+        name: Model name.
+
+    Returns:
+        (slim model, its `Architecture`).
+    """
+    cascade = Cascade(architecture, [prune_ratio])
+    cascade.initialize_from(dense)
+    return slim_view(cascade, 0, frozen=False, name=name), cascade.view_architecture(0, frozen=False)
 
 
 def _dense_rows(architecture, parent, groups, sizes, keep):

@@ -1,4 +1,4 @@
-"""Slim models compute what the masked views computed, one test per topology."""
+"""Slim models compute what the masked views computed, one test per topology; L1 pruning."""
 
 import keras
 import numpy as np
@@ -6,9 +6,10 @@ import pytest
 
 from hsd_tf import architectures, costs, network, slimming
 from hsd_tf.cascade import Cascade
+from hsd_tf.masks import l1_scores
 
-from cascade_test import make_cascade
-from conftest import TOPOLOGIES, kernel_params
+from cascade_test import make_cascade, randomize
+from conftest import TOPOLOGIES, kernel_params, tiny_chain
 
 
 def _set_masks(cascade, index, masks):
@@ -76,3 +77,22 @@ def test_slim_model_is_plain_and_round_trips_its_config():
     assert not any("score" in n or "mask" in n or "teacher" in n for n in names)
     clone = keras.Model.from_config(slim.get_config())
     assert [w.shape for w in clone.weights] == [w.shape for w in slim.weights]
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.5])
+def test_l1_pruning_keeps_the_budget_and_the_largest_filters(ratio):
+    architecture = tiny_chain()
+    teacher = randomize(network.build_model(architecture))
+    model, slim_architecture = slimming.l1_pruned(teacher, architecture, ratio)
+    assert slim_architecture.total_filters == round((1 - ratio) * architecture.total_filters)
+    scores = {g: l1_scores(teacher.get_layer(architecture.group_members(g)[0]).get_weights()[0])
+              for g in architecture.group_names}
+    kept = {g: slim_architecture.filters(slim_architecture.node(architecture.group_members(g)[0]))
+            for g in architecture.group_names}
+    # Every dropped filter scores below every kept one (layers keeping only their forced best one aside).
+    ranked = [g for g in architecture.group_names if kept[g] > 1]
+    assert ranked
+    threshold = min(np.sort(scores[g])[::-1][kept[g] - 1] for g in ranked)
+    for g, s in scores.items():
+        assert np.all(np.sort(s)[::-1][kept[g]:] <= threshold)
+    assert [w.shape for w in model.get_weights()] == [w.shape for w in network.build_model(slim_architecture).get_weights()]
