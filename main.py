@@ -7,6 +7,7 @@
 Re-running a command with the same --model_dir resumes it.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -15,9 +16,33 @@ import sys
 # TensorFlow's C++ start-up chatter would bury one-line errors on stderr.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging
 
-from hsd_tf import config as config_lib
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Sends what native code writes to stderr to /dev/null meanwhile.
+
+    Some TensorFlow builds log through absl before TF_CPP_MIN_LOG_LEVEL is read
+    ("oneDNN custom operations are on", twice, on the 2-core CI machine), so the
+    variable alone does not keep stderr for our one-line errors. Python-level
+    errors raised inside are reported after stderr is restored.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+from absl import app, flags, logging  # noqa: E402
+
+with _native_stderr_silenced():
+    import tensorflow  # noqa: E402,F401  pylint: disable=unused-import  (its native start-up logs go here)
+
+from hsd_tf import config as config_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
 _HELP = {
@@ -43,12 +68,25 @@ _HELP = {
     "finetune_epochs": "Epochs of student fine-tuning with the teacher ladder.",
     "batch_size": "Global batch size.",
     "learning_rate": "Peak learning rate of the cascade phases (SGD, Nesterov).",
-    "lr_cycle_epochs": "Length of one cosine cycle in epochs.",
+    "lr_cycle_epochs": "Length of one cosine cycle in epochs, adjusted so that each phase holds a whole number "
+                       "of cycles and ends annealed.",
     "lr_peak_decay": "Factor applied to the peak learning rate at each restart.",
     "momentum": "SGD momentum.",
     "weight_decay": "Weight decay of the network weights (not of the scores).",
-    "score_optimizer": "Optimizer of the importance scores: rmsprop or adam.",
+    "score_optimizer": "Optimizer of the importance scores: sgd (Nesterov, the weights' momentum; the paper's "
+                       "CIFAR choice), rmsprop (its ImageNet choice) or adam.",
     "score_learning_rate": "Learning rate of the importance scores.",
+    "score_schedule": "cosine: the score learning rate follows the weights' cosine cycles, so masks settle when "
+                      "the weights do; constant: score_learning_rate throughout.",
+    "recalibration_batches": "Training batches over which every view's BatchNorm statistics are recomputed "
+                             "under its frozen mask at the end of joint training; 0: off.",
+    "max_layer_prune_ratio": "No layer (mask group) loses more than this fraction of its filters; 1 turns the "
+                             "floor off.",
+    "min_layer_filters": "No layer (mask group) keeps fewer filters than this (or all it has, if fewer).",
+    "mask_hysteresis": "Score margin by which a dropped filter must beat a kept one to take its place during "
+                       "joint training (0: plain top-k every step); damps mask churn.",
+    "max_train_examples": "Train on at most this many examples of the training split (after the validation "
+                          "hold-out), for quick studies; 0: all.",
     "kd_weight": "lambda_KD: weight of the distillation term; CE gets 1 - lambda_KD.",
     "temperature": "Distillation temperature tau.",
     "hint_weight": "lambda_H: weight of the hint (feature MSE) loss; 0 switches hints off.",
@@ -123,12 +161,14 @@ def main(argv):
 
 
 def _summary(results) -> str:
-    """One line per model: costs, test accuracy, and the exported float32 TFLite accuracy."""
-    lines = [f"{'model':<10} {'prune':>6} {'params':>12} {'MACs':>14} {'accuracy':>9} {'tflite acc':>11}"]
+    """One line per model: costs, fewest filters kept by a layer, test accuracy, exported float32 TFLite accuracy."""
+    lines = [f"{'model':<10} {'prune':>6} {'params':>12} {'MACs':>14} {'min layer':>9} {'accuracy':>9} "
+             f"{'tflite acc':>11}"]
     for entry in [dict(results["teacher"], name="teacher", prune_ratio=0.0)] + results["views"]:
         tflite = entry.get("exports", {}).get("tflite", {}).get("accuracy")
+        fewest = entry.get("fewest_layer_filters", "")
         lines.append(f"{entry['name']:<10} {entry['prune_ratio']:>6.3f} {entry['params']:>12,} {entry['macs']:>14,} "
-                     f"{entry['accuracy']:>9.4f} {'' if tflite is None else format(tflite, '.4f'):>11}")
+                     f"{fewest:>9} {entry['accuracy']:>9.4f} {'' if tflite is None else format(tflite, '.4f'):>11}")
     return "\n".join(lines)
 
 

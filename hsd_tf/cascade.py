@@ -64,12 +64,19 @@ class View(keras.layers.Layer):
         architecture: The full-width `Architecture`.
         keep_ratio: Fraction of prunable filters this view keeps.
         prefix: Layer name prefix ("student_", "ta1_", ...).
+        floors: Channels each group keeps whatever its scores (`masks.layer_floors`).
+        hysteresis: Score margin by which a dropped filter must beat a kept
+            one to take its place (0: plain top-k every step).
     """
 
-    def __init__(self, architecture: Architecture, keep_ratio: float, prefix: str, **kwargs):
+    def __init__(self, architecture: Architecture, keep_ratio: float, prefix: str, floors=None, hysteresis=0.0,
+                 **kwargs):
         super().__init__(**kwargs)
         self.keep_ratio = keep_ratio
+        self.hysteresis = float(hysteresis)
         self.filter_counts = [len(architecture.group_members(g)) for g in architecture.group_names]
+        self.floors = list(floors) if floors is not None else [1] * len(architecture.groups)
+        masks.check_floors(keep_ratio, self.filter_counts, [size for _, size in architecture.groups], self.floors)
         self.stem = network.make_layer(architecture, architecture.stem, "conv", prefix)
         self.batch_norms = {
             node.name: network.make_layer(architecture, node, "bn", prefix)
@@ -83,20 +90,42 @@ class View(keras.layers.Layer):
             self.add_weight(shape=(size,), initializer="ones", name=f"score_{group}")
             for group, size in architecture.groups
         ]
-        self.frozen_masks = [
-            self.add_weight(shape=(size,), initializer="ones", trainable=False, name=f"mask_{group}")
+        # The mask of the last joint step (the hysteresis reference), frozen after the joint phase.
+        # Every replica computes the same mask, so the first replica's write stands for all.
+        self.last_masks = [
+            self.add_weight(shape=(size,), initializer="ones", trainable=False, name=f"mask_{group}",
+                            aggregation="only_first_replica")
             for group, size in architecture.groups
         ]
 
     def hard_masks(self, frozen: bool) -> List[tf.Tensor]:
-        """0/1 masks: the frozen ones, or top-k of the current scores."""
+        """0/1 masks: the frozen ones, or the top-k of the current scores.
+
+        With hysteresis, the filters of the last mask rank with a bonus of
+        `hysteresis`, so a dropped filter replaces a kept one only once its
+        score is higher by that margin. Ranking the scores just stepped from
+        the mask they produced gives that mask back, so the mask of a step does
+        not depend on how often it is recomputed.
+        """
         if frozen:
-            return [tf.convert_to_tensor(m) for m in self.frozen_masks]
-        return masks.topk_masks([tf.convert_to_tensor(s) for s in self.scores], self.filter_counts, self.keep_ratio)
+            return [tf.convert_to_tensor(m) for m in self.last_masks]
+        scores = [tf.convert_to_tensor(s) for s in self.scores]
+        if self.hysteresis:
+            scores = [s + self.hysteresis * tf.cast(m, s.dtype) for s, m in zip(scores, self.last_masks)]
+        return masks.topk_masks(scores, self.filter_counts, self.keep_ratio, self.floors)
+
+    def remember_masks(self, hard_masks) -> None:
+        """Makes `hard_masks` the reference of the next step's hysteresis (and the frozen masks)."""
+        for variable, mask in zip(self.last_masks, hard_masks):
+            variable.assign(mask)
 
     def masks(self, frozen: bool) -> List[tf.Tensor]:
         """Masks with the straight-through gradient into the scores."""
         return [masks.straight_through(m, s) for m, s in zip(self.hard_masks(frozen), self.scores)]
+
+    def mask_changes(self, before, after) -> tf.Tensor:
+        """Filters switched on or off between two sets of hard masks (a shared channel counts per member)."""
+        return tf.add_n([tf.reduce_sum(tf.abs(a - b)) * c for a, b, c in zip(after, before, self.filter_counts)])
 
     def kept_fraction(self, hard_masks) -> tf.Tensor:
         kept = sum(tf.reduce_sum(m) * c for m, c in zip(hard_masks, self.filter_counts))
@@ -123,6 +152,11 @@ class Cascade(keras.Model):
         kd_weight: lambda_KD.
         temperature: tau.
         hint_weight: lambda_H (0: no hint loss).
+        max_layer_prune_ratio: No mask group loses more than this fraction
+            of its channels (`masks.layer_floors`).
+        min_layer_filters: No mask group keeps fewer channels than this.
+        mask_hysteresis: Score margin by which a dropped filter must beat a
+            kept one to switch places with it (0: none).
     """
 
     def __init__(
@@ -133,6 +167,9 @@ class Cascade(keras.Model):
         kd_weight: float = 0.4,
         temperature: float = 15.0,
         hint_weight: float = 0.0,
+        max_layer_prune_ratio: float = 1.0,
+        min_layer_filters: int = 1,
+        mask_hysteresis: float = 0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -144,6 +181,11 @@ class Cascade(keras.Model):
         self.kd_weight = float(kd_weight)
         self.temperature = float(temperature)
         self.hint_weight = float(hint_weight)
+        self.max_layer_prune_ratio = float(max_layer_prune_ratio)
+        self.min_layer_filters = int(min_layer_filters)
+        self.mask_hysteresis = float(mask_hysteresis)
+        floors = masks.layer_floors([size for _, size in architecture.groups], self.max_layer_prune_ratio,
+                                    self.min_layer_filters)
         self.view_names = view_names(len(self.prune_ratios))
         self.phase = "joint"
         self.score_optimizer = None
@@ -155,7 +197,7 @@ class Cascade(keras.Model):
                 shared[f"{node.name}:{role}"] = network.make_layer(architecture, node, role)
         self.shared = shared
         self.views = [
-            View(architecture, 1.0 - ratio, f"{name}_", name=name)
+            View(architecture, 1.0 - ratio, f"{name}_", floors=floors, hysteresis=self.mask_hysteresis, name=name)
             for name, ratio in zip(self.view_names, self.prune_ratios)
         ]
         self.teacher = None
@@ -173,7 +215,7 @@ class Cascade(keras.Model):
             for key, metric in (
                 ("loss", keras.metrics.Mean), ("acc", keras.metrics.SparseCategoricalAccuracy),
                 ("kept", keras.metrics.Mean), ("ce", keras.metrics.Mean), ("kd", keras.metrics.Mean),
-                ("hint", keras.metrics.Mean),
+                ("hint", keras.metrics.Mean), ("changes", keras.metrics.Sum),
             ):
                 self._trackers[f"{name}_{key}"] = metric(name=f"{name}_{key}")
         self._trackers["loss"] = keras.metrics.Mean(name="loss")
@@ -255,8 +297,34 @@ class Cascade(keras.Model):
     def freeze_masks(self) -> None:
         """Stores every view's current top-k masks; later phases use them."""
         for view in self.views:
-            for variable, mask in zip(view.frozen_masks, view.hard_masks(frozen=False)):
-                variable.assign(mask)
+            view.remember_masks(view.hard_masks(frozen=False))
+
+    def recalibrate_batch_norm(self, images_batches) -> None:
+        """Recomputes every view's BatchNorm statistics under its frozen masks.
+
+        During joint training the masks move, and each view's moving averages
+        mix statistics of many masks and of kernels that have since changed: a
+        TA that keeps half the filters measured 46% in inference mode and 81%
+        with batch statistics (docs/mask_stability.md). As slimmable networks
+        do for their widths, the statistics are recomputed for the final masks:
+        the exact mean over the given batches, in training mode, with no weight
+        touched.
+
+        Args:
+            images_batches: Iterable of image batches (training images).
+        """
+        batches = list(images_batches)
+        for index in range(len(self.views)):
+            norms = list(self.views[index].batch_norms.values())
+            momenta = [bn.momentum for bn in norms]
+            try:
+                for k, images in enumerate(batches):
+                    for bn in norms:  # a running mean over the batches seen so far
+                        bn.momentum = k / (k + 1)
+                    self.view_forward(index, images, training=True, frozen=True)
+            finally:
+                for bn, momentum in zip(norms, momenta):
+                    bn.momentum = momentum
 
     def set_phase(self, phase: str) -> None:
         """Switches the phase and forces the step functions to be retraced."""
@@ -269,7 +337,9 @@ class Cascade(keras.Model):
         """A frozen copy of the views (no teacher), masks frozen."""
         copy = Cascade(
             self.architecture, self.prune_ratios, kd_weight=self.kd_weight,
-            temperature=self.temperature, hint_weight=self.hint_weight, name=f"{self.name}_snapshot",
+            temperature=self.temperature, hint_weight=self.hint_weight,
+            max_layer_prune_ratio=self.max_layer_prune_ratio, min_layer_filters=self.min_layer_filters,
+            mask_hysteresis=self.mask_hysteresis, name=f"{self.name}_snapshot",
         )
         for key, layer in self.shared.items():
             copy.shared[key].set_weights(layer.get_weights())
@@ -326,16 +396,18 @@ class Cascade(keras.Model):
         return self.architecture.with_widths(self.kept_filters(index, frozen))
 
     def view_costs(self, frozen: Optional[bool] = None) -> List[dict]:
-        """Per view: name, prune ratio, filters kept/total, params and MACs."""
+        """Per view: name, prune ratio, filters kept/total, fewest channels kept by one group, params and MACs."""
         rows = []
         for i, name in enumerate(self.view_names):
-            slim = self.view_architecture(i, frozen)
+            kept = self.kept_filters(i, frozen)
+            slim = self.architecture.with_widths(kept)
             report = costs.profile(slim)
             rows.append({
                 "name": name,
                 "prune_ratio": self.prune_ratios[i],
                 "filters_kept": slim.total_filters,
                 "filters_total": self.architecture.total_filters,
+                "fewest_layer_filters": min(kept.values()),
                 "params": report["params"],
                 "macs": report["macs"],
             })
@@ -414,9 +486,17 @@ class Cascade(keras.Model):
         if self._loss_scaled:
             grads = _one_overflow_decision(grads)
         self.optimizer.apply(grads[: len(weights)], weights)
-        if not frozen:
-            self._apply_score_gradients(grads[len(weights):])
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if not frozen:
+            before = [self.views[i].hard_masks(False) for i in active]
+            self._apply_score_gradients(grads[len(weights):])
+            for i in active:
+                after = self.views[i].hard_masks(False)
+                if self.mask_hysteresis:
+                    self.views[i].remember_masks(after)
+                # Sum metrics add up over replicas, which all see the same masks.
+                changes = self.views[i].mask_changes(before[i], after)
+                self._trackers[f"{self.view_names[i]}_changes"].update_state(changes / replicas)
         for i in active:
             name = self.view_names[i]
             for key in ("loss", "ce", "kd", "hint"):
@@ -424,7 +504,7 @@ class Cascade(keras.Model):
             self._trackers[f"{name}_acc"].update_state(labels, outputs[i][0])
             self._trackers[f"{name}_kept"].update_state(self.views[i].kept_fraction(self.views[i].hard_masks(frozen)))
         self._trackers["loss"].update_state(total * replicas)
-        return self._logs(active)
+        return self._logs(active, frozen)
 
     def _apply_score_gradients(self, score_grads) -> None:
         """Eq. 5: view i's scores step along view i+1's score gradient."""
@@ -452,8 +532,9 @@ class Cascade(keras.Model):
         return {k: self._trackers[k].result()
                 for i in active for k in (f"{self.view_names[i]}_acc", f"{self.view_names[i]}_kept")}
 
-    def _logs(self, active) -> dict:
-        keys = ["loss"] + [f"{self.view_names[i]}_{k}" for i in active for k in ("loss", "acc", "kept")]
+    def _logs(self, active, frozen) -> dict:
+        per_view = ("loss", "acc", "kept") if frozen else ("loss", "acc", "kept", "changes")
+        keys = ["loss"] + [f"{self.view_names[i]}_{k}" for i in active for k in per_view]
         return {k: self._trackers[k].result() for k in keys}
 
     def get_config(self):
@@ -464,6 +545,9 @@ class Cascade(keras.Model):
             "kd_weight": self.kd_weight,
             "temperature": self.temperature,
             "hint_weight": self.hint_weight,
+            "max_layer_prune_ratio": self.max_layer_prune_ratio,
+            "min_layer_filters": self.min_layer_filters,
+            "mask_hysteresis": self.mask_hysteresis,
         }
 
 

@@ -12,12 +12,14 @@ from typing import List, Optional
 
 from hsd_tf import architectures, cascade, data, export, strategy
 
-SCORE_OPTIMIZERS = ("rmsprop", "adam")
+SCORE_OPTIMIZERS = ("sgd", "rmsprop", "adam")
+SCORE_SCHEDULES = ("cosine", "constant")
 MODES = ("train", "profile", "export")
 EXPORT_VIEWS = ("student", "all")
 MIXED_PRECISION = ("float32", "bfloat16", "float16")
 # What must match between a run and the model_dir it resumes.
-IDENTITY_FIELDS = ("dataset", "arch", "num_ta", "prune_ratio", "ta_ratios", "width_multiplier", "image_size")
+IDENTITY_FIELDS = ("dataset", "arch", "num_ta", "prune_ratio", "ta_ratios", "width_multiplier", "image_size",
+                   "max_layer_prune_ratio", "min_layer_filters", "max_train_examples")
 
 
 class ConfigError(ValueError):
@@ -57,6 +59,12 @@ class Config:
     weight_decay: float = 4e-4
     score_optimizer: str = "rmsprop"
     score_learning_rate: float = 1e-3
+    score_schedule: str = "cosine"
+    max_layer_prune_ratio: float = 0.96
+    min_layer_filters: int = 2
+    mask_hysteresis: float = 0.05
+    recalibration_batches: int = 50
+    max_train_examples: int = 0
     kd_weight: float = 0.4
     temperature: float = 15.0
     hint_weight: float = 0.001
@@ -115,6 +123,16 @@ class Config:
         for name in ("teacher_epochs", "joint_epochs", "finetune_epochs", "batch_size", "lr_cycle_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, getattr(self, name), "must be at least 1")
+        if not 0.0 < self.max_layer_prune_ratio <= 1.0:
+            raise ConfigError("max_layer_prune_ratio", self.max_layer_prune_ratio, "must be in (0, 1]")
+        if self.min_layer_filters < 1:
+            raise ConfigError("min_layer_filters", self.min_layer_filters, "must be at least 1")
+        if self.recalibration_batches < 0:
+            raise ConfigError("recalibration_batches", self.recalibration_batches, "must be 0 (off) or more")
+        if self.mask_hysteresis < 0:
+            raise ConfigError("mask_hysteresis", self.mask_hysteresis, "must be 0 or more")
+        if self.max_train_examples < 0:
+            raise ConfigError("max_train_examples", self.max_train_examples, "must be 0 (all) or more")
         if self.frozen_epochs < 0:
             raise ConfigError("frozen_epochs", self.frozen_epochs, "must be 0 or more")
         for name in ("learning_rate", "teacher_learning_rate", "score_learning_rate", "temperature"):
@@ -127,6 +145,7 @@ class Config:
             if getattr(self, name) < 0:
                 raise ConfigError(name, getattr(self, name), "must be 0 or more")
         _choice("score_optimizer", self.score_optimizer, SCORE_OPTIMIZERS)
+        _choice("score_schedule", self.score_schedule, SCORE_SCHEDULES)
         unknown = [f for f in self.export if f not in export.FORMATS]
         if unknown:
             raise ConfigError("export", ",".join(self.export), f"expected some of {', '.join(export.FORMATS)}")

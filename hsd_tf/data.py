@@ -1,4 +1,4 @@
-"""Input pipelines: tfds datasets, the offline digits set, and image folders.
+"""Input pipelines: tfds datasets, digits, Fashion-MNIST, and image folders.
 
 Every dataset yields (float32 image, int label) batches. Training batches are
 shuffled, augmented and have a fixed size (drop_remainder) so that every step
@@ -9,9 +9,15 @@ by (seed, e, example), so a run resumed at epoch e sees exactly the batches an
 uninterrupted run would (`Data.train_from`). A validation split for the teacher
 ladder of fine-tuning is held out of the *training* split (`val_fraction`),
 never taken from the test split whose accuracy is reported.
+
+Fashion-MNIST is read from its four official idx files (gzipped or not) when
+they are in --data_dir, in Keras' download cache or where Debian's package
+`dataset-fashion-mnist` puts them; otherwise `keras.datasets.fashion_mnist`
+downloads them.
 """
 
 import dataclasses
+import gzip
 import os
 import socket
 import urllib.parse
@@ -22,7 +28,7 @@ import tensorflow as tf
 
 AUTOTUNE = tf.data.AUTOTUNE
 TFDS_DATASETS = ("cifar10", "cifar100", "imagenet2012")
-DATASETS = TFDS_DATASETS + ("digits", "folder:PATH")
+DATASETS = TFDS_DATASETS + ("digits", "fashion_mnist", "folder:PATH")
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
 
 # Per-channel statistics of the training images, in [0, 1] RGB.
@@ -34,7 +40,17 @@ CIFAR_STATS = {
 # Keras ImageNet ResNet50 weights can serve as the teacher.
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 DIGITS_TEST_EXAMPLES = 360
-DIGITS_SPLIT_SEED = 0
+# The validation hold-out of digits and Fashion-MNIST is the same for every --seed.
+SPLIT_SEED = 0
+FASHION_MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+# Mean and std of the 60,000 training images in [0, 1], zero-padded to 32x32 as the models see them.
+FASHION_MNIST_STATS = (0.2190, 0.3318)
 
 
 class DatasetError(ValueError):
@@ -102,7 +118,7 @@ class Data:
 
 def validate_name(name: str) -> None:
     """Raises DatasetError for a name that is none of `DATASETS`."""
-    if name in TFDS_DATASETS or name == "digits":
+    if name in TFDS_DATASETS or name in ("digits", "fashion_mnist"):
         return
     if name.startswith("folder:") and len(name) > len("folder:"):
         return
@@ -118,7 +134,7 @@ def native_image_size(name: str) -> Optional[int]:
     return 32
 
 
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000, "digits": 10}
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000, "digits": 10, "fashion_mnist": 10}
 
 
 def describe(name: str, image_size: Optional[int] = None) -> Tuple[Tuple[int, int, int], int]:
@@ -140,18 +156,23 @@ def load(
     image_size: Optional[int] = None,
     seed: int = 0,
     eval_batch_size: Optional[int] = None,
+    max_train_examples: int = 0,
 ) -> Data:
     """Builds the train, validation and test pipelines of a dataset.
 
     Args:
-        name: "cifar10", "cifar100", "imagenet2012", "digits" or "folder:PATH".
+        name: "cifar10", "cifar100", "imagenet2012", "digits", "fashion_mnist"
+            or "folder:PATH".
         batch_size: Global training batch size.
         data_dir: tfds data directory; for imagenet2012 it must hold the
-            manual archives (or their `downloads/manual` folder).
+            manual archives (or their `downloads/manual` folder); for
+            fashion_mnist, the folder of its four idx files.
         val_fraction: Fraction of the training split held out for validation.
         image_size: Side of the square images for `folder:` datasets.
         seed: Shuffle and augmentation seed.
         eval_batch_size: Evaluation batch size (default: batch_size).
+        max_train_examples: Keep only the first this many training examples
+            (after the validation hold-out); 0 keeps all.
 
     Returns:
         A `Data`.
@@ -163,11 +184,15 @@ def load(
     eval_batch_size = eval_batch_size or batch_size
     if name == "digits":
         splits, num_classes, size = _digits(val_fraction)
+    elif name == "fashion_mnist":
+        splits, num_classes, size = _fashion_mnist(data_dir, val_fraction)
     elif name.startswith("folder:"):
         splits, num_classes, size = _folder(name[len("folder:"):], val_fraction, image_size or 32, seed)
     else:
         splits, num_classes, size = _tfds(name, data_dir, val_fraction)
     (train, train_examples), val, test = splits
+    if 0 < max_train_examples < train_examples:
+        train, train_examples = train.take(max_train_examples), max_train_examples
     train_fn, eval_fn = _preprocessors(name, size)
 
     def evaluation(ds):
@@ -203,15 +228,82 @@ def _digits(val_fraction):
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)[..., None]
     labels = digits.target.astype(np.int32)
-    order = np.random.RandomState(DIGITS_SPLIT_SEED).permutation(len(labels))
+    order = np.random.RandomState(SPLIT_SEED).permutation(len(labels))
     test_idx, train_idx = order[:DIGITS_TEST_EXAMPLES], order[DIGITS_TEST_EXAMPLES:]
+    return _held_out_splits(images, labels, train_idx, test_idx, val_fraction), 10, 32
+
+
+def _held_out_splits(images, labels, train_idx, test_idx, val_fraction):
+    """(train, val or None, test) datasets with their sizes; val is the first val_fraction of train_idx."""
     n_val = int(round(len(train_idx) * val_fraction))
     val_idx, train_idx = train_idx[:n_val], train_idx[n_val:]
 
     def split(idx):
         return tf.data.Dataset.from_tensor_slices((images[idx], labels[idx])), len(idx)
 
-    return (split(train_idx), split(val_idx) if n_val else None, split(test_idx)), 10, 32
+    return split(train_idx), split(val_idx) if n_val else None, split(test_idx)
+
+
+# -------------------------------------------------------------- fashion_mnist
+
+
+def _fashion_mnist(data_dir, val_fraction):
+    """Zalando's 60,000 + 10,000 grey 28x28 images; the test split is the official one."""
+    folder = fashion_mnist_folder(data_dir)
+    if folder is None:
+        import keras  # pylint: disable=import-outside-toplevel
+
+        if not _reachable("storage.googleapis.com"):
+            raise DatasetError(
+                f"fashion_mnist: its idx files ({', '.join(f + '.gz' for f in FASHION_MNIST_FILES.values())}) "
+                f"are not in data_dir, ~/.keras/datasets/fashion-mnist or {FASHION_MNIST_DEBIAN_DIR}, and "
+                f"there is no internet to download them. Copy them into a folder and pass --data_dir=FOLDER "
+                f"(Debian: apt-get install dataset-fashion-mnist). Received: data_dir={data_dir!r}"
+            )
+        (train_images, train_labels), (test_images, test_labels) = keras.datasets.fashion_mnist.load_data()
+    else:
+        train_images, train_labels, test_images, test_labels = (
+            _read_idx(folder, FASHION_MNIST_FILES[key])
+            for key in ("train_images", "train_labels", "test_images", "test_labels"))
+    images = np.concatenate([train_images, test_images])[..., None]
+    labels = np.concatenate([train_labels, test_labels]).astype(np.int32)
+    train_idx = np.random.RandomState(SPLIT_SEED).permutation(len(train_labels))
+    test_idx = np.arange(len(train_labels), len(labels))
+    return _held_out_splits(images, labels, train_idx, test_idx, val_fraction), 10, 32
+
+
+def fashion_mnist_folder(data_dir: Optional[str]) -> Optional[str]:
+    """The first folder holding all four Fashion-MNIST idx files, or None."""
+    keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+    candidates = [data_dir, os.path.join(data_dir, "fashion-mnist")] if data_dir else []
+    candidates += [os.path.join(keras_home, "datasets", "fashion-mnist"), FASHION_MNIST_DEBIAN_DIR]
+    for folder in candidates:
+        if all(_idx_path(folder, name) for name in FASHION_MNIST_FILES.values()):
+            return folder
+    return None
+
+
+def _idx_path(folder: str, name: str) -> Optional[str]:
+    for path in (os.path.join(folder, name + ".gz"), os.path.join(folder, name)):
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _read_idx(folder: str, name: str) -> np.ndarray:
+    """An unsigned-byte idx array (the MNIST file format), gzipped or not."""
+    path = _idx_path(folder, name)
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+        magic = int.from_bytes(raw[:4], "big")
+        if magic >> 8 != 0x08 or not 1 <= magic & 0xFF <= 4:
+            raise ValueError(f"magic number {magic:#x} is not that of an unsigned-byte idx file")
+        dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(magic & 0xFF)]
+        return np.frombuffer(raw, np.uint8, offset=4 + 4 * len(dims)).reshape(dims)
+    except (OSError, ValueError, EOFError) as error:
+        raise DatasetError(f"fashion_mnist: cannot read {path} ({error}); replace it with the official file.") from None
 
 
 # ----------------------------------------------------------------------- tfds
@@ -355,6 +447,10 @@ def _preprocessors(name, size):
         mean, std = (0.5,) * 3, (0.5,) * 3
         to_unit = _digits_to_rgb32
         flip, pad = False, 2
+    elif name == "fashion_mnist":
+        mean, std = (FASHION_MNIST_STATS[0],) * 3, (FASHION_MNIST_STATS[1],) * 3
+        to_unit = _fashion_to_rgb32
+        flip, pad = True, 2
     else:  # folder: images already decoded to [0, 1]
         mean, std = (0.5,) * 3, (0.5,) * 3
         to_unit = tf.identity
@@ -378,6 +474,12 @@ def _preprocessors(name, size):
 
 def _digits_to_rgb32(image):
     image = tf.image.resize(image, (32, 32), method="bilinear")
+    return tf.tile(image, (1, 1, 3))
+
+
+def _fashion_to_rgb32(image):
+    """28x28 grey bytes to 32x32x3 in [0, 1], zero-padded rather than resized so no pixel is blurred."""
+    image = tf.image.pad_to_bounding_box(tf.cast(image, tf.float32) / 255.0, 2, 2, 32, 32)
     return tf.tile(image, (1, 1, 3))
 
 

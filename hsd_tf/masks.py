@@ -1,8 +1,11 @@
 """Binary filter masks from importance scores, with a straight-through gradient.
 
 A view with keep ratio r keeps the top round(r x total) prunable filters,
-ranked globally across all mask groups by raw score (larger = keep), with at
-least one filter per group. A group shared by m convs (a ResNet stage's
+ranked globally across all mask groups by raw score (larger = keep). Every
+group first keeps its own best `floor` channels (`layer_floors`): at least
+one, because a layer with no filters is not a network, and by default more,
+because a layer left with one or two filters is a bottleneck that the rest of
+the network cannot recover from (docs/mask_stability.md measures it). A group shared by m convs (a ResNet stage's
 outputs) counts m filters per channel; its channels are taken whole, in score
 order, while they fit the budget, so the kept count is exact whenever the
 budget is not blocked by a multi-member channel at the boundary.
@@ -13,7 +16,8 @@ sum over batch and positions of dL/dY_n * Yhat_n: a first-order Taylor estimate
 of the loss change when the filter is switched on or off.
 """
 
-from typing import List, Sequence
+import math
+from typing import List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -25,25 +29,51 @@ def keep_budget(keep_ratio: float, filter_counts: Sequence[int], group_sizes: Se
     return int(round(keep_ratio * total))
 
 
-def topk_masks(scores: Sequence[tf.Tensor], filter_counts: Sequence[int], keep_ratio: float) -> List[tf.Tensor]:
+def layer_floors(group_widths: Sequence[int], max_layer_prune_ratio: float = 1.0,
+                 min_layer_filters: int = 1) -> List[int]:
+    """Channels each group keeps whatever the scores say.
+
+    Like Torch-Pruning's `max_pruning_ratio`, no group loses more than
+    `max_layer_prune_ratio` of its channels; and none keeps fewer than
+    `min_layer_filters` (nor more than it has).
+
+    Args:
+        group_widths: Channels per mask group.
+        max_layer_prune_ratio: Largest fraction of one group that may go, in (0, 1].
+        min_layer_filters: Fewest channels any group keeps, at least 1.
+
+    Returns:
+        One floor per group.
+    """
+    return [min(width, max(1, min_layer_filters, math.ceil((1.0 - max_layer_prune_ratio) * width - 1e-9)))
+            for width in group_widths]
+
+
+def topk_masks(scores: Sequence[tf.Tensor], filter_counts: Sequence[int], keep_ratio: float,
+               floors: Optional[Sequence[int]] = None) -> List[tf.Tensor]:
     """Global top-k binary masks, one per group.
 
     Args:
         scores: One float vector per mask group.
         filter_counts: Convs per group (how many filters one channel stands for).
         keep_ratio: Fraction of all prunable filters to keep, in (0, 1].
+        floors: Channels each group keeps first, its best by score
+            (`layer_floors`); default 1.
 
     Returns:
         One float32 0/1 vector per group, no gradient.
+
+    Raises:
+        ValueError: The floors alone exceed the budget.
     """
     sizes = [int(s.shape[0]) for s in scores]
     if keep_ratio >= 1.0:
         return [tf.ones([n], tf.float32) for n in sizes]
+    floors = list(floors) if floors is not None else [1] * len(sizes)
+    check_floors(keep_ratio, filter_counts, sizes, floors)
     flat = tf.concat([tf.cast(s, tf.float32) for s in scores], axis=0)
     weight = tf.constant(np.repeat(np.asarray(filter_counts, np.float32), sizes))
-    # The best filter of every group is kept whatever its rank: a layer with no
-    # filters is not a network.
-    forced = tf.concat([tf.one_hot(tf.argmax(s), n) for s, n in zip(scores, sizes)], axis=0)
+    forced = tf.concat([_top_channels(tf.cast(s, tf.float32), k, n) for s, k, n in zip(scores, floors, sizes)], axis=0)
     budget = keep_budget(keep_ratio, filter_counts, sizes) - tf.reduce_sum(forced * weight)
     candidates = tf.where(forced > 0, -np.inf, flat)
     order = tf.argsort(candidates, direction="DESCENDING", stable=True)
@@ -52,6 +82,23 @@ def topk_masks(scores: Sequence[tf.Tensor], filter_counts: Sequence[int], keep_r
     kept = tf.gather(kept_sorted, tf.math.invert_permutation(order))
     mask = tf.maximum(forced, tf.cast(kept, tf.float32))
     return tf.split(tf.stop_gradient(mask), sizes)
+
+
+def check_floors(keep_ratio: float, filter_counts: Sequence[int], group_widths: Sequence[int],
+                 floors: Sequence[int]) -> None:
+    """Raises ValueError when the per-group floors alone need more filters than the budget."""
+    floor_filters = sum(f * c for f, c in zip(floors, filter_counts))
+    budget = keep_budget(keep_ratio, filter_counts, group_widths)
+    if keep_ratio < 1.0 and floor_filters > budget:
+        raise ValueError(
+            f"The per-layer floors keep {floor_filters} filters, more than the {budget} that keep ratio "
+            f"{keep_ratio:g} allows; lower the floor or prune less. Received: floors={list(floors)}")
+
+
+def _top_channels(scores: tf.Tensor, k: int, size: int) -> tf.Tensor:
+    """0/1 vector marking the k best scores of one group."""
+    indices = tf.math.top_k(scores, k=k, sorted=False).indices
+    return tf.reduce_sum(tf.one_hot(indices, size), axis=0)
 
 
 def straight_through(mask: tf.Tensor, scores: tf.Tensor) -> tf.Tensor:

@@ -67,11 +67,12 @@ def slim_view(cascade, index: int, frozen=None, name=None) -> keras.Model:
     return model
 
 
-def l1_pruned(dense: keras.Model, architecture, prune_ratio: float, name: str = "l1_pruned"):
+def l1_pruned(dense: keras.Model, architecture, prune_ratio: float, name: str = "l1_pruned",
+              max_layer_prune_ratio: float = 1.0, min_layer_filters: int = 1):
     """A dense model pruned by filter L1 norm (Li et al.) and physically slimmed.
 
     The ranking is the one that initialises a cascade's scores (global top-k
-    of layer-normalised L1 norms, at least one filter per layer), so the
+    of layer-normalised L1 norms, within the same per-layer floor), so the
     result is a cascade's student before any training.
 
     Args:
@@ -79,11 +80,14 @@ def l1_pruned(dense: keras.Model, architecture, prune_ratio: float, name: str = 
         architecture: Its full-width `Architecture`.
         prune_ratio: Fraction of prunable filters removed.
         name: Model name.
+        max_layer_prune_ratio: Largest fraction of one layer that may go.
+        min_layer_filters: Fewest filters a layer keeps.
 
     Returns:
         (slim model, its `Architecture`).
     """
-    cascade = Cascade(architecture, [prune_ratio])
+    cascade = Cascade(architecture, [prune_ratio], max_layer_prune_ratio=max_layer_prune_ratio,
+                      min_layer_filters=min_layer_filters)
     cascade.initialize_from(dense)
     return slim_view(cascade, 0, frozen=False, name=name), cascade.view_architecture(0, frozen=False)
 

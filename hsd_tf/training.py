@@ -13,6 +13,7 @@ go to `<model_dir>/results.json`; TensorBoard logs to `<model_dir>/logs/<phase>`
 """
 
 import json
+import math
 import os
 import shutil
 import time
@@ -21,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hsd_tf import architectures, costs, network, slimming, strategy
+from hsd_tf import architectures, costs, masks, network, slimming, strategy
 from hsd_tf import data as data_lib
 from hsd_tf import export as export_lib
 from hsd_tf import teacher as teacher_lib
@@ -78,6 +79,37 @@ class TeacherLadder(keras.callbacks.Callback):
               f"{self.accuracies[rung]:.4f}; now taught by {self.names[rung + 1]}.")
 
 
+class MaskChangeLog(keras.callbacks.Callback):
+    """Records each view's mask changes per joint epoch in a JSON file that survives resuming.
+
+    The cascade counts, step by step, the filters whose kept/dropped state the
+    score update switched (`<view>_changes`, summed over the epoch by Keras);
+    this keeps one count per epoch and view.
+
+    Args:
+        names: View names.
+        log_path: JSON file `{view: [changes of epoch 1, 2, ...]}`.
+    """
+
+    def __init__(self, names, log_path):
+        super().__init__()
+        self.names = list(names)
+        self.log_path = log_path
+
+    def changes(self) -> dict:
+        if not os.path.exists(self.log_path):
+            return {name: [] for name in self.names}
+        with open(self.log_path) as f:
+            return json.load(f)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        changes = {name: counts[:epoch] for name, counts in self.changes().items()}
+        for name in self.names:
+            changes[name].append(int(round(float(logs[f"{name}_changes"]))))
+        _write_json(self.log_path, changes)
+
+
 def train_and_evaluate(config: Config) -> dict:
     """Runs (or resumes) every phase and writes results.json.
 
@@ -101,6 +133,7 @@ def train_and_evaluate(config: Config) -> dict:
         raise ConfigError("strategy", config.strategy, str(error)) from None
     config.check_replicas(distribution.num_replicas_in_sync)
     config.check_model_dir()
+    _check_layer_floors(config)
     results_path = os.path.join(config.model_dir, "results.json")
     if config.mode == "train" and _finished(results_path, config):
         with open(results_path) as f:
@@ -142,11 +175,14 @@ def _train_and_evaluate(config: Config, out_dir: str):
 
     cascade = Cascade(
         architecture, config.prune_ratios(), teacher=dense_teacher, kd_weight=config.kd_weight,
-        temperature=config.temperature, hint_weight=config.hint_weight, name="cascade",
+        temperature=config.temperature, hint_weight=config.hint_weight,
+        max_layer_prune_ratio=config.max_layer_prune_ratio, min_layer_filters=config.min_layer_filters,
+        mask_hysteresis=config.mask_hysteresis, name="cascade",
     )
     if not os.path.exists(_phase_path(config.model_dir, "joint")):
         cascade.initialize_from(dense_teacher)
-    _run_phase(config, out_dir, cascade, "joint", config.joint_epochs, data, validation)
+    mask_log = MaskChangeLog(cascade.view_names, os.path.join(out_dir, "joint", "mask_changes.json"))
+    _run_phase(config, out_dir, cascade, "joint", config.joint_epochs, data, validation, [mask_log])
     _run_phase(config, out_dir, cascade, "frozen", config.frozen_epochs, data, validation)
 
     snapshot = cascade.snapshot()
@@ -161,9 +197,14 @@ def _train_and_evaluate(config: Config, out_dir: str):
     _run_phase(config, out_dir, cascade, "finetune", config.finetune_epochs, data, validation, [ladder])
 
     student_test = cascade.evaluate(data.test, return_dict=True, verbose=0)
+    student_val = cascade.evaluate(data.val, return_dict=True, verbose=0) if data.val is not None else None
     views = cascade.view_costs(frozen=True)
     for i, view in enumerate(views):
         view["accuracy"] = float(student_test["student_acc"] if i == 0 else ta_test[f"{view['name']}_acc"])
+        # On the held-out part of the training split: what model selection may look at.
+        if data.val is not None:
+            view["val_accuracy"] = float(student_val["student_acc"]) if i == 0 else ladder_accuracies[i - 1]
+        view["mask_changes"] = mask_log.changes()[view["name"]]
         view["kept_channels"] = {group: np.flatnonzero(mask).tolist()
                                  for group, mask in zip(architecture.group_names, cascade.hard_masks(i, frozen=True))}
     dense_cost = costs.profile(architecture)
@@ -182,6 +223,25 @@ def _train_and_evaluate(config: Config, out_dir: str):
         "teacher_ladder": {"names": ladder_names, "val_accuracies": ladder_accuracies, "switches": ladder.switches()},
     }
     return results, cascade, snapshot, dense_teacher, data
+
+
+def _check_layer_floors(config: Config) -> None:
+    """Refuses, before any training, per-layer floors that alone exceed some view's filter budget."""
+    input_shape, num_classes = data_lib.describe(config.dataset, config.image_size)
+    architecture = architectures.get(config.arch, input_shape, num_classes, config.width_multiplier)
+    widths = [size for _, size in architecture.groups]
+    counts = [len(architecture.group_members(group)) for group in architecture.group_names]
+    floors = masks.layer_floors(widths, config.max_layer_prune_ratio, config.min_layer_filters)
+    for ratio in config.prune_ratios():
+        try:
+            masks.check_floors(1.0 - ratio, counts, widths, floors)
+        except ValueError:
+            raise ConfigError(
+                "min_layer_filters", config.min_layer_filters,
+                f"with --max_layer_prune_ratio={config.max_layer_prune_ratio} every layer keeps at least "
+                f"{sum(f * c for f, c in zip(floors, counts))} filters in all, more than the "
+                f"{masks.keep_budget(1.0 - ratio, counts, widths)} that prune ratio {ratio:g} leaves; lower "
+                "--min_layer_filters, raise --max_layer_prune_ratio or prune less") from None
 
 
 def _float32_copy(model: keras.Model, architecture) -> keras.Model:
@@ -217,7 +277,7 @@ def data_and_architecture(config: Config):
     """(`hsd_tf.data.Data`, full-width `Architecture`) of a run's dataset and arch."""
     data = data_lib.load(
         config.dataset, config.batch_size, data_dir=config.data_dir, val_fraction=config.val_fraction,
-        image_size=config.image_size, seed=config.seed,
+        image_size=config.image_size, seed=config.seed, max_train_examples=config.max_train_examples,
     )
     return data, architectures.get(config.arch, data.input_shape, data.num_classes, config.width_multiplier)
 
@@ -264,7 +324,8 @@ def _run_phase(config, out_dir, cascade, phase, epochs, data, validation, callba
     if os.path.exists(path):
         _load_weights(cascade, path)
     # Compiled after loading so that a finished phase's optimizer state is not restored.
-    cascade.compile(optimizer=weight_optimizer(config, data), score_optimizer=_score_optimizer(config))
+    cascade.compile(optimizer=weight_optimizer(config, data, epochs),
+                    score_optimizer=score_optimizer(config, data, epochs))
     if os.path.exists(path):
         return
     if epochs:
@@ -273,6 +334,9 @@ def _run_phase(config, out_dir, cascade, phase, epochs, data, validation, callba
         _fit(cascade, config, out_dir, phase, epochs, data, validation, callbacks)
     if phase == "joint":
         cascade.freeze_masks()
+        if config.recalibration_batches:
+            cascade.recalibrate_batch_norm(images for images, _ in data.train_from(0, 1).take(
+                min(config.recalibration_batches, data.steps_per_epoch)))
     _save_weights(cascade, _phase_path(out_dir, phase))
     _discard_backup(out_dir, phase)
 
@@ -378,20 +442,55 @@ def _read_checkpoint(read, path, remedy):
                             f"Move it away to {remedy}.") from None
 
 
-def weight_optimizer(config: Config, data) -> keras.optimizers.Optimizer:
-    """SGD with Nesterov momentum; cosine restarts every lr_cycle_epochs with decaying peaks."""
-    schedule = keras.optimizers.schedules.CosineDecayRestarts(
-        config.learning_rate, first_decay_steps=config.lr_cycle_epochs * data.steps_per_epoch,
+def weight_optimizer(config: Config, data, epochs: int) -> keras.optimizers.Optimizer:
+    """SGD with Nesterov momentum; cosine restarts with decaying peaks, a whole number of cycles per phase.
+
+    The cycles are about lr_cycle_epochs long, stretched or shrunk so that
+    `epochs` holds a whole number of them: a phase then ends at the bottom of a
+    cycle, with annealed weights, rather than part-way down one at a high
+    learning rate (8 epochs of 5-epoch cycles would stop 60% into the second).
+
+    Args:
+        config: The run's settings (learning_rate, lr_cycle_epochs, lr_peak_decay, momentum, weight_decay).
+        data: The run's `Data` (steps per epoch).
+        epochs: Epochs of the phase this optimizer trains.
+    """
+    return keras.optimizers.SGD(_cosine_cycles(config.learning_rate, config, data, epochs), momentum=config.momentum,
+                                nesterov=True, weight_decay=config.weight_decay)
+
+
+def _cosine_cycles(peak: float, config: Config, data, epochs: int):
+    """Cosine restarts from `peak`, peaks decaying by lr_peak_decay, a whole number of cycles in `epochs`."""
+    cycles = max(1, round(epochs / config.lr_cycle_epochs))
+    return keras.optimizers.schedules.CosineDecayRestarts(
+        peak, first_decay_steps=max(1, math.ceil(epochs * data.steps_per_epoch / cycles)),
         t_mul=1.0, m_mul=config.lr_peak_decay,
     )
-    return keras.optimizers.SGD(schedule, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay)
 
 
-def _score_optimizer(config: Config) -> keras.optimizers.Optimizer:
-    """The scores' own optimizer, without weight decay (method.md section 2)."""
+def score_optimizer(config: Config, data, epochs: int) -> keras.optimizers.Optimizer:
+    """The scores' own optimizer, without weight decay (method.md section 2), on the weights' schedule.
+
+    With score_schedule "cosine" the score learning rate follows the weights'
+    cosine cycles, peaking at score_learning_rate. A constant one ("constant")
+    kept switching filters at the end of the joint phase, when the weights'
+    learning rate is near zero and nothing can adapt to the new mask: the
+    student then left the phase at chance accuracy (docs/mask_stability.md).
+    sgd is the paper's CIFAR choice, "the weights' optimizer": Nesterov SGD
+    with the weights' momentum.
+
+    Args:
+        config: The run's settings.
+        data: The run's `Data` (steps per epoch).
+        epochs: Epochs of the phase.
+    """
+    rate = (_cosine_cycles(config.score_learning_rate, config, data, epochs) if config.score_schedule == "cosine"
+            else config.score_learning_rate)
+    if config.score_optimizer == "sgd":
+        return keras.optimizers.SGD(rate, momentum=config.momentum, nesterov=True)
     if config.score_optimizer == "adam":
-        return keras.optimizers.Adam(config.score_learning_rate)
-    return keras.optimizers.RMSprop(config.score_learning_rate)
+        return keras.optimizers.Adam(rate)
+    return keras.optimizers.RMSprop(rate)
 
 
 def _save_weights(model: keras.Model, path: str) -> None:

@@ -29,3 +29,28 @@ def test_verdict_needs_a_gap_larger_than_both_spreads():
     assert not wins
     assert any("vs scratch: +5.00 points" in line and "beats it" in line for line in lines)
     assert any("vs hsd num_ta=0: +1.50 points" in line and "does not beat it" in line for line in lines)
+
+
+def test_learning_rate_is_chosen_by_validation_accuracy_at_the_selection_seed_only():
+    def row(label, seed, rate, val, test):
+        return {"dataset": "digits", "ratio": 0.9, "label": label, "seed": seed, "learning_rate": rate,
+                "val_accuracy": val, "accuracy": test}
+
+    rows = [row("scratch", 0, 0.01, 0.80, 0.99), row("scratch", 0, 0.03, 0.90, 0.50), row("scratch", 0, 0.1, 0.85, 0.9),
+            row("scratch", 1, 0.1, 0.99, 0.99),  # another seed's result must not count
+            row("hsd num_ta=2", 0, 0.01, 0.7, 0.7), row("hsd num_ta=2", 0, 0.03, 0.7, 0.9)]  # a tie: the first
+    chosen = ablation.select_learning_rates(rows, selection_seed=0)
+    assert chosen == {("digits", 0.9, "scratch"): 0.03, ("digits", 0.9, "hsd num_ta=2"): 0.01}
+
+
+@pytest.mark.parametrize("accuracies, in_means, beyond", [
+    ({"hsd num_ta=2": [0.95, 0.96, 0.97], "hsd num_ta=1": [0.94] * 3, "hsd num_ta=0": [0.93] * 3,
+      "l1_finetune": [0.90] * 3, "scratch": [0.92] * 3}, True, True),
+    ({"hsd num_ta=2": [0.95, 0.96, 0.97], "hsd num_ta=1": [0.94] * 3, "hsd num_ta=0": [0.93] * 3,
+      "l1_finetune": [0.90] * 3, "scratch": [0.955] * 3}, True, False),  # above scratch, within the spread
+    ({"hsd num_ta=2": [0.95, 0.96, 0.97], "hsd num_ta=1": [0.92] * 3, "hsd num_ta=0": [0.93] * 3,
+      "l1_finetune": [0.90] * 3, "scratch": [0.90] * 3}, False, False),  # 1 TA below 0 TAs
+])
+def test_paper_claim_needs_the_ta_order_and_both_baselines_below(accuracies, in_means, beyond):
+    rows = [_row(label, 0.9, s, a) for label, values in accuracies.items() for s, a in enumerate(values)]
+    assert ablation.paper_claim(ablation.summarize(rows), 0.9) == (in_means, beyond)

@@ -205,3 +205,79 @@ def test_config_round_trip():
     clone = Cascade.from_config(cascade.get_config())
     assert clone.architecture == cascade.architecture
     assert clone.prune_ratios == cascade.prune_ratios
+
+
+def test_mask_changes_count_the_filters_each_score_update_switched(batch):
+    """`<view>_changes` counts the filters whose kept state the step's score update flipped."""
+    images, labels = batch
+    cascade, _ = make_cascade(tiny_residual(), [0.6, 0.3, 0.0], score_lr=5.0)
+    total = {name: 0.0 for name in cascade.view_names}
+    for _ in range(3):
+        before = [cascade.hard_masks(i, frozen=False) for i in range(3)]
+        logs = cascade.train_on_batch(images, labels, return_dict=True)  # metrics reset every call
+        for i, name in enumerate(cascade.view_names):
+            after = cascade.hard_masks(i, frozen=False)
+            expected = sum(np.abs(a - b).sum() * c for a, b, c in zip(after, before[i], cascade.views[i].filter_counts))
+            assert logs[f"{name}_changes"] == expected
+            total[name] += expected
+    assert total["student"] > 0 and total["ta1"] > 0  # not vacuous: the large score steps moved the masks
+    assert total["ta2"] == 0  # the top view keeps everything
+
+
+def test_layer_floor_reaches_every_view(batch):
+    cascade = Cascade(tiny_chain(), [0.4, 0.0], max_layer_prune_ratio=0.5, min_layer_filters=1)
+    kept = cascade.kept_filters(0, frozen=False)
+    assert kept["conv_a"] >= 3 and kept["conv_b"] >= 3  # ceil(0.5 x 6), ceil(0.5 x 5)
+    assert cascade.view_costs(frozen=False)[0]["fewest_layer_filters"] == min(kept.values())
+    assert Cascade.from_config(cascade.get_config()).views[0].floors == [3, 3]
+
+
+@pytest.mark.parametrize("topology", ["chain", "residual"])
+def test_recalibrated_batch_norm_holds_the_statistics_of_the_frozen_masks(topology, batch):
+    """Recalibrated on one batch, inference mode computes what training mode computes on that batch."""
+    images, labels = batch
+    cascade, _ = make_cascade(TOPOLOGIES[topology](), [0.6, 0.3, 0.0], score_lr=5.0)
+    for _ in range(2):  # move masks and BatchNorm statistics away from each other
+        cascade.train_on_batch(images, labels)
+    cascade.freeze_masks()
+    cascade.set_phase("frozen")
+    kernels = [w.copy() for layer in cascade.shared.values() for w in layer.get_weights()]
+    stale = [cascade.view_forward(i, images, training=False)[0].numpy() for i in range(3)]
+    cascade.recalibrate_batch_norm([images])
+    for i in range(3):
+        inference = cascade.view_forward(i, images, training=False)[0].numpy()
+        batch_statistics = cascade.view_forward(i, images, training=True)[0].numpy()
+        np.testing.assert_allclose(inference, batch_statistics, rtol=1e-3, atol=1e-3)
+    assert any(not np.allclose(s, cascade.view_forward(i, images, training=False)[0].numpy(), atol=1e-3)
+               for i, s in enumerate(stale))  # not vacuous: the statistics were stale
+    assert all(bn.momentum == 0.9 for view in cascade.views for bn in view.batch_norms.values())
+    after = [w for layer in cascade.shared.values() for w in layer.get_weights()]
+    assert all(np.array_equal(a, b) for a, b in zip(kernels, after))
+
+
+def test_recalibration_averages_the_batches(batch):
+    images, _ = batch
+    cascade, _ = make_cascade(tiny_chain(), [0.5, 0.0])
+    halves = [images[:3], images[3:]]
+    cascade.recalibrate_batch_norm(halves)
+    view = cascade.views[0]
+    stem_outputs = [view.stem(h).numpy() for h in halves]
+    bn = view.batch_norms["stem"]
+    np.testing.assert_allclose(bn.moving_mean.numpy(), np.mean([o.mean(axis=(0, 1, 2)) for o in stem_outputs], 0),
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), np.mean([o.var(axis=(0, 1, 2)) for o in stem_outputs], 0),
+                               rtol=1e-3, atol=1e-5)
+
+
+def test_hysteresis_keeps_a_kept_filter_until_beaten_by_the_margin():
+    cascade = Cascade(tiny_chain(), [0.5, 0.0], mask_hysteresis=0.5)  # keeps 6 of 11 filters
+    view = cascade.views[0]
+    view.scores[0].assign([3.0, 2.0, 1.0, 0.9, 0.0, -1.0])
+    view.scores[1].assign([5.0, 4.0, -2.0, -3.0, -4.0])
+    first = view.hard_masks(False)
+    view.remember_masks(first)
+    np.testing.assert_array_equal(first[0].numpy(), [1, 1, 1, 1, 0, 0])
+    view.scores[0].assign([3.0, 2.0, 1.0, 0.9, 1.3, -1.0])  # filter 4 now outranks filter 3, by less than 0.5
+    np.testing.assert_array_equal(view.hard_masks(False)[0].numpy(), [1, 1, 1, 1, 0, 0])
+    view.scores[0].assign([3.0, 2.0, 1.0, 0.9, 1.5, -1.0])  # by more than 0.5: it takes the place
+    np.testing.assert_array_equal(view.hard_masks(False)[0].numpy(), [1, 1, 1, 0, 1, 0])

@@ -105,3 +105,83 @@ def test_imagenet_needs_its_archives(tmp_path):
 def test_unknown_dataset():
     with pytest.raises(data.DatasetError, match="dataset='mnist'"):
         data.load("mnist", 8)
+
+
+def _write_idx(path, array, compress=True):
+    """An unsigned-byte idx file (the MNIST format), as Zalando ships Fashion-MNIST."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    raw = header + array.astype(np.uint8).tobytes()
+    if compress:
+        import gzip  # pylint: disable=import-outside-toplevel
+
+        raw = gzip.compress(raw)
+    with open(path + (".gz" if compress else ""), "wb") as f:
+        f.write(raw)
+
+
+def _fake_fashion_mnist(folder, train=50, test=20, compress=True):
+    rng = np.random.RandomState(0)
+    arrays = {
+        "train-images-idx3-ubyte": rng.randint(0, 256, (train, 28, 28)),
+        "train-labels-idx1-ubyte": rng.randint(0, 10, train),
+        "t10k-images-idx3-ubyte": rng.randint(0, 256, (test, 28, 28)),
+        "t10k-labels-idx1-ubyte": np.arange(test) % 10,
+    }
+    os.makedirs(folder, exist_ok=True)
+    for name, array in arrays.items():
+        _write_idx(os.path.join(folder, name), array, compress)
+    return arrays
+
+
+@pytest.fixture
+def no_fashion_mnist_elsewhere(tmp_path, monkeypatch):
+    """Neither Keras' cache, Debian's folder nor the internet has Fashion-MNIST."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    monkeypatch.setattr(data, "FASHION_MNIST_DEBIAN_DIR", str(tmp_path / "no_debian"))
+    monkeypatch.setattr(data, "_reachable", lambda host, **_: False)
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_fashion_mnist_from_its_idx_files(tmp_path, no_fashion_mnist_elsewhere, compress):
+    arrays = _fake_fashion_mnist(str(tmp_path / "fm"), compress=compress)
+    fashion = data.load("fashion_mnist", 8, data_dir=str(tmp_path / "fm"), val_fraction=0.1)
+    assert fashion.num_classes == 10 and fashion.input_shape == (32, 32, 3)
+    assert fashion.train_examples == 45 and sum(int(y.shape[0]) for _, y in fashion.val) == 5
+    test_images = np.concatenate([x.numpy() for x, _ in fashion.test])
+    test_labels = np.concatenate([y.numpy() for _, y in fashion.test])
+    np.testing.assert_array_equal(test_labels, arrays["t10k-labels-idx1-ubyte"])  # the official test split, in order
+    mean, std = data.FASHION_MNIST_STATS
+    # Zero-padded from 28 to 32 pixels (not resized), grey copied to three channels, then normalised.
+    expected = np.pad(arrays["t10k-images-idx3-ubyte"][3] / 255.0, 2)
+    np.testing.assert_allclose(test_images[3, :, :, 1], (expected - mean) / std, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(test_images[3, :, :, 0], test_images[3, :, :, 2])
+    images, _ = _first(fashion.train_from(0, 1))
+    assert images.shape == (8, 32, 32, 3)
+
+
+def test_fashion_mnist_without_its_files_fails_fast_and_says_how_to_provide_them(
+        tmp_path, no_fashion_mnist_elsewhere):
+    start = time.time()
+    with pytest.raises(data.DatasetError, match=r"--data_dir=FOLDER.*dataset-fashion-mnist.*data_dir="):
+        data.load("fashion_mnist", 8, data_dir=str(tmp_path / "empty"))
+    assert time.time() - start < 30
+
+
+def test_fashion_mnist_truncated_file_is_named(tmp_path, no_fashion_mnist_elsewhere):
+    _fake_fashion_mnist(str(tmp_path))
+    path = os.path.join(str(tmp_path), "train-labels-idx1-ubyte.gz")
+    with open(path, "rb") as f:
+        raw = f.read()
+    with open(path, "wb") as f:
+        f.write(raw[: len(raw) // 2])
+    with pytest.raises(data.DatasetError, match="cannot read .*train-labels-idx1-ubyte.gz"):
+        data.load("fashion_mnist", 8, data_dir=str(tmp_path))
+
+
+def test_max_train_examples_keeps_the_first_examples_of_the_training_split():
+    full = data.load("digits", 32, val_fraction=0.1)
+    subset = data.load("digits", 32, val_fraction=0.1, max_train_examples=100)
+    assert subset.train_examples == 100 and subset.steps_per_epoch == 3
+    firsts = [x.numpy() for x, _ in full.train_examples_ds.take(100)]
+    np.testing.assert_array_equal(np.stack(firsts), np.stack([x.numpy() for x, _ in subset.train_examples_ds]))
+    assert sum(int(y.shape[0]) for _, y in subset.test) == 360  # evaluation is untouched

@@ -48,6 +48,14 @@ def run_main(*args, timeout=600):
     (["--strategy=tpu"], "strategy='tpu'"),  # no TPU here
     (["--strategy=multi_worker"], "strategy='multi_worker'"),  # no TF_CONFIG
     (["--mixed_precision=int8"], "mixed_precision='int8'"),
+    (["--score_optimizer=lion"], "score_optimizer='lion'"),
+    (["--score_schedule=step"], "score_schedule='step'"),
+    (["--max_layer_prune_ratio=0"], "max_layer_prune_ratio=0.0"),
+    (["--min_layer_filters=0"], "min_layer_filters=0"),
+    (["--mask_hysteresis=-0.1"], "mask_hysteresis=-0.1"),
+    (["--recalibration_batches=-1"], "recalibration_batches=-1"),
+    (["--max_train_examples=-5"], "max_train_examples=-5"),
+    (TINY[:3] + ["--prune_ratio=0.95", "--min_layer_filters=3"], "min_layer_filters=3"),  # floors over budget
 ])
 def test_bad_input_is_one_line_naming_the_flag(args, flag):
     result = run_main(*args)
@@ -91,11 +99,16 @@ def test_end_to_end_then_resume_only_reports(tmp_path):
     assert student["params"] < top["params"] == results["teacher"]["params"]
     assert student["macs"] < top["macs"] == results["teacher"]["macs"]
     for view in results["views"]:
-        assert 0.0 <= view["accuracy"] <= 1.0
+        assert 0.0 <= view["accuracy"] <= 1.0 and 0.0 <= view["val_accuracy"] <= 1.0
+        assert len(view["mask_changes"]) == 1  # one count per joint epoch
+        assert view["fewest_layer_filters"] == min(len(c) for c in view["kept_channels"].values()) >= 2
+    assert top["mask_changes"] == [0]  # the top view keeps every filter
+    with open(os.path.join(model_dir, "joint", "mask_changes.json")) as f:
+        assert json.load(f) == {v["name"]: v["mask_changes"] for v in results["views"]}
     for phase in ("teacher", "joint", "frozen", "finetune"):
         assert os.listdir(os.path.join(model_dir, "logs", phase))
     joint_tags = _scalar_tags(os.path.join(model_dir, "logs", "joint", "train"))
-    assert {f"epoch_{v}_{m}" for v in ("student", "ta1") for m in ("loss", "acc", "kept")} <= joint_tags
+    assert {f"epoch_{v}_{m}" for v in ("student", "ta1") for m in ("loss", "acc", "kept", "changes")} <= joint_tags
     assert {"epoch_student_acc", "epoch_student_loss"} <= _scalar_tags(os.path.join(model_dir, "logs", "finetune", "train"))
     cascade_tags = _scalar_tags(os.path.join(model_dir, "logs", "joint", "cascade"))
     for view in ("student", "ta1"):
@@ -111,7 +124,7 @@ def test_end_to_end_then_resume_only_reports(tmp_path):
     for fmt in ("tflite", "tflite_dynamic", "tflite_int8"):
         assert os.path.getsize(exports[fmt]["path"]) == exports[fmt]["bytes"] > 0
     assert exports["tflite_int8"]["bytes"] < exports["tflite"]["bytes"]
-    assert "student" in result.stdout and "tflite acc" in result.stdout
+    assert "student" in result.stdout and "tflite acc" in result.stdout and "min layer" in result.stdout
     checkpoints = {p: os.path.getmtime(os.path.join(model_dir, p, "cascade.weights.h5"))
                    for p in ("joint", "frozen", "finetune")}
 

@@ -82,3 +82,32 @@ def test_l1_scores_are_per_layer_normalised():
     assert scores.mean() == pytest.approx(1.0)
     assert scores[1] == pytest.approx(3 * scores[0])
     assert scores[2] == scores[3] == 0.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_floors_keep_each_groups_best_channels_and_the_exact_budget(seed):
+    sizes = [8, 16, 16, 32, 64, 64]
+    floors = masks.layer_floors(sizes, max_layer_prune_ratio=0.95, min_layer_filters=2)
+    assert floors == [2, 2, 2, 2, 4, 4]
+    scores = _random_scores(sizes, seed)
+    # Push two groups far below the rest, so only their floors can keep anything there.
+    scores[0] -= 100.0
+    scores[3] -= 100.0
+    result = [m.numpy() for m in masks.topk_masks(scores, [1] * len(sizes), 0.1, floors)]
+    assert sum(m.sum() for m in result) == round(0.1 * sum(sizes))
+    for mask, score, floor in zip(result, scores, floors):
+        assert mask.sum() >= floor
+        best = np.argsort(-score.numpy(), kind="stable")[:floor]
+        assert mask[best].all()
+    assert result[0].sum() == 2 and result[3].sum() == 2
+
+
+def test_layer_floors_defaults_and_limits():
+    assert masks.layer_floors([8, 64], 1.0, 1) == [1, 1]
+    assert masks.layer_floors([8, 64], 0.9, 1) == [1, 7]  # ceil(0.1 x width)
+    assert masks.layer_floors([3, 64], 0.5, 4) == [3, 32]  # never more than the group has
+
+
+def test_floors_larger_than_the_budget_are_refused():
+    with pytest.raises(ValueError, match="floors keep 8 filters, more than the 5"):
+        masks.topk_masks(_random_scores([10, 10, 10, 10, 10], 0), [1] * 5, 0.1, [2, 2, 2, 1, 1])

@@ -13,7 +13,7 @@ from conftest import TOPOLOGIES, kernel_params, tiny_chain
 
 
 def _set_masks(cascade, index, masks):
-    for variable, mask in zip(cascade.views[index].frozen_masks, masks):
+    for variable, mask in zip(cascade.views[index].last_masks, masks):
         variable.assign(mask.astype("float32"))
     cascade.set_phase("frozen")
 
