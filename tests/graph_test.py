@@ -1,0 +1,141 @@
+"""The tracer: mask groups of any functional or Sequential Keras model, one test per topology pattern."""
+
+import keras
+import pytest
+
+from hsd_tf import architectures, graph, network
+
+
+def _groups(trace):
+    return {(frozenset(g.members), g.width) for g in trace.groups}
+
+
+@pytest.mark.parametrize("name, count", [("vgg16", 12), ("resnet50", 36), ("mobilenet_v1", 13)])
+def test_built_in_architectures_trace_to_their_hand_written_groups(name, count):
+    architecture = architectures.get(name, (32, 32, 3), 10, width_multiplier=0.125)
+    trace = graph.trace(network.build_model(architecture))
+    expected = {(frozenset(architecture.group_members(g)), size) for g, size in architecture.groups}
+    assert len(trace.groups) == count == len(expected)
+    assert _groups(trace) == expected
+    assert trace.stems == (architecture.stem.name,)
+    assert set(trace.head) == {n.name for n in architecture.nodes if n.op == "dense"}
+    bn_nodes = [n for n in architecture.nodes if n.op in ("conv", "depthwise")]
+    assert len(trace.normalizations) == len(bn_nodes)
+
+
+def _input():
+    return keras.Input((8, 8, 3))
+
+
+def test_concatenate_joins_the_branches_channels():
+    x = _input()
+    stem = keras.layers.Conv2D(4, 3, padding="same", name="stem")(x)
+    a = keras.layers.Conv2D(5, 1, name="a")(stem)
+    b = keras.layers.Conv2D(6, 3, padding="same", name="b")(stem)
+    y = keras.layers.BatchNormalization(name="bn")(keras.layers.Concatenate(name="cat")([a, b]))
+    y = keras.layers.Conv2D(7, 1, name="c")(y)
+    out = keras.layers.Dense(3, name="fc")(keras.layers.GlobalAveragePooling2D()(y))
+    trace = graph.trace(keras.Model(x, out))
+    assert _groups(trace) == {(frozenset({"a"}), 5), (frozenset({"b"}), 6), (frozenset({"c"}), 7)}
+    assert trace.stems == ("stem",) and trace.normalizations == ("bn",) and trace.head == ("fc",)
+
+
+def test_squeeze_and_excitation_multiply_puts_the_expand_conv_in_the_group():
+    x = _input()
+    y = keras.layers.Conv2D(8, 3, padding="same", name="stem")(x)
+    y = keras.layers.Conv2D(6, 3, padding="same", name="body")(y)
+    s = keras.layers.GlobalAveragePooling2D(keepdims=True)(y)
+    s = keras.layers.Conv2D(2, 1, activation="relu", name="se_reduce")(s)
+    s = keras.layers.Conv2D(6, 1, activation="sigmoid", name="se_expand")(s)
+    y = keras.layers.Multiply(name="excite")([y, s])
+    dense_se = keras.layers.Reshape((1, 1, 6))(keras.layers.Dense(6, name="se_dense")(
+        keras.layers.GlobalAveragePooling2D()(y)))
+    y = keras.layers.Multiply()([y, dense_se])
+    out = keras.layers.Dense(3, name="fc")(keras.layers.Flatten()(y))
+    trace = graph.trace(keras.Model(x, out))
+    assert _groups(trace) == {(frozenset({"body", "se_expand", "se_dense"}), 6), (frozenset({"se_reduce"}), 2)}
+
+
+def test_depthwise_multiplier_repeats_its_input_channels():
+    x = _input()
+    y = keras.layers.Conv2D(4, 3, name="stem")(x)
+    y = keras.layers.Conv2D(3, 1, name="pw1")(y)
+    y = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, name="dw")(y)
+    y = keras.layers.Conv2D(5, 1, name="pw2")(y)
+    trace = graph.trace(keras.Model(x, keras.layers.Dense(2)(keras.layers.Flatten()(y))))
+    assert _groups(trace) == {(frozenset({"pw1"}), 3), (frozenset({"pw2"}), 5)}
+
+
+def test_nested_sequential_and_functional_models_are_traced_through():
+    inner = keras.Sequential([keras.Input((8, 8, 4)), keras.layers.Conv2D(5, 3, padding="same", name="inner_conv"),
+                              keras.layers.BatchNormalization(name="inner_bn"), keras.layers.ReLU()], name="block")
+    x = _input()
+    y = keras.layers.Conv2D(4, 3, padding="same", name="stem")(x)
+    y = inner(y)
+    y = keras.layers.Conv2D(6, 3, name="outer_conv")(y)
+    trace = graph.trace(keras.Model(x, keras.layers.Dense(2, name="fc")(keras.layers.Flatten()(y))))
+    assert _groups(trace) == {(frozenset({"inner_conv"}), 5), (frozenset({"outer_conv"}), 6)}
+    assert trace.normalizations == ("inner_bn",)
+
+
+def test_raw_ops_hard_swish_and_residual_add_merge_channels():
+    x = _input()
+    stem = keras.layers.Conv2D(4, 3, padding="same", name="stem")(x)
+    a = keras.layers.Conv2D(6, 1, name="a")(stem)
+    a = a * keras.ops.relu6(a + 3.0) / 6.0  # MobileNetV3's hard-swish, as raw keras.ops calls
+    b = keras.layers.Conv2D(6, 1, name="b")(stem)
+    y = keras.ops.add(a, b)
+    y = keras.layers.Conv2D(3, 1, name="c")(y)
+    trace = graph.trace(keras.Model(x, keras.layers.Dense(2)(keras.layers.Flatten()(y))))
+    assert _groups(trace) == {(frozenset({"a", "b"}), 6), (frozenset({"c"}), 3)}
+
+
+def test_a_layer_called_twice_produces_the_same_channels():
+    x = _input()
+    stem = keras.layers.Conv2D(4, 3, padding="same", name="stem")(x)
+    shared = keras.layers.Conv2D(5, 3, padding="same", name="shared")
+    y = keras.layers.Concatenate()([shared(stem), shared(keras.layers.ReLU()(stem))])
+    y = keras.layers.Conv2D(3, 1, name="c")(y)
+    trace = graph.trace(keras.Model(x, keras.layers.Dense(2)(keras.layers.Flatten()(y))))
+    assert _groups(trace) == {(frozenset({"shared"}), 5), (frozenset({"c"}), 3)}
+
+
+def test_channels_reaching_the_output_or_merged_with_the_input_are_not_prunable():
+    x = _input()
+    y = keras.layers.Conv2D(3, 3, padding="same", name="stem")(x)
+    y = keras.layers.Conv2D(3, 3, padding="same", name="into_input")(y)
+    y = keras.layers.Add()([x, y])  # merged with the image's channels
+    y = keras.layers.Conv2D(4, 3, padding="same", name="reads_image")(y)  # so this reads the input: a stem
+    y = keras.layers.Conv2D(5, 3, padding="same", name="kept")(y)
+    y = keras.layers.Conv2D(2, 1, name="logits_map")(y)  # the model's output
+    trace = graph.trace(keras.Model(x, y))
+    assert _groups(trace) == {(frozenset({"kept"}), 5)}
+    assert trace.stems == ("stem", "reads_image")
+
+
+def test_an_unsupported_layer_is_named_with_its_type():
+    x = _input()
+    y = keras.layers.Conv2D(4, 3, name="stem")(x)
+    y = keras.layers.Lambda(lambda t: t * 2.0, name="doubler")(y)
+    with pytest.raises(graph.UnsupportedLayerError, match=r"'doubler' \(Lambda\)"):
+        graph.trace(keras.Model(x, y))
+
+
+def test_keras_applications_resnet50_traces_to_our_hand_written_resnet50_groups():
+    # Our resnet50 uses the Keras applications layout and layer names, so the groups must coincide.
+    traced = graph.trace(keras.applications.ResNet50(weights=None, input_shape=(32, 32, 3), classes=10))
+    architecture = architectures.get("resnet50", (32, 32, 3), 10)
+    assert _groups(traced) == {(frozenset(architecture.group_members(g)), size) for g, size in architecture.groups}
+    assert traced.stems == ("conv1_conv",) and traced.head == ("predictions",)
+
+
+def test_convnext_grouped_depthwise_layer_scale_and_pointwise_dense_layers():
+    model = keras.applications.ConvNeXtTiny(weights=None, input_shape=(32, 32, 3), classes=10)
+    trace = graph.trace(model)
+    # Per block, only the 4x expansion (a dense layer on the spatial tensor) is prunable; the residual
+    # stream passes through LayerNormalization, which mixes channels, and stays whole.
+    assert len(trace.groups) == 3 + 3 + 9 + 3
+    for group in trace.groups:
+        assert len(group.members) == 1 and group.members[0].endswith("_pointwise_conv_1")
+        assert group.width == model.get_layer(group.members[0]).units
+    assert trace.head == ("convnext_tiny_head_dense",)
