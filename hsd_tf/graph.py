@@ -22,7 +22,8 @@ This module only reads the model; it builds nothing and changes nothing.
 """
 
 import dataclasses
-from typing import Dict, List, Sequence, Tuple
+import math
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import keras
 
@@ -76,6 +77,30 @@ class MaskGroup:
 
 
 @dataclasses.dataclass(frozen=True)
+class WeightedLayer:
+    """One call of a layer with a kernel, as cost accounting needs it.
+
+    Attributes:
+        name: The layer.
+        kind: "conv", "depthwise" (including a conv with one group per input
+            channel), "separable", "transpose" or "dense".
+        kernel: Kernel positions (kh x kw; 1 for dense layers).
+        multiplier: Output channels per input channel of depthwise and separable kernels.
+        positions: Positions the kernel is applied at, per image.
+        inputs: Per input channel: (group index, channel in the group), or None if not prunable.
+        outputs: The same for the output channels.
+    """
+
+    name: str
+    kind: str
+    kernel: int
+    multiplier: int
+    positions: int
+    inputs: Tuple[Optional[Tuple[int, int]], ...]
+    outputs: Tuple[Optional[Tuple[int, int]], ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class Trace:
     """What filter pruning needs to know about a model.
 
@@ -85,12 +110,14 @@ class Trace:
         normalizations: Every normalization layer (per view in a cascade).
         head: Every dense layer on flat features (per view in a cascade; a dense
             layer on a spatial tensor is a 1x1 conv and is pruned like one).
+        weighted: Every call of a layer with a kernel, in the model's order.
     """
 
     groups: Tuple[MaskGroup, ...]
     stems: Tuple[str, ...]
     normalizations: Tuple[str, ...]
     head: Tuple[str, ...]
+    weighted: Tuple[WeightedLayer, ...] = ()
 
 
 class _Labels:
@@ -140,7 +167,7 @@ def trace(model: keras.Model) -> Trace:
         UnsupportedLayerError: A layer whose channels the tracer cannot follow.
     """
     labels = _Labels()
-    seen = {"stems": [], "normalizations": [], "head": [], "order": [], "produced": {}}
+    seen = {"stems": [], "normalizations": [], "head": [], "order": [], "produced": {}, "weighted": []}
     graph = _functional(model)
     inputs = [labels.new(int(x.shape[-1]), frozen=True) for x in graph.inputs]
     input_labels = {label for group in inputs for label in group}
@@ -163,7 +190,58 @@ def trace(model: keras.Model) -> Trace:
         by_members[members] = by_members.get(members, 0) + 1
     groups = sorted((MaskGroup(members[0], members, width) for members, width in by_members.items()),
                     key=lambda g: order[g.members[0]])
-    return Trace(tuple(groups), tuple(seen["stems"]), tuple(seen["normalizations"]), tuple(seen["head"]))
+    index = {group.members: i for i, group in enumerate(groups)}
+    channel: Dict[int, Tuple[int, int]] = {}  # root -> (group, channel), channels in order of appearance
+    filled = [0] * len(groups)
+    for root in sorted(classes, key=lambda r: classes[r][0]):
+        members = tuple(sorted(labels.producers[root], key=order.__getitem__))
+        if members in index:
+            channel[root] = (index[members], filled[index[members]])
+            filled[index[members]] += 1
+
+    def place(group_labels):
+        return tuple(channel.get(labels.find(label)) for label in group_labels)
+
+    weighted = tuple(WeightedLayer(name, kind, kernel, multiplier, positions, place(ins), place(outs))
+                     for name, kind, kernel, multiplier, positions, ins, outs in seen["weighted"])
+    return Trace(tuple(groups), tuple(seen["stems"]), tuple(seen["normalizations"]), tuple(seen["head"]),
+                 weighted)
+
+
+def costs(model_trace: Trace, kept: Optional[Mapping[str, Sequence[bool]]] = None) -> dict:
+    """Params and MACs of the traced model, or of it with only the `kept` channels of each group.
+
+    As `hsd_tf.costs` counts them: conv and dense kernels only (no biases, no
+    normalization, no adds or pools), a removed channel removed from its
+    producers' outputs and from the inputs of every layer reading it, MACs per
+    image. A layer called twice has its params counted once and its MACs twice.
+
+    Args:
+        model_trace: `trace(model)`.
+        kept: Group name -> one bool per channel; groups not named keep everything.
+
+    Returns:
+        `{"params": N, "macs": N}`.
+    """
+    keep = [list(kept[g.name]) if kept and g.name in kept else [True] * g.width for g in model_trace.groups]
+
+    def count(channels):
+        return sum(1 for c in channels if c is None or keep[c[0]][c[1]])
+
+    params, macs, counted = 0, 0, set()
+    for layer in model_trace.weighted:
+        fan_in, fan_out = count(layer.inputs), count(layer.outputs)
+        if layer.kind == "depthwise":
+            weights = layer.kernel * fan_out
+        elif layer.kind == "separable":
+            weights = layer.kernel * fan_in * layer.multiplier + fan_in * layer.multiplier * fan_out
+        else:
+            weights = layer.kernel * fan_in * fan_out
+        if layer.name not in counted:
+            params += weights
+            counted.add(layer.name)
+        macs += weights * layer.positions
+    return {"params": params, "macs": macs}
 
 
 def _functional(model):
@@ -207,9 +285,15 @@ def _operation(node, inputs, labels: _Labels, seen, input_labels) -> List[List[i
             raise _unsupported(op, f"a grouped convolution ({op.groups} groups of "
                                    f"{len(inputs[0]) // op.groups} channels) ties blocks of channels together")
         # One group per input channel is a depthwise convolution (ConvNeXt's): output o reads input o // m.
-        return [[label for label in inputs[0] for _ in range(op.filters // op.groups)]]
+        outputs = [label for label in inputs[0] for _ in range(op.filters // op.groups)]
+        _weighted(seen, node, "depthwise", inputs[0], outputs)
+        return [outputs]
     if isinstance(op, CONVS + (keras.layers.Dense,)):
+        kind = ("dense" if isinstance(op, keras.layers.Dense) else "separable"
+                if isinstance(op, keras.layers.SeparableConv2D) else "transpose"
+                if isinstance(op, keras.layers.Conv2DTranspose) else "conv")
         if id(op) in seen["produced"]:  # a layer called again: the same filters, so the same channels
+            _weighted(seen, node, kind, inputs[0], seen["produced"][id(op)])
             return [seen["produced"][id(op)]]
         seen["order"].append(name)
         input_roots = {labels.find(i) for i in input_labels}
@@ -219,9 +303,12 @@ def _operation(node, inputs, labels: _Labels, seen, input_labels) -> List[List[i
         if isinstance(op, keras.layers.Dense) and len(node.input_tensors[0].shape) == 2:
             seen["head"].append(name)  # on a spatial tensor a dense layer is a 1x1 conv (ConvNeXt's)
         seen["produced"][id(op)] = labels.new(int(node.outputs[0].shape[-1]), name, frozen=stem)
+        _weighted(seen, node, kind, inputs[0], seen["produced"][id(op)])
         return [seen["produced"][id(op)]]
     if isinstance(op, keras.layers.DepthwiseConv2D):
-        return [[label for label in inputs[0] for _ in range(op.depth_multiplier)]]
+        outputs = [label for label in inputs[0] for _ in range(op.depth_multiplier)]
+        _weighted(seen, node, "depthwise", inputs[0], outputs)
+        return [outputs]
     if isinstance(op, (keras.layers.LayerNormalization, keras.layers.GroupNormalization)):
         # Statistics over several channels: a masked channel would change its neighbours' output.
         labels.freeze(inputs[0])
@@ -253,6 +340,17 @@ def _operation(node, inputs, labels: _Labels, seen, input_labels) -> List[List[i
     if not isinstance(op, keras.layers.Layer) and type(op).__name__ in ELEMENTWISE_OPS:
         return [_merge(inputs, labels) if len(inputs) > 1 else inputs[0]]
     raise _unsupported(op, "its channels cannot be followed")
+
+
+def _weighted(seen, node, kind: str, inputs, outputs) -> None:
+    """Records one call of a layer with a kernel for `costs`."""
+    op = node.operation
+    kernel = math.prod(op.kernel_size) if hasattr(op, "kernel_size") else 1
+    # A transposed conv applies its kernel at every input position; the others at every output position.
+    spatial = (node.input_tensors[0] if kind == "transpose" else node.outputs[0]).shape[1:-1]
+    multiplier = getattr(op, "depth_multiplier", 1) or 1
+    seen["weighted"].append((op.name, kind, kernel, multiplier, math.prod(int(d) for d in spatial),
+                             list(inputs), list(outputs)))
 
 
 def _merge(inputs, labels: _Labels) -> List[int]:

@@ -1,9 +1,10 @@
 """The tracer: mask groups of any functional or Sequential Keras model, one test per topology pattern."""
 
 import keras
+import numpy as np
 import pytest
 
-from hsd_tf import architectures, graph, network
+from hsd_tf import architectures, costs, graph, network
 
 
 def _groups(trace):
@@ -139,3 +140,39 @@ def test_convnext_grouped_depthwise_layer_scale_and_pointwise_dense_layers():
         assert len(group.members) == 1 and group.members[0].endswith("_pointwise_conv_1")
         assert group.width == model.get_layer(group.members[0]).units
     assert trace.head == ("convnext_tiny_head_dense",)
+
+
+@pytest.mark.parametrize("name, dataset_shape, classes, params, macs", [
+    ("vgg16", (32, 32, 3), 10, 14_977_728, 313_463_808),  # --mode=profile, the paper's 14.98M / 313M
+    ("resnet50", (224, 224, 3), 1000, 25_502_912, 3_857_973_248),  # the paper's 25.5M / 3.86B
+])
+def test_dense_costs_from_the_trace_equal_the_profile(name, dataset_shape, classes, params, macs):
+    architecture = architectures.get(name, dataset_shape, classes)
+    assert graph.costs(graph.trace(network.build_model(architecture))) == {"params": params, "macs": macs}
+
+
+@pytest.mark.parametrize("name", ["vgg16", "resnet50", "mobilenet_v1"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_slim_costs_from_the_trace_equal_the_narrowed_architectures(name, seed):
+    """Removing channels also removes them from every layer that reads them, as costs.profile counts."""
+    rng = np.random.RandomState(seed)
+    architecture = architectures.get(name, (32, 32, 3), 10, width_multiplier=0.25)
+    trace = graph.trace(network.build_model(architecture))
+    kept, widths = {}, {}
+    for group in trace.groups:
+        mask = rng.rand(group.width) < 0.5
+        mask[rng.randint(group.width)] = True
+        kept[group.name] = mask
+        hand_written = next(g for g, _ in architecture.groups
+                            if frozenset(architecture.group_members(g)) == frozenset(group.members))
+        widths[hand_written] = int(mask.sum())
+    expected = costs.profile(architecture.with_widths(widths))
+    assert graph.costs(trace, kept) == {"params": expected["params"], "macs": expected["macs"]}
+    assert graph.costs(trace, kept)["macs"] < graph.costs(trace)["macs"]
+
+
+def test_a_layer_called_twice_counts_its_params_once_and_its_macs_twice():
+    x = keras.Input((4, 4, 2))
+    shared = keras.layers.Conv2D(3, 1, use_bias=False, name="shared")
+    y = keras.layers.Add()([shared(x), shared(keras.layers.ReLU()(x))])
+    assert graph.costs(graph.trace(keras.Model(x, y))) == {"params": 2 * 3, "macs": 2 * (2 * 3 * 16)}
