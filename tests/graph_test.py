@@ -176,3 +176,31 @@ def test_a_layer_called_twice_counts_its_params_once_and_its_macs_twice():
     shared = keras.layers.Conv2D(3, 1, use_bias=False, name="shared")
     y = keras.layers.Add()([shared(x), shared(keras.layers.ReLU()(x))])
     assert graph.costs(graph.trace(keras.Model(x, y))) == {"params": 2 * 3, "macs": 2 * (2 * 3 * 16)}
+
+
+def test_a_sequential_model_is_traced():
+    model = keras.Sequential([
+        keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="stem"), keras.layers.BatchNormalization(name="bn1"),
+        keras.layers.Conv2D(6, 3, name="conv"), keras.layers.BatchNormalization(name="bn2"), keras.layers.ReLU(),
+        keras.layers.Flatten(), keras.layers.Dense(8, name="fc1"), keras.layers.Dense(2, name="fc2")])
+    trace = graph.trace(model)
+    assert _groups(trace) == {(frozenset({"conv"}), 6)}
+    assert (trace.stems, trace.normalizations, trace.head) == (("stem",), ("bn1", "bn2"), ("fc1", "fc2"))
+    # Flatten repeats conv's 6 channels at each of the 4x4 positions: fc1 reads 96 inputs.
+    assert graph.costs(trace) == {"params": 3 * 3 * 3 * 4 + 3 * 3 * 4 * 6 + 96 * 8 + 8 * 2,
+                                  "macs": 3 * 3 * 3 * 4 * 36 + 3 * 3 * 4 * 6 * 16 + 96 * 8 + 8 * 2}
+
+
+def test_a_subclassed_model_is_refused_with_the_way_out():
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__(name="mine")
+            self.conv = keras.layers.Conv2D(4, 3)
+
+        def call(self, inputs):
+            return self.conv(inputs)
+
+    model = Subclassed()
+    model(keras.ops.zeros((1, 8, 8, 3)))
+    with pytest.raises(graph.UnsupportedLayerError, match="'mine'.*subclassed.*functional API"):
+        graph.trace(model)
