@@ -38,24 +38,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from study import Study, single_thread  # noqa: E402
+from study import Study, command, single_thread  # noqa: E402
 
 flags.DEFINE_string("out_dir", "runs/ablation", "Where the teachers and every run are trained (resumable).")
 flags.DEFINE_string("docs_dir", "docs", "Where ablation.md, .json and .png are written.")
 flags.DEFINE_list("datasets", ["digits", "fashion_mnist"], "Datasets: digits and/or fashion_mnist.")
 flags.DEFINE_list("ratios", ["0.8", "0.9"], "Student prune ratios.")
-flags.DEFINE_list("num_tas", ["0", "1", "2"], "Teaching-assistant counts of the cascade.")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of every student run (the teachers use seed 0).")
 flags.DEFINE_list("learning_rates", ["0.01", "0.03", "0.1"], "The grid every method picks its learning rate from.")
 flags.DEFINE_integer("selection_seed", 0, "The seed whose validation accuracy picks each method's learning rate.")
-flags.DEFINE_float("width_multiplier", 0.125, "VGG16 width.")
-flags.DEFINE_integer("teacher_epochs", 10, "Epochs of each teacher.")
-flags.DEFINE_integer("joint_epochs", 8, "Joint epochs of the cascade.")
-flags.DEFINE_integer("finetune_epochs", 8, "Fine-tuning epochs of the cascade.")
-flags.DEFINE_integer("batch_size", 64, "Batch size.")
 flags.DEFINE_integer("fashion_train_examples", 4000, "Fashion-MNIST training subset, so the study fits 2 hours.")
 flags.DEFINE_float("fashion_val_fraction", 0.02, "Fashion-MNIST validation hold-out (1,200 images).")
-flags.DEFINE_integer("jobs", 2, "Runs trained at once, one CPU thread each.")
 FLAGS = flags.FLAGS
 
 
@@ -293,10 +285,9 @@ def main(argv):
     rates = [float(r) for r in FLAGS.learning_rates]
     seeds = [int(s) for s in FLAGS.seeds]
     studies = {
-        name: Study(os.path.join(FLAGS.out_dir, name), FLAGS.width_multiplier, FLAGS.teacher_epochs,
-                    FLAGS.joint_epochs, FLAGS.finetune_epochs, FLAGS.batch_size, dataset=name,
-                    max_train_examples=FLAGS.fashion_train_examples if name == "fashion_mnist" else 0,
-                    val_fraction=FLAGS.fashion_val_fraction if name == "fashion_mnist" else 0.1)
+        name: Study.from_flags(os.path.join(FLAGS.out_dir, name), dataset=name,
+                               max_train_examples=FLAGS.fashion_train_examples if name == "fashion_mnist" else 0,
+                               val_fraction=FLAGS.fashion_val_fraction if name == "fashion_mnist" else 0.1)
         for name in FLAGS.datasets
     }
     methods = [("hsd", int(n)) for n in FLAGS.num_tas] + [("l1_finetune", 0), ("scratch", 0)]
@@ -334,18 +325,13 @@ def main(argv):
         datasets[name] = {"summary": summarize(final), "teacher": teacher, "grid": grid,
                           "description": DESCRIPTIONS[name].format(train=FLAGS.fashion_train_examples,
                                                                    val=round(60000 * FLAGS.fashion_val_fraction))}
-    command = "python benchmarks/ablation.py" + "".join(
-        f" --{name}={FLAGS[name].value if not isinstance(FLAGS[name].value, list) else ','.join(FLAGS[name].value)}"
-        for name in ("datasets", "ratios", "num_tas", "seeds", "learning_rates", "selection_seed", "width_multiplier",
-                     "teacher_epochs", "joint_epochs", "finetune_epochs", "batch_size", "fashion_train_examples",
-                     "fashion_val_fraction", "jobs") if FLAGS[name].present)
     os.makedirs(FLAGS.docs_dir, exist_ok=True)
     with open(os.path.join(FLAGS.docs_dir, "ablation.json"), "w") as f:
         json.dump({"rows": grid_rows + other_rows, "chosen_learning_rates": [
             {"dataset": d, "ratio": r, "label": l, "learning_rate": lr} for (d, r, l), lr in chosen.items()],
             "datasets": {name: {"summary": info["summary"], "teacher": info["teacher"]}
                          for name, info in datasets.items()}}, f, indent=2)
-    text = markdown(datasets, command, time.time() - start)
+    text = markdown(datasets, command("ablation.py"), time.time() - start)
     with open(os.path.join(FLAGS.docs_dir, "ablation.md"), "w") as f:
         f.write(text)
     plot(datasets, os.path.join(FLAGS.docs_dir, "ablation.png"))

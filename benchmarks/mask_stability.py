@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from hsd_tf.config import Config  # noqa: E402
-from study import Study, single_thread  # noqa: E402
+from study import Study, command, single_thread  # noqa: E402
 
 flags.DEFINE_string("out_dir", "runs/ablation", "Where the shared teacher and every run are trained (resumable).")
 flags.DEFINE_string("docs_dir", "docs", "Where mask_stability.md and .json are written.")
@@ -44,14 +44,6 @@ flags.DEFINE_list("component_variants", [
     "rmsprop:0.01:max_layer_prune_ratio=1:min_layer_filters=1",
 ], "Variants run with --component_num_tas only: the defaults less one change each.")
 flags.DEFINE_list("component_num_tas", ["2"], "Teaching-assistant counts of --component_variants.")
-flags.DEFINE_list("num_tas", ["0", "1", "2"], "Teaching-assistant counts.")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
-flags.DEFINE_float("width_multiplier", 0.125, "VGG16 width.")
-flags.DEFINE_integer("teacher_epochs", 10, "Epochs of the shared teacher.")
-flags.DEFINE_integer("joint_epochs", 8, "Joint epochs.")
-flags.DEFINE_integer("finetune_epochs", 8, "Fine-tuning epochs.")
-flags.DEFINE_integer("batch_size", 64, "Batch size.")
-flags.DEFINE_integer("jobs", 2, "Runs trained at once, one CPU thread each.")
 FLAGS = flags.FLAGS
 
 
@@ -144,8 +136,7 @@ def markdown(summary, teacher_accuracy, command, wall_seconds) -> str:
 def main(argv):
     del argv
     start = time.time()
-    study = Study(FLAGS.out_dir, FLAGS.width_multiplier, FLAGS.teacher_epochs, FLAGS.joint_epochs,
-                  FLAGS.finetune_epochs, FLAGS.batch_size)
+    study = Study.from_flags(FLAGS.out_dir)
     jobs = [(v, FLAGS.ratio, int(n), int(s)) for v in FLAGS.variants for n in FLAGS.num_tas for s in FLAGS.seeds]
     jobs += [(v, FLAGS.ratio, int(n), int(s))
              for v in FLAGS.component_variants for n in FLAGS.component_num_tas for s in FLAGS.seeds]
@@ -158,15 +149,10 @@ def main(argv):
             print(f"{row['variant']:<22} num_ta={row['num_ta']} seed {row['seed']}: accuracy {row['accuracy']:.4f}, "
                   f"changes {row['mask_changes']}, layers {row['kept_per_layer']} ({row['seconds']} s)", flush=True)
     summary = summarize(rows)
-    command = "python benchmarks/mask_stability.py" + "".join(
-        f" --{name}={','.join(FLAGS[name].value) if isinstance(FLAGS[name].value, list) else FLAGS[name].value}"
-        for name in ("ratio", "variants", "component_variants", "component_num_tas", "num_tas", "seeds",
-                     "joint_epochs", "finetune_epochs", "jobs")
-        if FLAGS[name].present)
     os.makedirs(FLAGS.docs_dir, exist_ok=True)
     with open(os.path.join(FLAGS.docs_dir, "mask_stability.json"), "w") as f:
         json.dump({"rows": rows, "summary": summary}, f, indent=2)
-    text = markdown(summary, rows[0]["teacher_accuracy"], command, time.time() - start)
+    text = markdown(summary, rows[0]["teacher_accuracy"], command("mask_stability.py"), time.time() - start)
     with open(os.path.join(FLAGS.docs_dir, "mask_stability.md"), "w") as f:
         f.write(text)
     print(text)

@@ -1,7 +1,28 @@
-"""What the studies (ablation.py, mask_stability.py) share: their settings and their worker set-up."""
+"""What the studies (ablation.py, mask_stability.py) share: their flags, settings and worker set-up."""
 
 import dataclasses
 import os
+import sys
+
+from absl import flags
+
+flags.DEFINE_list("num_tas", ["0", "1", "2"], "Teaching-assistant counts of the cascade.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of every student run (the teachers use seed 0).")
+flags.DEFINE_float("width_multiplier", 0.125, "VGG16 width.")
+flags.DEFINE_integer("teacher_epochs", 10, "Epochs of the teacher, trained once and shared by every run.")
+flags.DEFINE_integer("joint_epochs", 8, "Joint epochs of the cascade.")
+flags.DEFINE_integer("finetune_epochs", 8, "Fine-tuning epochs of the cascade.")
+flags.DEFINE_integer("batch_size", 64, "Batch size.")
+flags.DEFINE_integer("jobs", 2, "Runs trained at once, one CPU thread each.")
+FLAGS = flags.FLAGS
+
+
+def command(script: str) -> str:
+    """The command line that reruns this study: the script and every flag of it or of this module that was set."""
+    names = [f.name for module in (sys.argv[0], __name__) for f in FLAGS.get_flags_for_module(module)]
+    values = {name: FLAGS[name].value for name in names if FLAGS[name].present}
+    return f"python benchmarks/{script}" + "".join(
+        f" --{name}={','.join(value) if isinstance(value, list) else value}" for name, value in values.items())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +65,12 @@ class Study:
         )
         settings.update(overrides)
         return Config(**settings)
+
+    @classmethod
+    def from_flags(cls, out_dir: str, **settings) -> "Study":
+        """The study of this module's flags, in `out_dir`, with `settings` (dataset, ...) on top."""
+        return cls(out_dir, FLAGS.width_multiplier, FLAGS.teacher_epochs, FLAGS.joint_epochs,
+                   FLAGS.finetune_epochs, FLAGS.batch_size, **settings)
 
     @property
     def teacher_path(self) -> str:

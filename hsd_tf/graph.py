@@ -175,29 +175,27 @@ def trace(model: keras.Model) -> Trace:
     for output in outputs:
         labels.freeze(output)
 
-    classes: Dict[int, List[int]] = {}
-    for label in range(len(labels.parent)):
-        root = labels.find(label)
-        if not labels.frozen[root] and labels.producers[root]:
-            classes.setdefault(root, []).append(label)
-    by_members: Dict[Tuple[str, ...], int] = {}
     order = {name: i for i, name in enumerate(seen["order"])}
     head = set(seen["head"])
-    for root in classes:
+    members_of: Dict[int, Tuple[str, ...]] = {}  # prunable root -> its producers, roots in order of appearance
+    for label in range(len(labels.parent)):
+        root = labels.find(label)
+        if root in members_of or labels.frozen[root] or not labels.producers[root]:
+            continue
         members = tuple(sorted(labels.producers[root], key=order.__getitem__))
-        if set(members) <= head:
-            continue  # dense layers alone are the head, which is not masked
-        by_members[members] = by_members.get(members, 0) + 1
-    groups = sorted((MaskGroup(members[0], members, width) for members, width in by_members.items()),
+        if not set(members) <= head:  # dense layers alone are the head, which is not masked
+            members_of[root] = members
+    widths: Dict[Tuple[str, ...], int] = {}
+    for members in members_of.values():
+        widths[members] = widths.get(members, 0) + 1
+    groups = sorted((MaskGroup(members[0], members, width) for members, width in widths.items()),
                     key=lambda g: order[g.members[0]])
     index = {group.members: i for i, group in enumerate(groups)}
     channel: Dict[int, Tuple[int, int]] = {}  # root -> (group, channel), channels in order of appearance
     filled = [0] * len(groups)
-    for root in sorted(classes, key=lambda r: classes[r][0]):
-        members = tuple(sorted(labels.producers[root], key=order.__getitem__))
-        if members in index:
-            channel[root] = (index[members], filled[index[members]])
-            filled[index[members]] += 1
+    for root, members in members_of.items():
+        channel[root] = (index[members], filled[index[members]])
+        filled[index[members]] += 1
 
     def place(group_labels):
         return tuple(channel.get(labels.find(label)) for label in group_labels)
@@ -323,10 +321,7 @@ def _operation(node, inputs, labels: _Labels, seen, input_labels) -> List[List[i
             return [[label for group in inputs for label in group]]
         return [_merge(inputs, labels)]
     if isinstance(op, keras.layers.Flatten):
-        positions = 1
-        for dim in node.input_tensors[0].shape[1:-1]:
-            positions *= int(dim)
-        return [inputs[0] * positions]
+        return [inputs[0] * math.prod(int(d) for d in node.input_tensors[0].shape[1:-1])]
     if isinstance(op, keras.layers.Reshape):
         shape = tuple(op.target_shape)
         if shape[-1] == len(inputs[0]) and all(d == 1 for d in shape[:-1]):

@@ -5,8 +5,8 @@ ranked globally across all mask groups by raw score (larger = keep). Every
 group first keeps its own best `floor` channels (`layer_floors`): at least
 one, because a layer with no filters is not a network, and by default more,
 because a layer left with one or two filters is a bottleneck that the rest of
-the network cannot recover from (docs/mask_stability.md measures it). A group shared by m convs (a ResNet stage's
-outputs) counts m filters per channel; its channels are taken whole, in score
+the network cannot recover from (docs/mask_stability.md measures it). A group
+shared by m convs (a ResNet stage's outputs) counts m filters per channel; its channels are taken whole, in score
 order, while they fit the budget, so the kept count is exact whenever the
 budget is not blocked by a multi-member channel at the boundary.
 
@@ -17,7 +17,7 @@ of the loss change when the filter is switched on or off.
 """
 
 import math
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -84,12 +84,20 @@ def topk_masks(scores: Sequence[tf.Tensor], filter_counts: Sequence[int], keep_r
     return tf.split(tf.stop_gradient(mask), sizes)
 
 
+def floors_overflow(keep_ratio: float, filter_counts: Sequence[int], group_widths: Sequence[int],
+                    floors: Sequence[int]) -> Optional[Tuple[int, int]]:
+    """(filters the floors keep, the budget) when the floors alone exceed the budget, else None."""
+    floor_filters = sum(f * c for f, c in zip(floors, filter_counts))
+    budget = keep_budget(keep_ratio, filter_counts, group_widths)
+    return (floor_filters, budget) if keep_ratio < 1.0 and floor_filters > budget else None
+
+
 def check_floors(keep_ratio: float, filter_counts: Sequence[int], group_widths: Sequence[int],
                  floors: Sequence[int]) -> None:
     """Raises ValueError when the per-group floors alone need more filters than the budget."""
-    floor_filters = sum(f * c for f, c in zip(floors, filter_counts))
-    budget = keep_budget(keep_ratio, filter_counts, group_widths)
-    if keep_ratio < 1.0 and floor_filters > budget:
+    overflow = floors_overflow(keep_ratio, filter_counts, group_widths, floors)
+    if overflow:
+        floor_filters, budget = overflow
         raise ValueError(
             f"The per-layer floors keep {floor_filters} filters, more than the {budget} that keep ratio "
             f"{keep_ratio:g} allows; lower the floor or prune less. Received: floors={list(floors)}")

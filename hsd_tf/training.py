@@ -199,12 +199,13 @@ def _train_and_evaluate(config: Config, out_dir: str):
     student_test = cascade.evaluate(data.test, return_dict=True, verbose=0)
     student_val = cascade.evaluate(data.val, return_dict=True, verbose=0) if data.val is not None else None
     views = cascade.view_costs(frozen=True)
+    mask_changes = mask_log.changes()
     for i, view in enumerate(views):
         view["accuracy"] = float(student_test["student_acc"] if i == 0 else ta_test[f"{view['name']}_acc"])
         # On the held-out part of the training split: what model selection may look at.
         if data.val is not None:
             view["val_accuracy"] = float(student_val["student_acc"]) if i == 0 else ladder_accuracies[i - 1]
-        view["mask_changes"] = mask_log.changes()[view["name"]]
+        view["mask_changes"] = mask_changes[view["name"]]
         view["kept_channels"] = {group: np.flatnonzero(mask).tolist()
                                  for group, mask in zip(architecture.group_names, cascade.hard_masks(i, frozen=True))}
     dense_cost = costs.profile(architecture)
@@ -233,15 +234,13 @@ def _check_layer_floors(config: Config) -> None:
     counts = [len(architecture.group_members(group)) for group in architecture.group_names]
     floors = masks.layer_floors(widths, config.max_layer_prune_ratio, config.min_layer_filters)
     for ratio in config.prune_ratios():
-        try:
-            masks.check_floors(1.0 - ratio, counts, widths, floors)
-        except ValueError:
+        overflow = masks.floors_overflow(1.0 - ratio, counts, widths, floors)
+        if overflow:
             raise ConfigError(
                 "min_layer_filters", config.min_layer_filters,
                 f"with --max_layer_prune_ratio={config.max_layer_prune_ratio} every layer keeps at least "
-                f"{sum(f * c for f, c in zip(floors, counts))} filters in all, more than the "
-                f"{masks.keep_budget(1.0 - ratio, counts, widths)} that prune ratio {ratio:g} leaves; lower "
-                "--min_layer_filters, raise --max_layer_prune_ratio or prune less") from None
+                f"{overflow[0]} filters in all, more than the {overflow[1]} that prune ratio {ratio:g} leaves; "
+                "lower --min_layer_filters, raise --max_layer_prune_ratio or prune less")
 
 
 def _float32_copy(model: keras.Model, architecture) -> keras.Model:
