@@ -46,20 +46,25 @@ from hsd_tf import config as config_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
 _HELP = {
-    "mode": "train: run (or resume) every phase; profile: print the dense network's params and MACs; "
+    "mode": "train: run (or resume) every phase; profile: a dry run that prints the dense network's params and "
+            "MACs, its mask groups and the layers each view owns, before any training; "
             "export: export the views of a finished --model_dir again.",
     "dataset": "cifar10, cifar100, imagenet2012 (tfds), digits (offline, bundled with scikit-learn) "
                "or folder:PATH (PATH/train/<class>/*, PATH/test/<class>/*).",
-    "arch": "vgg16, resnet50 or mobilenet_v1.",
+    "arch": "vgg16, resnet50 or mobilenet_v1 (built here); keras.applications.NAME (weights=None, built for the "
+            "dataset); or PATH.keras, your own functional or Sequential model (add --teacher=PATH.keras if it is "
+            "already trained).",
+    "unpruned_layers": "Layers whose input and output channels stay whole: a layer the tracer cannot follow "
+                       "(a Lambda, a grouped conv), or one you want left at full width.",
     "num_ta": "Teaching assistants between the student and the frozen teacher; the top one keeps every filter.",
     "prune_ratio": "Fraction of prunable filters the student removes (the paper's k0).",
     "ta_ratios": "Prune ratios of the assistants from T1 up, ending at 0; default: even spacing.",
-    "width_multiplier": "Scales every layer width, for small runs.",
+    "width_multiplier": "Scales every layer width of the built-in architectures, for small runs.",
     "image_size": "Image side for folder: datasets (others use their native size).",
     "data_dir": "tfds data directory; for imagenet2012, the folder holding the ILSVRC2012 archives.",
     "val_fraction": "Fraction of the training split held out to drive the fine-tuning teacher ladder.",
     "model_dir": "Where checkpoints, TensorBoard logs and results.json go; re-running resumes.",
-    "teacher": "Pre-trained teacher: a .keras or .weights.h5 file, or 'imagenet' (resnet50); "
+    "teacher": "Pre-trained teacher: a .keras or .weights.h5 file of --arch's structure, or 'imagenet' (resnet50); "
                "default: train one first.",
     "teacher_epochs": "Epochs of teacher pre-training (when --teacher is not given).",
     "teacher_learning_rate": "Initial learning rate of teacher pre-training (cosine to 0).",
@@ -112,6 +117,8 @@ def _define_flags():
         default, help_text = field.default, _HELP[field.name]
         if field.name == "ta_ratios":
             flags.DEFINE_list(field.name, None, help_text)
+        elif field.name == "unpruned_layers":
+            flags.DEFINE_list(field.name, [], help_text)
         elif field.name == "export":
             flags.DEFINE_list(field.name, config_lib.Config().export, help_text)
         elif isinstance(default, bool):
@@ -173,14 +180,19 @@ def _summary(results) -> str:
 
 
 def _profile(config):
-    from hsd_tf import architectures, costs, data  # pylint: disable=import-outside-toplevel
+    """The dry run: costs, mask groups and per-view layers of --arch, with no training."""
+    from hsd_tf import costs, data, graph, masks, training  # pylint: disable=import-outside-toplevel
 
     input_shape, num_classes = data.describe(config.dataset, config.image_size)
-    architecture = architectures.get(config.arch, input_shape, num_classes, config.width_multiplier)
-    report = costs.profile(architecture)
+    model_trace = training.check_model(config)
+    report = costs.count(model_trace)
     print(f"{config.arch} on {config.dataset} ({'x'.join(map(str, input_shape))}, {num_classes} classes, "
           f"width x{config.width_multiplier})")
     print(costs.format_table(report))
+    print(graph.describe(model_trace))
+    for name, ratio in zip(["student"] + [f"ta{i}" for i in range(1, config.num_ta + 1)], config.prune_ratios()):
+        budget = masks.keep_budget(1.0 - ratio, model_trace.filter_counts, model_trace.group_widths)
+        print(f"{name}: prune ratio {ratio:g}, keeps {budget} of {model_trace.total_filters} prunable filters")
     if config.profile_json:
         with open(config.profile_json, "w") as f:
             json.dump(report, f, indent=2)

@@ -101,28 +101,26 @@ def train_baseline(study: Study, spec: Run) -> dict:
     """Trains l1_finetune or scratch for joint + finetune epochs; returns accuracies and costs."""
     import keras  # pylint: disable=import-outside-toplevel
 
-    from hsd_tf import costs, slimming, training  # pylint: disable=import-outside-toplevel
+    from hsd_tf import slimming, training  # pylint: disable=import-outside-toplevel
     from hsd_tf import teacher as teacher_lib  # pylint: disable=import-outside-toplevel
 
     epochs = study.joint_epochs + study.finetune_epochs
     config = study.config(seed=spec.seed, teacher_epochs=epochs, learning_rate=spec.learning_rate,
                           teacher_learning_rate=spec.learning_rate)
     keras.utils.set_random_seed(spec.seed)
-    data, architecture = training.data_and_architecture(config)
-    model, slim_architecture = slimming.l1_pruned(
-        teacher_lib.load(study.teacher_path, architecture), architecture, spec.ratio,
+    data, dense = training.data_and_model(config)
+    model, row = slimming.l1_pruned(
+        teacher_lib.load(study.teacher_path, dense), spec.ratio,
         max_layer_prune_ratio=config.max_layer_prune_ratio, min_layer_filters=config.min_layer_filters)
     if spec.method == "l1_finetune":  # the cascade's fine-tuning optimizer, cross-entropy only
         model.compile(optimizer=training.weight_optimizer(config, data, epochs),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    else:  # the teacher's recipe from random weights
-        model = teacher_lib.compiled_for_training(slim_architecture, data, config)
+    else:  # the teacher's recipe from random weights: a clone has the same layers, freshly initialised
+        model = teacher_lib.compiled_for_training(keras.models.clone_model(model), data, config)
     model.fit(data.train_from(0, epochs), epochs=epochs, steps_per_epoch=data.steps_per_epoch, verbose=0,
               shuffle=False)  # train_from already shuffles, per epoch and reproducibly
-    report = costs.profile(slim_architecture)
     return {"accuracy": teacher_lib.accuracy(model, data.test), "val_accuracy": teacher_lib.accuracy(model, data.val),
-            "params": report["params"], "macs": report["macs"], "filters_kept": slim_architecture.total_filters,
-            "fewest_layer_filters": min(size for _, size in slim_architecture.groups)}
+            **{key: row[key] for key in ("params", "macs", "filters_kept", "fewest_layer_filters")}}
 
 
 def select_learning_rates(rows, selection_seed: int) -> dict:

@@ -59,18 +59,17 @@ def median_latencies_ms(paths, threads, runs, warmup):
 
 def synthetic_models(directory):
     """(name, tflite path, params, MACs) of the dense model and its slim student."""
-    from hsd_tf import architectures, costs, export, network, slimming  # pylint: disable=import-outside-toplevel
+    from hsd_tf import architectures, costs, export, slimming  # pylint: disable=import-outside-toplevel
     import keras  # pylint: disable=import-outside-toplevel
 
     keras.utils.set_random_seed(0)  # the same initial weights, hence the same L1 masks, every run
-    architecture = architectures.get(FLAGS.arch, (FLAGS.image_size,) * 2 + (3,), FLAGS.num_classes)
-    dense = network.build_model(architecture, name="teacher")
-    student, student_architecture = slimming.l1_pruned(dense, architecture, 1.0 - FLAGS.keep, name="student")
+    dense = architectures.get(FLAGS.arch, (FLAGS.image_size,) * 2 + (3,), FLAGS.num_classes)
+    student, _ = slimming.l1_pruned(dense, 1.0 - FLAGS.keep, name="student")
     rows = []
-    for model, arch in ((dense, architecture), (student, student_architecture)):
+    for name, model in (("teacher", dense), ("student", student)):
         path = export.export_model(model, directory, ["tflite"])["tflite"]
-        report = costs.profile(arch)
-        rows.append((model.name, path, report["params"], report["macs"]))
+        report = costs.profile(model)
+        rows.append((name, path, report["params"], report["macs"]))
     return rows
 
 

@@ -24,10 +24,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from hsd_tf import architectures, network  # noqa: E402
+from hsd_tf import architectures  # noqa: E402
 from hsd_tf.cascade import Cascade, even_prune_ratios  # noqa: E402
 
-flags.DEFINE_string("arch", "vgg16", "Architecture.")
+flags.DEFINE_string("arch", "vgg16", "Architecture, as main.py's --arch.")
 flags.DEFINE_float("width_multiplier", 1.0, "Width of the network.")
 flags.DEFINE_integer("image_size", 32, "Image side.")
 flags.DEFINE_integer("num_classes", 10, "Classes.")
@@ -55,16 +55,15 @@ class StepTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self.start)
 
 
-def models(architecture, num_tas, prune_ratio):
+def models(build, num_tas, prune_ratio):
     """[(name, floor in plain steps, compiled model)]: the plain dense model, then a cascade per N."""
-    plain = network.build_model(architecture)
+    plain = build()
     plain.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     result = [("plain", 1.0, plain)]
-    # Its own dense model: the cascade freezes its teacher's layers.
-    teacher = network.build_model(architecture)
+    teacher = build()
     for n in num_tas:
-        cascade = Cascade(architecture, even_prune_ratios(prune_ratio, n), teacher=teacher, hint_weight=0.001)
+        cascade = Cascade(teacher, even_prune_ratios(prune_ratio, n), teacher=teacher, hint_weight=0.001)
         cascade.initialize_from(teacher)
         cascade.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True),
                         score_optimizer=keras.optimizers.RMSprop(1e-3))
@@ -74,13 +73,15 @@ def models(architecture, num_tas, prune_ratio):
 
 def main(argv):
     del argv
-    architecture = architectures.get(FLAGS.arch, (FLAGS.image_size, FLAGS.image_size, 3), FLAGS.num_classes,
-                                     FLAGS.width_multiplier)
+    def build():
+        return architectures.get(FLAGS.arch, (FLAGS.image_size, FLAGS.image_size, 3), FLAGS.num_classes,
+                                 FLAGS.width_multiplier)
+
     rng = np.random.RandomState(0)
     images = rng.normal(size=(FLAGS.batch_size, FLAGS.image_size, FLAGS.image_size, 3)).astype(np.float32)
     labels = rng.randint(0, FLAGS.num_classes, size=FLAGS.batch_size).astype(np.int32)
     dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
-    entries = models(architecture, [int(n) for n in FLAGS.num_tas], FLAGS.prune_ratio)
+    entries = models(build, [int(n) for n in FLAGS.num_tas], FLAGS.prune_ratio)
     timers = [StepTimer() for _ in entries]
     for round_index in range(FLAGS.rounds + 1):
         for (_, _, model), timer in zip(entries, timers):

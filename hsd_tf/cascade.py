@@ -2,9 +2,12 @@
 
     student T0  <-  T1  <-  ...  <-  TN (keeps every filter)  <-  frozen teacher
 
-Every conv kernel except the stem's is shared by all views. Each view owns its
-stem conv, every BatchNormalization layer, the dense head and one score vector
-per mask group (method.md section 1). `Cascade.train_step` trains all views in
+The network is any functional or Sequential Keras model, traced into mask
+groups and a program (`hsd_tf.graph`). Every layer of a clone of it is shared
+by all views, except that each view owns its stem convs (those reading the
+images), every normalization layer, the dense head and one score vector per
+mask group (method.md section 1). The model handed in is neither changed nor
+trained. `Cascade.train_step` trains all views in
 one step; the score gradient of view i is the straight-through score gradient
 of view i+1 (the paper's Eq. 5, method.md section 3).
 
@@ -22,8 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hsd_tf import costs, losses, masks, network
-from hsd_tf.architectures import Architecture
+from hsd_tf import costs, graph, losses, masks
 
 PHASES = ("joint", "frozen", "finetune")
 
@@ -61,7 +63,7 @@ class View(keras.layers.Layer):
     """The per-view state of one cascade member.
 
     Args:
-        architecture: The full-width `Architecture`.
+        model_trace: `graph.trace` of the full-width model.
         keep_ratio: Fraction of prunable filters this view keeps.
         prefix: Layer name prefix ("student_", "ta1_", ...).
         floors: Channels each group keeps whatever its scores (`masks.layer_floors`).
@@ -69,33 +71,25 @@ class View(keras.layers.Layer):
             one to take its place (0: plain top-k every step).
     """
 
-    def __init__(self, architecture: Architecture, keep_ratio: float, prefix: str, floors=None, hysteresis=0.0,
+    def __init__(self, model_trace: graph.Trace, keep_ratio: float, prefix: str, floors=None, hysteresis=0.0,
                  **kwargs):
         super().__init__(**kwargs)
         self.keep_ratio = keep_ratio
         self.hysteresis = float(hysteresis)
-        self.filter_counts = [len(architecture.group_members(g)) for g in architecture.group_names]
-        self.floors = list(floors) if floors is not None else [1] * len(architecture.groups)
-        masks.check_floors(keep_ratio, self.filter_counts, [size for _, size in architecture.groups], self.floors)
-        self.stem = network.make_layer(architecture, architecture.stem, "conv", prefix)
-        self.batch_norms = {
-            node.name: network.make_layer(architecture, node, "bn", prefix)
-            for node in architecture.nodes if node.op in ("conv", "depthwise")
-        }
-        self.head = {
-            node.name: network.make_layer(architecture, node, "dense", prefix)
-            for node in architecture.nodes if node.op == "dense"
-        }
-        self.scores = [
-            self.add_weight(shape=(size,), initializer="ones", name=f"score_{group}")
-            for group, size in architecture.groups
-        ]
+        self.filter_counts = model_trace.filter_counts
+        widths = model_trace.group_widths
+        self.floors = list(floors) if floors is not None else [1] * len(widths)
+        masks.check_floors(keep_ratio, self.filter_counts, widths, self.floors)
+        layers = model_trace.layers()
+        self.own = {name: clone_layer(layers[name], prefix + name) for name in own_layers(model_trace)}
+        self.scores = [self.add_weight(shape=(g.width,), initializer="ones", name=f"score_{g.name}")
+                       for g in model_trace.groups]
         # The mask of the last joint step (the hysteresis reference), frozen after the joint phase.
         # Every replica computes the same mask, so the first replica's write stands for all.
         self.last_masks = [
-            self.add_weight(shape=(size,), initializer="ones", trainable=False, name=f"mask_{group}",
+            self.add_weight(shape=(g.width,), initializer="ones", trainable=False, name=f"mask_{g.name}",
                             aggregation="only_first_replica")
-            for group, size in architecture.groups
+            for g in model_trace.groups
         ]
 
     def hard_masks(self, frozen: bool) -> List[tf.Tensor]:
@@ -143,11 +137,12 @@ class Cascade(keras.Model):
     """Student and teaching assistants trained jointly over one set of kernels.
 
     Args:
-        architecture: Full-width `Architecture` (or its config dict).
+        model: The full-width functional or Sequential Keras model (or its
+            serialized config), from images to logits. It is cloned, never changed.
         prune_ratios: Student first, strictly decreasing; with assistants the
             last is 0 (TN keeps every filter).
-        teacher: The pre-trained dense `keras.Model` of the same architecture,
-            frozen, teaching the top view. Needed for training, not for
+        teacher: The pre-trained dense model of the same structure (layer
+            names), frozen, teaching the top view. Needed for training, not for
             evaluation or for a ladder snapshot.
         kd_weight: lambda_KD.
         temperature: tau.
@@ -157,11 +152,17 @@ class Cascade(keras.Model):
         min_layer_filters: No mask group keeps fewer channels than this.
         mask_hysteresis: Score margin by which a dropped filter must beat a
             kept one to switch places with it (0: none).
+        unpruned_layers: Layers whose input and output channels stay whole
+            (`graph.trace`).
+
+    Raises:
+        graph.UnsupportedLayerError: A layer the tracer cannot follow.
+        ValueError: Nothing to prune, or bad ratios or floors.
     """
 
     def __init__(
         self,
-        architecture,
+        model,
         prune_ratios: Sequence[float],
         teacher: Optional[keras.Model] = None,
         kd_weight: float = 0.4,
@@ -170,13 +171,21 @@ class Cascade(keras.Model):
         max_layer_prune_ratio: float = 1.0,
         min_layer_filters: int = 1,
         mask_hysteresis: float = 0.0,
+        unpruned_layers: Sequence[str] = (),
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if isinstance(architecture, dict):
-            architecture = Architecture.from_config(architecture)
+        if isinstance(model, dict):
+            model = keras.saving.deserialize_keras_object(model)
         validate_prune_ratios(prune_ratios)
-        self.architecture = architecture
+        self.unpruned_layers = list(unpruned_layers)
+        trace = graph.trace(model, self.unpruned_layers)
+        if not trace.groups:
+            raise ValueError(f"Model {model.name!r} has no prunable channels: no conv whose filters can go "
+                             f"without changing the output's shape. Received: unpruned_layers={self.unpruned_layers}")
+        # Not tracked: the source model's weights are not the cascade's.
+        object.__setattr__(self, "source_model", model)
+        object.__setattr__(self, "trace", trace)
         self.prune_ratios = [float(r) for r in prune_ratios]
         self.kd_weight = float(kd_weight)
         self.temperature = float(temperature)
@@ -184,32 +193,27 @@ class Cascade(keras.Model):
         self.max_layer_prune_ratio = float(max_layer_prune_ratio)
         self.min_layer_filters = int(min_layer_filters)
         self.mask_hysteresis = float(mask_hysteresis)
-        floors = masks.layer_floors([size for _, size in architecture.groups], self.max_layer_prune_ratio,
-                                    self.min_layer_filters)
+        floors = masks.layer_floors(trace.group_widths, self.max_layer_prune_ratio, self.min_layer_filters)
         self.view_names = view_names(len(self.prune_ratios))
         self.phase = "joint"
         self.score_optimizer = None
 
-        stem = architecture.stem.name
-        shared = {}
-        for node in architecture.nodes:
-            for role in _shared_roles(node, stem):
-                shared[f"{node.name}:{role}"] = network.make_layer(architecture, node, role)
-        self.shared = shared
+        own = set(own_layers(trace))
+        self.shared = {name: clone_layer(layer, name) for name, layer in trace.layers().items() if name not in own}
         self.views = [
-            View(architecture, 1.0 - ratio, f"{name}_", floors=floors, hysteresis=self.mask_hysteresis, name=name)
+            View(trace, 1.0 - ratio, f"{name}_", floors=floors, hysteresis=self.mask_hysteresis, name=name)
             for name, ratio in zip(self.view_names, self.prune_ratios)
         ]
-        self.teacher = None
+        # Not tracked either: the teacher is frozen, its weights are not checkpointed with the cascade's,
+        # and it may be the very model the cascade was cloned from.
+        object.__setattr__(self, "teacher", teacher)
         if teacher is not None:
-            self.teacher = network.feature_model(teacher, architecture)
-            self.teacher.trainable = False
+            object.__setattr__(self, "teacher_trace", graph.trace(teacher, self.unpruned_layers))
         # The teacher ladder of fine-tuning: its position is state to resume.
         self.ladder_rung = self.add_weight(
             shape=(), initializer="zeros", dtype="int32", trainable=False, name="ladder_rung"
         )
         self._rung = 0
-        self._metric_names = []
         self._trackers = {}
         for name in self.view_names:
             for key, metric in (
@@ -220,7 +224,7 @@ class Cascade(keras.Model):
                 self._trackers[f"{name}_{key}"] = metric(name=f"{name}_{key}")
         self._trackers["loss"] = keras.metrics.Mean(name="loss")
 
-        dummy = tf.zeros((1,) + tuple(architecture.input_shape))
+        dummy = tf.zeros((1,) + tuple(trace.input_shapes[0]))
         for i in range(len(self.views)):
             self.view_forward(i, dummy, training=False)
         self.built = True
@@ -233,32 +237,22 @@ class Cascade(keras.Model):
         Args:
             index: 0 for the student, i for TA i.
             images: Image batch.
-            training: BatchNorm mode.
+            training: Normalization (and dropout) mode.
             frozen: Use frozen masks; defaults to the phase's choice.
 
         Returns:
-            (logits, hints).
+            (float32 logits, hints).
         """
         if frozen is None:
             frozen = self.phase != "joint"
-        group_masks = dict(zip(self.architecture.group_names, self.views[index].masks(frozen)))
-        return network.run_graph(self.architecture, images, self.layer_for(index), group_masks.get, training)
+        outputs, hints = graph.run(self.trace, [images], self.layer_for(index), self.views[index].masks(frozen),
+                                   training)
+        return _float32(outputs[0]), hints
 
     def layer_for(self, index: int):
-        """`(node, role) -> layer` of view `index`: its own stem, BN and head, else shared."""
-        view = self.views[index]
-        stem = self.architecture.stem.name
-
-        def layer_for(node, role):
-            if role == "conv" and node.name == stem:
-                return view.stem
-            if role == "bn":
-                return view.batch_norms[node.name]
-            if role == "dense":
-                return view.head[node.name]
-            return self.shared[f"{node.name}:{role}"]
-
-        return layer_for
+        """Maps a layer of the traced model to view `index`'s: its own stems, normalizations and head, else shared."""
+        own = self.views[index].own
+        return lambda layer: own.get(layer.name) or self.shared[layer.name]
 
     def call(self, images, training=False):
         """The student's logits."""
@@ -270,29 +264,28 @@ class Cascade(keras.Model):
         """Copies a dense pre-trained model into every view; scores from L1 norms.
 
         Args:
-            teacher: Dense model of this architecture (`network.build_model`),
-                matched by layer name.
+            teacher: Dense model of this structure, matched by layer name.
         """
-        arch = self.architecture
-        for node in arch.nodes:
-            if node.op in ("conv", "depthwise"):
-                kernel = teacher.get_layer(node.name).get_weights()
-                if node.name != arch.stem.name:
-                    self.shared[f"{node.name}:conv"].set_weights(kernel)
-                bn = teacher.get_layer(network.layer_name(node, "bn")).get_weights()
-                for view in self.views:
-                    view.batch_norms[node.name].set_weights(bn)
-                    if node.name == arch.stem.name:
-                        view.stem.set_weights(kernel)
-            elif node.op == "dense":
-                for view in self.views:
-                    view.head[node.name].set_weights(teacher.get_layer(node.name).get_weights())
-        # A shared group's score is the sum of its members' scores.
-        for g, group in enumerate(arch.group_names):
-            score = sum(masks.l1_scores(teacher.get_layer(member).get_weights()[0])
-                        for member in arch.group_members(group))
-            for view in self.views:
-                view.scores[g].assign(score)
+        source = graph.layers_by_name(teacher)
+        for name, layer in self.shared.items():
+            layer.set_weights(source[name].get_weights())
+        for view in self.views:
+            for name, layer in view.own.items():
+                layer.set_weights(source[name].get_weights())
+        # A channel's score sums the normalised L1 norms of the filters it stands for.
+        scores = [np.zeros(g.width, np.float32) for g in self.trace.groups]
+        counted = set()
+        for weighted in self.trace.weighted:
+            if weighted.kind in ("depthwise", "grouped") or weighted.name in counted:
+                continue
+            counted.add(weighted.name)
+            norms = masks.l1_scores(filter_kernel(source[weighted.name], weighted.kind))
+            for norm, place in zip(norms, weighted.outputs):
+                if place is not None:
+                    scores[place[0]][place[1]] += norm
+        for view in self.views:
+            for variable, score in zip(view.scores, scores):
+                variable.assign(score)
 
     def freeze_masks(self) -> None:
         """Stores every view's current top-k masks; later phases use them."""
@@ -314,8 +307,8 @@ class Cascade(keras.Model):
             images_batches: Iterable of image batches (training images).
         """
         batches = list(images_batches)
-        for index in range(len(self.views)):
-            norms = list(self.views[index].batch_norms.values())
+        for index, view in enumerate(self.views):
+            norms = [layer for layer in view.own.values() if isinstance(layer, keras.layers.BatchNormalization)]
             momenta = [bn.momentum for bn in norms]
             try:
                 for k, images in enumerate(batches):
@@ -336,10 +329,11 @@ class Cascade(keras.Model):
     def snapshot(self) -> "Cascade":
         """A frozen copy of the views (no teacher), masks frozen."""
         copy = Cascade(
-            self.architecture, self.prune_ratios, kd_weight=self.kd_weight,
+            self.source_model, self.prune_ratios, kd_weight=self.kd_weight,
             temperature=self.temperature, hint_weight=self.hint_weight,
             max_layer_prune_ratio=self.max_layer_prune_ratio, min_layer_filters=self.min_layer_filters,
-            mask_hysteresis=self.mask_hysteresis, name=f"{self.name}_snapshot",
+            mask_hysteresis=self.mask_hysteresis, unpruned_layers=self.unpruned_layers,
+            name=f"{self.name}_snapshot",
         )
         for key, layer in self.shared.items():
             copy.shared[key].set_weights(layer.get_weights())
@@ -378,8 +372,12 @@ class Cascade(keras.Model):
         """Logits and hints of the fine-tuning teacher at `rung`."""
         if rung < len(self.views) - 1:
             return self._ladder_forward(rung + 1, images, training=False, frozen=True)
-        logits, hints = self.teacher(images, training=False)
-        return logits, list(hints)
+        return self.teacher_forward(images)
+
+    def teacher_forward(self, images):
+        """The pre-trained teacher's float32 logits and hints."""
+        outputs, hints = graph.run(self.teacher_trace, [images], training=False)
+        return _float32(outputs[0]), hints
 
     def hard_masks(self, index: int, frozen: Optional[bool] = None) -> List[np.ndarray]:
         """The 0/1 masks of view `index` as numpy arrays, group order."""
@@ -389,25 +387,21 @@ class Cascade(keras.Model):
 
     def kept_filters(self, index: int, frozen: Optional[bool] = None) -> dict:
         """Group name -> kept filters of view `index`."""
-        return {g: int(m.sum()) for g, m in zip(self.architecture.group_names, self.hard_masks(index, frozen))}
-
-    def view_architecture(self, index: int, frozen: Optional[bool] = None) -> Architecture:
-        """The architecture of view `index` with its masked filters removed."""
-        return self.architecture.with_widths(self.kept_filters(index, frozen))
+        return {g: int(m.sum()) for g, m in zip(self.trace.group_names, self.hard_masks(index, frozen))}
 
     def view_costs(self, frozen: Optional[bool] = None) -> List[dict]:
         """Per view: name, prune ratio, filters kept/total, fewest channels kept by one group, params and MACs."""
         rows = []
+        counts = self.trace.filter_counts
         for i, name in enumerate(self.view_names):
-            kept = self.kept_filters(i, frozen)
-            slim = self.architecture.with_widths(kept)
-            report = costs.profile(slim)
+            hard = self.hard_masks(i, frozen)
+            report = costs.count(self.trace, {g: m > 0 for g, m in zip(self.trace.group_names, hard)})
             rows.append({
                 "name": name,
                 "prune_ratio": self.prune_ratios[i],
-                "filters_kept": slim.total_filters,
-                "filters_total": self.architecture.total_filters,
-                "fewest_layer_filters": min(kept.values()),
+                "filters_kept": int(sum(m.sum() * c for m, c in zip(hard, counts))),
+                "filters_total": self.trace.total_filters,
+                "fewest_layer_filters": int(min(m.sum() for m in hard)),
                 "params": report["params"],
                 "macs": report["macs"],
             })
@@ -461,8 +455,7 @@ class Cascade(keras.Model):
             return outputs[index + 1]
         if self.teacher is None:
             raise ValueError("Training the top view needs the pre-trained teacher; pass teacher=.")
-        logits, hints = self.teacher(images, training=False)
-        return logits, list(hints)
+        return self.teacher_forward(images)
 
     def train_step(self, data):
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -482,7 +475,9 @@ class Cascade(keras.Model):
                 ))
             total = tf.add_n([t["loss"] for t in terms])
             scaled_total = self.optimizer.scale_loss(total)
-        grads = tape.gradient(scaled_total, weights + scores)
+        # A mask gathered from its group's scores (a concatenation's) has a sparse gradient.
+        grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+                 for g in tape.gradient(scaled_total, weights + scores)]
         if self._loss_scaled:
             grads = _one_overflow_decision(grads)
         self.optimizer.apply(grads[: len(weights)], weights)
@@ -508,7 +503,7 @@ class Cascade(keras.Model):
 
     def _apply_score_gradients(self, score_grads) -> None:
         """Eq. 5: view i's scores step along view i+1's score gradient."""
-        per_view = len(self.architecture.groups)
+        per_view = len(self.trace.groups)
         grads = [score_grads[i * per_view:(i + 1) * per_view] for i in range(len(self.views))]
         if len(self.views) == 1:
             pairs = list(zip(grads[0], self.views[0].scores))
@@ -540,7 +535,7 @@ class Cascade(keras.Model):
     def get_config(self):
         return {
             **super().get_config(),
-            "architecture": self.architecture.get_config(),
+            "model": keras.saving.serialize_keras_object(self.source_model),
             "prune_ratios": self.prune_ratios,
             "kd_weight": self.kd_weight,
             "temperature": self.temperature,
@@ -548,6 +543,7 @@ class Cascade(keras.Model):
             "max_layer_prune_ratio": self.max_layer_prune_ratio,
             "min_layer_filters": self.min_layer_filters,
             "mask_hysteresis": self.mask_hysteresis,
+            "unpruned_layers": self.unpruned_layers,
         }
 
 
@@ -565,16 +561,33 @@ def _one_overflow_decision(grads: list) -> list:
     return [None if g is None else g + tf.cast(poison, g.dtype) for g in grads]
 
 
-def _shared_roles(node, stem: str) -> List[str]:
-    """Roles of a node whose layers all views share (kernels and stateless ops)."""
-    if node.op in ("conv", "depthwise"):
-        roles = ["pad"] if node.pad else []
-        roles += [] if node.name == stem else ["conv"]
-        return roles + (["relu"] if node.relu else [])
-    if node.op == "add":
-        return ["add"] + (["relu"] if node.relu else [])
-    if node.op == "maxpool":
-        return (["pad"] if node.pad else []) + ["pool"]
-    if node.op in ("gap", "flatten"):
-        return [node.op]
-    return []
+def own_layers(model_trace: graph.Trace) -> List[str]:
+    """Layers each view has its own copy of: stems, normalizations and the dense head."""
+    return list(dict.fromkeys(model_trace.stems + model_trace.normalizations + model_trace.head))
+
+
+def clone_layer(layer: keras.layers.Layer, name: str) -> keras.layers.Layer:
+    """A new, unbuilt layer of `layer`'s config, under the current dtype policy.
+
+    The policy is the run's (--mixed_precision), whatever the model was saved
+    with. A BatchNormalization is synchronized across replicas when there are
+    several, as the built-in architectures' are.
+    """
+    config = {**layer.get_config(), "name": name, "dtype": keras.config.dtype_policy().name}
+    if isinstance(layer, keras.layers.BatchNormalization) and tf.distribute.get_strategy().num_replicas_in_sync > 1:
+        config["synchronized"] = True
+    return layer.__class__.from_config(config)
+
+
+def filter_kernel(layer: keras.layers.Layer, kind: str) -> np.ndarray:
+    """The kernel of a conv or dense layer with its output filters on the last axis."""
+    if kind == "separable":
+        return layer.get_weights()[1]  # the pointwise kernel makes the output filters
+    kernel = layer.get_weights()[0]
+    return np.swapaxes(kernel, -1, -2) if kind == "transpose" else kernel
+
+
+def _float32(logits):
+    if keras.backend.standardize_dtype(logits.dtype) != "float32":
+        logits = keras.ops.cast(logits, "float32")  # mixed precision: softmax and losses need the range
+    return logits

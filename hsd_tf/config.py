@@ -19,7 +19,7 @@ EXPORT_VIEWS = ("student", "all")
 MIXED_PRECISION = ("float32", "bfloat16", "float16")
 # What must match between a run and the model_dir it resumes.
 IDENTITY_FIELDS = ("dataset", "arch", "num_ta", "prune_ratio", "ta_ratios", "width_multiplier", "image_size",
-                   "max_layer_prune_ratio", "min_layer_filters", "max_train_examples")
+                   "max_layer_prune_ratio", "min_layer_filters", "max_train_examples", "unpruned_layers")
 
 
 class ConfigError(ValueError):
@@ -41,6 +41,7 @@ class Config:
     prune_ratio: float = 0.6
     ta_ratios: Optional[List[float]] = None
     width_multiplier: float = 1.0
+    unpruned_layers: List[str] = dataclasses.field(default_factory=list)
     image_size: Optional[int] = None
     data_dir: Optional[str] = None
     val_fraction: float = 0.1
@@ -91,7 +92,10 @@ class Config:
             data.validate_name(self.dataset)
         except data.DatasetError as error:
             raise ConfigError("dataset", self.dataset, "unknown dataset; expected one of " + ", ".join(data.DATASETS)) from error
-        _choice("arch", self.arch, tuple(architectures.ARCHITECTURES))
+        try:
+            architectures.check_name(self.arch)
+        except ValueError as error:
+            raise ConfigError("arch", self.arch, str(error).split(" Received:")[0].rstrip(".")) from None
         if self.dataset.startswith("folder:"):
             root = self.dataset[len("folder:"):]
             if not os.path.isdir(root):

@@ -1,79 +1,70 @@
-"""Parameter and MAC counts as the paper counts them.
+"""Parameter and MAC counts as the paper counts them, for any traced model.
 
 Only conv and dense weights count: no biases, no BatchNormalization, no adds
 or pools. MACs are multiply-accumulates (the paper's tables call them FLOPs).
-Counting a narrowed `Architecture` counts the removed input channels of every
-following layer too, since they are gone from its kernel.
+Removing a channel removes it from its producers' outputs and from the
+inputs of every layer that reads it.
 """
 
-import math
-from typing import Dict, List, Optional, Tuple
+from typing import Mapping, Optional, Sequence
+
+import keras
+
+from hsd_tf import graph
 
 
-def _out_size(size: int, kernel: int, strides: int, pad: Optional[int]) -> int:
-    if pad is None:  # "same"
-        return math.ceil(size / strides)
-    return (size + 2 * pad - kernel) // strides + 1
-
-
-def shapes(architecture) -> Dict[str, Tuple[int, int, int]]:
-    """Node name -> (height, width, channels) of its output for one image."""
-    result = {}
-    for node in architecture.nodes:
-        if node.op == "input":
-            result[node.name] = tuple(architecture.input_shape)
-            continue
-        h, w, c = result[node.inputs[0]]
-        if node.op in ("conv", "depthwise", "maxpool"):
-            h = _out_size(h, node.kernel, node.strides, node.pad)
-            w = _out_size(w, node.kernel, node.strides, node.pad)
-        if node.op == "conv":
-            c = architecture.filters(node)
-        elif node.op == "gap":
-            h = w = 1
-        elif node.op == "flatten":
-            h, w, c = 1, 1, h * w * c
-        elif node.op == "dense":
-            c = node.filters
-        result[node.name] = (h, w, c)
-    return result
-
-
-def profile(architecture) -> dict:
-    """Counts the params and MACs of every conv and dense layer.
+def profile(model: keras.Model) -> dict:
+    """`count` of a model's every conv and dense layer, dense.
 
     Args:
-        architecture: An `hsd_tf.architectures.Architecture`.
+        model: A functional or Sequential Keras model.
+
+    Returns:
+        `{"params": N, "macs": N, "layers": [...]}` (see `count`).
+    """
+    return count(graph.trace(model))
+
+
+def count(model_trace: graph.Trace, kept: Optional[Mapping[str, Sequence[bool]]] = None) -> dict:
+    """Params and MACs of the traced model, or of it with only the `kept` channels of each group.
+
+    As the paper counts them: conv and dense kernels only (no biases, no
+    normalization, no adds or pools), a removed channel removed from its
+    producers' outputs and from the inputs of every layer reading it, MACs per
+    image. A layer called twice has its params counted once and its MACs twice.
+
+    Args:
+        model_trace: `graph.trace(model)`.
+        kept: Group name -> one bool per channel; groups not named keep everything.
 
     Returns:
         `{"params": N, "macs": N, "layers": [{"name", "output_size", "filters",
-        "params", "macs"}, ...]}` with `output_size` as [height, width, channels].
+        "params", "macs"}, ...]}`, one layer entry per call, `output_size` as
+        [spatial dims..., channels].
     """
-    sizes = shapes(architecture)
-    layers: List[dict] = []
-    for node in architecture.nodes:
-        if node.op not in ("conv", "depthwise", "dense"):
-            continue
-        h, w, c = sizes[node.name]
-        fan_in = sizes[node.inputs[0]][2]
-        if node.op == "conv":
-            params = node.kernel * node.kernel * fan_in * c
-        elif node.op == "depthwise":
-            params = node.kernel * node.kernel * c
+    keep = [list(kept[g.name]) if kept and g.name in kept else [True] * g.width for g in model_trace.groups]
+
+    def count(channels):
+        return sum(1 for c in channels if c is None or keep[c[0]][c[1]])
+
+    params, macs, counted, layers = 0, 0, set(), []
+    for layer in model_trace.weighted:
+        fan_in, fan_out = count(layer.inputs), count(layer.outputs)
+        if layer.kind == "depthwise":
+            weights = layer.kernel * fan_out
+        elif layer.kind == "grouped":
+            weights = layer.kernel * fan_in * fan_out // layer.multiplier
+        elif layer.kind == "separable":
+            weights = layer.kernel * fan_in * layer.multiplier + fan_in * layer.multiplier * fan_out
         else:
-            params = fan_in * c
-        layers.append({
-            "name": node.name,
-            "output_size": [h, w, c],
-            "filters": c,
-            "params": params,
-            "macs": params * h * w,
-        })
-    return {
-        "params": sum(layer["params"] for layer in layers),
-        "macs": sum(layer["macs"] for layer in layers),
-        "layers": layers,
-    }
+            weights = layer.kernel * fan_in * fan_out
+        if layer.name not in counted:
+            params += weights
+            counted.add(layer.name)
+        macs += weights * layer.positions
+        layers.append({"name": layer.name, "output_size": list(layer.output_size) + [fan_out], "filters": fan_out,
+                       "params": weights, "macs": weights * layer.positions})
+    return {"params": params, "macs": macs, "layers": layers}
 
 
 def format_count(value: int) -> str:

@@ -116,16 +116,16 @@ def straight_through(mask: tf.Tensor, scores: tf.Tensor) -> tf.Tensor:
 
 
 def l1_scores(kernel: np.ndarray) -> np.ndarray:
-    """Per-layer normalised L1 norm of each output filter of a conv kernel.
+    """Per-layer normalised L1 norm of each output filter of a conv or dense kernel.
 
     Dividing by the layer mean makes layers of different fan-in comparable in
     the global ranking, so the first mask is per-layer magnitude pruning.
 
     Args:
-        kernel: Conv kernel of shape (kh, kw, in, out).
+        kernel: Kernel with the output filters on the last axis ((kh, kw, in, out), (in, out), ...).
 
     Returns:
         float32 vector of length `out` with mean 1.
     """
-    norms = np.abs(kernel).sum(axis=(0, 1, 2))
+    norms = np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(axis=0)
     return (norms / max(float(norms.mean()), 1e-12)).astype(np.float32)

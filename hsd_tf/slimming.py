@@ -1,25 +1,29 @@
-"""Physical slimming: a view of a trained cascade as a smaller dense Keras model.
+"""Physical slimming: any traced model, or a view of a trained cascade, as a smaller plain Keras model.
 
-The slim model is `network.build_model(view_architecture)`: the same family
-with only the kept filters. Its weights are copied from the view: its own stem
-conv, BatchNorm layers and head, and the shared kernels sliced on the output
-filters the view keeps *and* on the input channels the previous layer keeps.
-A depthwise conv follows its input's mask. The first dense layer after a
-flatten keeps the rows of the kept channels at every spatial position.
+The slim model has the same layers, in the same graph, with only the kept
+channels: every layer is rebuilt from its config with its width edited
+(`filters`, `units`, a grouped conv's `groups`, an SE `Reshape`'s
+`target_shape`), and its weights are the source's sliced on the output
+channels it keeps *and* on the input channels that reach it. Nested models
+are inlined. Normalization and other per-channel layers keep the weights of
+their kept channels.
 
-Because the mask multiplies the BatchNorm output, a masked channel is exactly
-zero downstream, so the slim model computes what the masked view computes.
+Because every mask point zeroes a masked channel before any layer mixes
+channels (`hsd_tf.graph`), the slim model computes what the masked model
+computes.
 """
+
+from typing import Callable, Mapping, Optional, Sequence
 
 import keras
 import numpy as np
 
-from hsd_tf import costs, network
+from hsd_tf import graph
 from hsd_tf.cascade import Cascade
 
 
-def slim_view(cascade, index: int, frozen=None, name=None) -> keras.Model:
-    """Builds the slim dense model of view `index`.
+def slim_view(cascade: Cascade, index: int, frozen=None, name=None) -> keras.Model:
+    """Builds the slim dense model of a cascade's view `index`.
 
     Args:
         cascade: A trained `hsd_tf.cascade.Cascade`.
@@ -29,46 +33,15 @@ def slim_view(cascade, index: int, frozen=None, name=None) -> keras.Model:
 
     Returns:
         A plain functional `keras.Model` from images to logits, with no masks,
-        scores or teacher.
+        scores or teacher: the view's own stems, normalizations and head, and
+        the shared layers, with the view's pruned channels removed.
     """
-    architecture = cascade.architecture
-    view = cascade.views[index]
-    keep = {g: np.flatnonzero(m > 0) for g, m in zip(architecture.group_names, cascade.hard_masks(index, frozen))}
-    slim_architecture = architecture.with_widths({g: len(k) for g, k in keep.items()})
-    model = network.build_model(slim_architecture, name=name or cascade.view_names[index])
-    groups = architecture.channel_groups
-    sizes = costs.shapes(architecture)
-
-    def kept(group, channels):
-        return keep[group] if group is not None else np.arange(channels)
-
-    for node in architecture.nodes:
-        if node.op not in ("conv", "depthwise", "dense"):
-            continue
-        parent = node.inputs[0]
-        inputs = kept(groups[parent], sizes[parent][2])
-        if node.op == "dense":
-            (kernel, bias) = view.head[node.name].get_weights()
-            rows = _dense_rows(architecture, parent, groups, sizes, keep)
-            model.get_layer(node.name).set_weights([kernel[rows], bias])
-            continue
-        if node.name == architecture.stem.name:
-            (kernel,) = view.stem.get_weights()
-        else:
-            (kernel,) = cascade.shared[f"{node.name}:conv"].get_weights()
-        outputs = kept(groups[node.name], sizes[node.name][2])
-        if node.op == "depthwise":
-            kernel = kernel[:, :, inputs, :]
-        else:
-            kernel = kernel[:, :, inputs, :][..., outputs]
-        model.get_layer(node.name).set_weights([kernel])
-        bn = view.batch_norms[node.name].get_weights()
-        model.get_layer(network.layer_name(node, "bn")).set_weights([w[outputs] for w in bn])
-    return model
+    kept = {g: m > 0 for g, m in zip(cascade.trace.group_names, cascade.hard_masks(index, frozen))}
+    return slim_model(cascade.trace, kept, cascade.layer_for(index), name or cascade.view_names[index])
 
 
-def l1_pruned(dense: keras.Model, architecture, prune_ratio: float, name: str = "l1_pruned",
-              max_layer_prune_ratio: float = 1.0, min_layer_filters: int = 1):
+def l1_pruned(dense: keras.Model, prune_ratio: float, name: str = "l1_pruned", max_layer_prune_ratio: float = 1.0,
+              min_layer_filters: int = 1, unpruned_layers=()):
     """A dense model pruned by filter L1 norm (Li et al.) and physically slimmed.
 
     The ranking is the one that initialises a cascade's scores (global top-k
@@ -76,33 +49,97 @@ def l1_pruned(dense: keras.Model, architecture, prune_ratio: float, name: str = 
     result is a cascade's student before any training.
 
     Args:
-        dense: Dense model of `architecture` (`network.build_model`).
-        architecture: Its full-width `Architecture`.
+        dense: The trained dense model.
         prune_ratio: Fraction of prunable filters removed.
         name: Model name.
         max_layer_prune_ratio: Largest fraction of one layer that may go.
         min_layer_filters: Fewest filters a layer keeps.
+        unpruned_layers: Layers whose channels stay whole.
 
     Returns:
-        (slim model, its `Architecture`).
+        (slim model, its `Cascade.view_costs` row: filters kept, params, MACs, ...).
     """
-    cascade = Cascade(architecture, [prune_ratio], max_layer_prune_ratio=max_layer_prune_ratio,
-                      min_layer_filters=min_layer_filters)
+    cascade = Cascade(dense, [prune_ratio], max_layer_prune_ratio=max_layer_prune_ratio,
+                      min_layer_filters=min_layer_filters, unpruned_layers=unpruned_layers)
     cascade.initialize_from(dense)
-    return slim_view(cascade, 0, frozen=False, name=name), cascade.view_architecture(0, frozen=False)
+    return slim_view(cascade, 0, frozen=False, name=name), cascade.view_costs(frozen=False)[0]
 
 
-def _dense_rows(architecture, parent, groups, sizes, keep):
-    """Kept input rows of a dense layer, in the slim model's order."""
-    group = groups[parent]
-    node = architecture.node(parent)
-    if group is None:
-        return np.arange(sizes[parent][2])
-    if node.op != "flatten":
-        return keep[group]
-    # Flatten orders features as (row, column, channel): keep the kept
-    # channels at every spatial position.
-    h, w, channels = sizes[node.inputs[0]]
-    channel_keep = np.zeros(channels, bool)
-    channel_keep[keep[group]] = True
-    return np.flatnonzero(np.tile(channel_keep, h * w))
+def slim_model(model_trace: graph.Trace, kept: Mapping[str, Sequence[bool]], source_for: Optional[Callable] = None,
+               name: str = "slim") -> keras.Model:
+    """Builds the model of `model_trace` with only the kept channels of each group.
+
+    Args:
+        model_trace: `graph.trace(model)`.
+        kept: Group name -> one bool per channel (groups not named keep all).
+        source_for: Maps each layer of the traced model to the layer whose
+            weights the slim layer takes (a cascade view's own BatchNorm, the
+            shared kernels); default: itself.
+        name: The model's name.
+
+    Returns:
+        A float32 functional `keras.Model` with the same inputs and outputs.
+    """
+    keep = [np.asarray(kept[g.name], bool) if g.name in kept else np.ones(g.width, bool)
+            for g in model_trace.groups]
+
+    def indices(placements):
+        return np.array([i for i, c in enumerate(placements) if c is None or keep[c[0]][c[1]]], np.int64)
+
+    first = model_trace.first_steps()
+    slim_layers, slices = {}, {}
+    for layer_name, step in first.items():
+        if isinstance(step.operation, keras.layers.Layer):
+            slices[layer_name] = (indices(step.channels_in), indices(step.channels_out))
+            slim_layers[layer_name] = _slim_layer(step.operation, len(slices[layer_name][1]),
+                                                  len(slices[layer_name][0]))
+    inputs = [keras.Input(shape) for shape in model_trace.input_shapes]
+    outputs, _ = graph.run(model_trace, inputs, layer_for=lambda op: slim_layers[op.name])
+    model = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs if len(outputs) > 1 else outputs[0],
+                        name=name)
+    for layer_name, layer in slim_layers.items():
+        source = first[layer_name].operation
+        weights = (source_for(source) if source_for else source).get_weights()
+        if weights:
+            in_kept, out_kept = slices[layer_name]
+            layer.set_weights(_sliced(source, weights, in_kept, out_kept, len(first[layer_name].channels_in)))
+    return model
+
+
+def _slim_layer(layer, out_channels: int, in_channels: int) -> keras.layers.Layer:
+    """A new float32 layer like `layer`, narrowed to the given channel counts."""
+    config = layer.get_config()
+    config["dtype"] = "float32"
+    if _one_group_per_channel(layer):
+        config["groups"] = in_channels
+    if isinstance(layer, graph.CONVS):
+        config["filters"] = out_channels
+    elif isinstance(layer, keras.layers.Dense):
+        config["units"] = out_channels
+    elif isinstance(layer, keras.layers.Reshape):
+        config["target_shape"] = tuple(config["target_shape"][:-1]) + (out_channels,)
+    return layer.__class__.from_config(config)
+
+
+def _sliced(layer, weights, in_kept, out_kept, in_width: int) -> list:
+    """`layer`'s weights restricted to the kept input and output channels."""
+    if _one_group_per_channel(layer):
+        return [w[..., out_kept] for w in weights]  # one group per input channel: depthwise
+    if isinstance(layer, keras.layers.SeparableConv2D):
+        depthwise, pointwise = weights[:2]
+        multiplier = depthwise.shape[-1]
+        rows = (in_kept[:, None] * multiplier + np.arange(multiplier)).ravel()
+        return [depthwise[..., in_kept, :], pointwise[..., rows, :][..., out_kept]] + [b[out_kept] for b in weights[2:]]
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        return [weights[0][..., in_kept, :]] + [b[out_kept] for b in weights[1:]]
+    if isinstance(layer, keras.layers.Conv2DTranspose):
+        return [weights[0][..., out_kept, :][..., in_kept]] + [b[out_kept] for b in weights[1:]]
+    if isinstance(layer, graph.CONVS + (keras.layers.Dense,)):
+        return [weights[0][..., in_kept, :][..., out_kept]] + [b[out_kept] for b in weights[1:]]
+    # Per-channel layers (normalization, PReLU, layer scales): the weights along the channel axis.
+    return [w[..., in_kept] if w.ndim and w.shape[-1] == in_width else w for w in weights]
+
+
+def _one_group_per_channel(layer) -> bool:
+    """A grouped conv with one input channel per group: a depthwise conv (ConvNeXt's)."""
+    return isinstance(layer, keras.layers.Conv2D) and layer.groups != 1 and layer.kernel.shape[-2] == 1

@@ -2,7 +2,7 @@
 
 Everything the cascade keeps is created in the strategy's scope. Losses are
 means over the global batch (`hsd_tf.losses`) and BatchNorm is synchronized
-(`hsd_tf.network.make_layer`), so N replicas train like one device on the
+(`hsd_tf.architectures.conv_unit`, `hsd_tf.cascade.clone_layer`), so N replicas train like one device on the
 same global batch (tests/distribute_test.py).
 
 `make` must run before any other TensorFlow op of the process:

@@ -3,75 +3,72 @@
 import keras
 import numpy as np
 
-from hsd_tf import network
+from hsd_tf import graph
 
 
-def load(path: str, architecture) -> keras.Model:
-    """Loads a dense teacher of `architecture` from a .keras or .weights.h5 file.
+def load(path: str, model: keras.Model) -> keras.Model:
+    """Gives `model` the weights of a saved teacher.
 
     Args:
-        path: A `.keras` model saved by this tool (or any model with the same
-            layer names), or a `.weights.h5` file of `network.build_model`.
-        architecture: The full-width `Architecture`.
+        path: A `.keras` model of the same structure (matched by layer name),
+            or a `.weights.h5` file of a model built like `model`.
+        model: The dense model of `--arch` (`architectures.get`).
 
     Returns:
-        The dense model, built from `architecture`, with the file's weights.
+        `model`, with the file's weights.
     """
-    model = network.build_model(architecture, name="teacher")
     if path.endswith(".weights.h5"):
         model.load_weights(path)
         return model
-    source = keras.saving.load_model(path, compile=False)
-    for layer in model.layers:
+    source = graph.layers_by_name(keras.saving.load_model(path, compile=False))
+    for name, layer in graph.layers_by_name(model).items():
         if layer.weights:
-            layer.set_weights(source.get_layer(layer.name).get_weights())
+            layer.set_weights(source[name].get_weights())
     return model
 
 
-def from_keras_resnet50(architecture, source: keras.Model = None) -> keras.Model:
-    """The Keras applications ResNet50 as a dense teacher of our resnet50.
+def from_keras_resnet50(model: keras.Model, source: keras.Model = None) -> keras.Model:
+    """Gives our resnet50 the weights of the Keras applications ResNet50.
 
     Keras' convs carry biases; ours do not, since BatchNorm follows. A bias b
     before BN is the same as subtracting b from BN's moving mean, so the
     imported network computes the same function at inference.
 
     Args:
-        architecture: `architectures.resnet50` at width 1.
+        model: `architectures.resnet50` at width 1.
         source: The Keras model; default downloads the ImageNet weights.
 
     Returns:
-        The dense model with the source's weights.
+        `model`, with the source's weights.
     """
     if source is None:
-        source = keras.applications.ResNet50(weights="imagenet", input_shape=architecture.input_shape)
-    model = network.build_model(architecture, name="teacher")
-    for node in architecture.nodes:
-        if node.op == "conv":
-            kernel, bias = source.get_layer(node.name).get_weights()
-            model.get_layer(node.name).set_weights([kernel])
-            bn_name = network.layer_name(node, "bn")
+        source = keras.applications.ResNet50(weights="imagenet", input_shape=model.inputs[0].shape[1:])
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            kernel, bias = source.get_layer(layer.name).get_weights()
+            layer.set_weights([kernel])
+            bn_name = layer.name[: -len("_conv")] + "_bn"
             gamma, beta, mean, variance = source.get_layer(bn_name).get_weights()
             model.get_layer(bn_name).set_weights([gamma, beta, mean - bias, variance])
-        elif node.op == "dense":
-            model.get_layer(node.name).set_weights(source.get_layer(node.name).get_weights())
+        elif isinstance(layer, keras.layers.Dense):
+            layer.set_weights(source.get_layer(layer.name).get_weights())
     return model
 
 
-def compiled_for_training(architecture, data, config) -> keras.Model:
-    """The dense teacher, compiled for training from scratch with cross-entropy.
+def compiled_for_training(model: keras.Model, data, config) -> keras.Model:
+    """Compiles a model for training from its current weights with cross-entropy.
 
     SGD with Nesterov momentum and weight decay, cosine learning rate from
     `config.teacher_learning_rate` to 0 over `config.teacher_epochs`.
 
     Args:
-        architecture: The full-width `Architecture`.
+        model: The dense model (logits out).
         data: `hsd_tf.data.Data`.
         config: `hsd_tf.config.Config`.
 
     Returns:
-        The compiled, untrained model.
+        `model`, compiled.
     """
-    model = network.build_model(architecture, name="teacher")
     schedule = keras.optimizers.schedules.CosineDecay(
         config.teacher_learning_rate, config.teacher_epochs * data.steps_per_epoch
     )

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hsd_tf import architectures, costs, masks, network, slimming, strategy
+from hsd_tf import architectures, costs, graph, masks, slimming, strategy
 from hsd_tf import data as data_lib
 from hsd_tf import export as export_lib
 from hsd_tf import teacher as teacher_lib
@@ -133,7 +133,7 @@ def train_and_evaluate(config: Config) -> dict:
         raise ConfigError("strategy", config.strategy, str(error)) from None
     config.check_replicas(distribution.num_replicas_in_sync)
     config.check_model_dir()
-    _check_layer_floors(config)
+    check_model(config)
     results_path = os.path.join(config.model_dir, "results.json")
     if config.mode == "train" and _finished(results_path, config):
         with open(results_path) as f:
@@ -160,7 +160,7 @@ def train_and_evaluate(config: Config) -> dict:
         if config.export_views == "all":
             models += [(results["views"][i], slimming.slim_view(snapshot, i, name=cascade.view_names[i]))
                        for i in range(1, len(cascade.views))]
-            models.append((results["teacher"], _float32_copy(dense_teacher, cascade.architecture)))
+            models.append((results["teacher"], slimming.slim_model(graph.trace(dense_teacher), {}, name="teacher")))
         _export(config, models, data)
     results["wall_seconds_this_invocation"] = round(time.time() - start, 1)
     _write_json(os.path.join(out_dir, "results.json"), results)
@@ -169,15 +169,15 @@ def train_and_evaluate(config: Config) -> dict:
 
 def _train_and_evaluate(config: Config, out_dir: str):
     """Trains or loads every phase; returns (results, cascade, snapshot, dense teacher, data)."""
-    data, architecture = data_and_architecture(config)
+    data, model = data_and_model(config)
     validation = data.val if data.val is not None else data.test
-    dense_teacher = _teacher(config, out_dir, architecture, data)
+    dense_teacher = _teacher(config, out_dir, model, data)
 
     cascade = Cascade(
-        architecture, config.prune_ratios(), teacher=dense_teacher, kd_weight=config.kd_weight,
+        model, config.prune_ratios(), teacher=dense_teacher, kd_weight=config.kd_weight,
         temperature=config.temperature, hint_weight=config.hint_weight,
         max_layer_prune_ratio=config.max_layer_prune_ratio, min_layer_filters=config.min_layer_filters,
-        mask_hysteresis=config.mask_hysteresis, name="cascade",
+        mask_hysteresis=config.mask_hysteresis, unpruned_layers=config.unpruned_layers, name="cascade",
     )
     if not os.path.exists(_phase_path(config.model_dir, "joint")):
         cascade.initialize_from(dense_teacher)
@@ -207,8 +207,8 @@ def _train_and_evaluate(config: Config, out_dir: str):
             view["val_accuracy"] = float(student_val["student_acc"]) if i == 0 else ladder_accuracies[i - 1]
         view["mask_changes"] = mask_changes[view["name"]]
         view["kept_channels"] = {group: np.flatnonzero(mask).tolist()
-                                 for group, mask in zip(architecture.group_names, cascade.hard_masks(i, frozen=True))}
-    dense_cost = costs.profile(architecture)
+                                 for group, mask in zip(cascade.trace.group_names, cascade.hard_masks(i, frozen=True))}
+    dense_cost = costs.count(cascade.trace)
     results = {
         "dataset": config.dataset,
         "arch": config.arch,
@@ -226,28 +226,36 @@ def _train_and_evaluate(config: Config, out_dir: str):
     return results, cascade, snapshot, dense_teacher, data
 
 
-def _check_layer_floors(config: Config) -> None:
-    """Refuses, before any training, per-layer floors that alone exceed some view's filter budget."""
+def check_model(config: Config) -> graph.Trace:
+    """Builds and traces `--arch` for the dataset before any training; refuses what cannot be pruned.
+
+    Raises:
+        ConfigError: A model that cannot be built or traced, has nothing to
+            prune, or per-layer floors that alone exceed some view's filter budget.
+    """
     input_shape, num_classes = data_lib.describe(config.dataset, config.image_size)
-    architecture = architectures.get(config.arch, input_shape, num_classes, config.width_multiplier)
-    widths = [size for _, size in architecture.groups]
-    counts = [len(architecture.group_members(group)) for group in architecture.group_names]
-    floors = masks.layer_floors(widths, config.max_layer_prune_ratio, config.min_layer_filters)
+    try:
+        model = architectures.get(config.arch, input_shape, num_classes, config.width_multiplier)
+    except ValueError as error:
+        raise ConfigError("arch", config.arch, str(error).split(" Received:")[0].rstrip(".")) from None
+    try:
+        model_trace = graph.trace(model, config.unpruned_layers)
+    except graph.UnsupportedLayerError as error:
+        flag = "unpruned_layers" if "unpruned names" in str(error) else "arch"
+        raise ConfigError(flag, getattr(config, flag), str(error).rstrip(".")) from None
+    if not model_trace.groups:
+        raise ConfigError("arch", config.arch, "the model has no prunable channels (every conv's output reaches the "
+                          "output or is listed in --unpruned_layers)")
+    floors = masks.layer_floors(model_trace.group_widths, config.max_layer_prune_ratio, config.min_layer_filters)
     for ratio in config.prune_ratios():
-        overflow = masks.floors_overflow(1.0 - ratio, counts, widths, floors)
+        overflow = masks.floors_overflow(1.0 - ratio, model_trace.filter_counts, model_trace.group_widths, floors)
         if overflow:
             raise ConfigError(
                 "min_layer_filters", config.min_layer_filters,
                 f"with --max_layer_prune_ratio={config.max_layer_prune_ratio} every layer keeps at least "
                 f"{overflow[0]} filters in all, more than the {overflow[1]} that prune ratio {ratio:g} leaves; "
                 "lower --min_layer_filters, raise --max_layer_prune_ratio or prune less")
-
-
-def _float32_copy(model: keras.Model, architecture) -> keras.Model:
-    """The dense teacher as a plain float32 single-device model, whatever it was trained under."""
-    copy = network.build_model(architecture, name=model.name)
-    copy.set_weights(model.get_weights())
-    return copy
+    return model_trace
 
 
 def _finished(results_path: str, config: Config) -> bool:
@@ -272,8 +280,8 @@ def _export(config: Config, models, data) -> None:
         entry["exports"]["keras"]["path"] = os.path.join(directory, f"{model.name}.keras")
 
 
-def data_and_architecture(config: Config):
-    """(`hsd_tf.data.Data`, full-width `Architecture`) of a run's dataset and arch."""
+def data_and_model(config: Config):
+    """(`hsd_tf.data.Data`, the full-width dense model of `--arch`) of a run."""
     data = data_lib.load(
         config.dataset, config.batch_size, data_dir=config.data_dir, val_fraction=config.val_fraction,
         image_size=config.image_size, seed=config.seed, max_train_examples=config.max_train_examples,
@@ -291,21 +299,21 @@ def pretrain_teacher(config: Config) -> str:
     """
     config.validate()
     keras.utils.set_random_seed(config.seed)
-    data, architecture = data_and_architecture(config)
-    _teacher(config, config.model_dir, architecture, data)
+    data, model = data_and_model(config)
+    _teacher(config, config.model_dir, model, data)
     return os.path.join(config.model_dir, "teacher", TEACHER_CHECKPOINT)
 
 
-def _teacher(config: Config, out_dir: str, architecture, data) -> keras.Model:
-    """The frozen pre-trained teacher: given, imported, stored, or trained now."""
+def _teacher(config: Config, out_dir: str, model: keras.Model, data) -> keras.Model:
+    """The frozen pre-trained teacher (`model` with trained weights): given, imported, stored, or trained now."""
     if config.teacher == "imagenet":
-        return teacher_lib.from_keras_resnet50(architecture)
+        return teacher_lib.from_keras_resnet50(model)
     if config.teacher:
-        return teacher_lib.load(config.teacher, architecture)
+        return teacher_lib.load(config.teacher, model)
     path = os.path.join(config.model_dir, "teacher", TEACHER_CHECKPOINT)
     if os.path.exists(path):
-        return _read_checkpoint(lambda: teacher_lib.load(path, architecture), path, "retrain the teacher")
-    model = teacher_lib.compiled_for_training(architecture, data, config)
+        return _read_checkpoint(lambda: teacher_lib.load(path, model), path, "retrain the teacher")
+    teacher_lib.compiled_for_training(model, data, config)
     _fit(model, config, out_dir, "teacher", config.teacher_epochs, data, data.val)
     _save_weights(model, os.path.join(out_dir, "teacher", TEACHER_CHECKPOINT))
     _discard_backup(out_dir, "teacher")

@@ -1,68 +1,79 @@
-"""Architecture graphs, the dense builder, and the Keras ResNet50 import."""
+"""The built-in architectures as Keras models, --arch resolution, and the Keras ResNet50 import."""
 
 import keras
 import numpy as np
 import pytest
 
-from hsd_tf import architectures, costs, network, teacher
-from hsd_tf.architectures import Architecture, Node
+from hsd_tf import architectures, costs, graph, teacher
 
-from conftest import TOPOLOGIES, kernel_params
+from conftest import kernel_params
 
 
 @pytest.mark.parametrize("name,shape,classes", [("vgg16", (32, 32, 3), 10), ("resnet50", (64, 64, 3), 7),
                                                 ("mobilenet_v1", (32, 32, 3), 100)])
 def test_dense_model_matches_the_accounting(name, shape, classes):
-    architecture = architectures.get(name, shape, classes, width_multiplier=0.25)
-    model = network.build_model(architecture)
+    model = architectures.get(name, shape, classes, width_multiplier=0.25)
     assert model.output_shape == (None, classes)
-    assert kernel_params(model) == costs.profile(architecture)["params"]
+    assert kernel_params(model) == costs.profile(model)["params"]
 
 
-def test_any_widths_give_a_smaller_network_of_the_same_family():
-    architecture = architectures.vgg16(width_multiplier=0.25)
-    narrow = architecture.with_widths({g: 1 for g in architecture.group_names})
-    model = network.build_model(narrow)
-    assert model(np.zeros((2, 32, 32, 3), np.float32)).shape == (2, 10)
-    assert kernel_params(model) == costs.profile(narrow)["params"]
-    assert costs.profile(narrow)["macs"] < costs.profile(architecture)["macs"]
+def test_resnet_stage_outputs_share_one_mask_group_and_hints_are_block_outputs():
+    trace = graph.trace(architectures.resnet50((32, 32, 3), 10, width_multiplier=0.125))
+    stage = next(g for g in trace.groups if "conv3_block1_0_conv" in g.members)
+    assert set(stage.members) == {"conv3_block1_0_conv", "conv3_block1_3_conv", "conv3_block2_3_conv",
+                                  "conv3_block3_3_conv", "conv3_block4_3_conv"}
+    assert trace.hint_layers == ("conv5_block1_out", "conv5_block2_out", "conv5_block3_out")
 
 
-def test_resnet_stage_outputs_share_one_mask_group():
-    architecture = architectures.resnet50()
-    assert architecture.group_members("conv3_out") == (
-        "conv3_block1_0_conv", "conv3_block1_3_conv", "conv3_block2_3_conv",
-        "conv3_block3_3_conv", "conv3_block4_3_conv")
-    assert architecture.channel_groups["conv3_block4_add"] == "conv3_out"
-    assert architecture.hint_nodes == ("conv5_block1_add", "conv5_block2_add", "conv5_block3_add")
+def test_vgg16_hints_are_its_last_three_conv_units():
+    trace = graph.trace(architectures.vgg16(width_multiplier=0.125))
+    assert trace.hint_layers == ("block5_conv1_relu", "block5_conv2_relu", "block5_conv3_relu")
 
 
-def test_mobilenet_masks_pointwise_convs_only():
-    architecture = architectures.mobilenet_v1()
-    assert all(g.startswith("conv_pw_") for g in architecture.group_names)
-    assert architecture.channel_groups["conv_dw_2"] == "conv_pw_1"
-    assert architecture.channel_groups["conv_dw_1"] is None
+def test_mobilenet_masks_pointwise_convs_and_depthwise_convs_follow_them():
+    trace = graph.trace(architectures.mobilenet_v1(width_multiplier=0.125))
+    assert all(g.startswith("conv_pw_") for g in trace.group_names)
+    steps = trace.first_steps()
+    pw_1 = trace.group_names.index("conv_pw_1")
+    assert {c[0] for c in steps["conv_dw_2"].channels_out} == {pw_1}
+    assert set(steps["conv_dw_1"].channels_out) == {None}  # the stem's channels are kept
 
 
-def test_an_add_of_different_groups_is_refused():
-    nodes = (Node("input", "input"), Node("stem", "conv", ("input",), filters=2),
-             Node("a", "conv", ("stem",), group="a"), Node("b", "conv", ("stem",), group="b"),
-             Node("sum", "add", ("a", "b")))
-    with pytest.raises(ValueError, match="different mask groups"):
-        Architecture("bad", (8, 8, 3), 2, nodes, (("a", 2), ("b", 2)))
-
-
-@pytest.mark.parametrize("topology", sorted(TOPOLOGIES))
-def test_config_round_trip(topology):
-    architecture = TOPOLOGIES[topology]()
-    assert Architecture.from_config(architecture.get_config()) == architecture
-
-
-def test_unknown_arch_and_bad_width_echo_the_value():
+def test_unknown_arch_and_bad_width_echo_the_value(tmp_path):
     with pytest.raises(ValueError, match="arch='vgg19'"):
         architectures.get("vgg19", (32, 32, 3), 10)
     with pytest.raises(ValueError, match="width_multiplier=0"):
         architectures.get("vgg16", (32, 32, 3), 10, width_multiplier=0)
+    with pytest.raises(ValueError, match="no model 'ResNet9'"):
+        architectures.get("keras.applications.ResNet9", (32, 32, 3), 10)
+    with pytest.raises(ValueError, match="No saved model"):
+        architectures.get(str(tmp_path / "missing.keras"), (32, 32, 3), 10)
+    with pytest.raises(ValueError, match="width_multiplier=0.5"):
+        architectures.get("keras.applications.MobileNetV2", (32, 32, 3), 10, width_multiplier=0.5)
+
+
+def test_keras_applications_are_built_for_the_dataset_with_logits():
+    model = architectures.get("keras.applications.MobileNetV2", (32, 32, 3), 7)
+    assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 7)
+    assert model.layers[-1].activation is keras.activations.linear
+    with pytest.raises(ValueError, match="cannot be built for input shape"):
+        architectures.get("keras.applications.Xception", (32, 32, 3), 7)
+
+
+def test_a_saved_model_is_loaded_checked_and_its_softmax_dropped(tmp_path):
+    x = keras.Input((8, 8, 3))
+    y = keras.layers.Conv2D(4, 3, name="c")(x)
+    y = keras.layers.Dense(5, activation="softmax", name="out")(keras.layers.Flatten()(y))
+    path = str(tmp_path / "mine.keras")
+    saved = keras.Model(x, y)
+    saved.save(path)
+    model = architectures.get(path, (8, 8, 3), 5)
+    images = np.random.RandomState(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(keras.ops.softmax(model(images)), saved(images), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="5 outputs, the dataset 10 classes"):
+        architectures.get(path, (8, 8, 3), 10)
+    with pytest.raises(ValueError, match=r"inputs of shape \(8, 8, 3\)"):
+        architectures.get(path, (32, 32, 3), 5)
 
 
 def test_keras_applications_resnet50_imports_exactly():

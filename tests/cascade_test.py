@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hsd_tf import losses, network
+from hsd_tf import graph, losses
 from hsd_tf.cascade import Cascade, even_prune_ratios, validate_prune_ratios
 
 from conftest import TOPOLOGIES, tiny_chain, tiny_residual
@@ -26,9 +26,9 @@ def randomize(model, seed=0):
     return model
 
 
-def make_cascade(architecture, ratios, hint_weight=0.0, score_lr=1.0, seed=0):
-    teacher = randomize(network.build_model(architecture), seed)
-    cascade = Cascade(architecture, ratios, teacher=teacher, hint_weight=hint_weight)
+def make_cascade(model, ratios, hint_weight=0.0, score_lr=1.0, seed=0):
+    teacher = randomize(model, seed)
+    cascade = Cascade(model, ratios, teacher=teacher, hint_weight=hint_weight)
     cascade.initialize_from(teacher)
     # Plain SGD with lr 1 on the scores: the score update is minus the gradient.
     cascade.compile(optimizer=keras.optimizers.SGD(0.01), score_optimizer=keras.optimizers.SGD(score_lr))
@@ -44,19 +44,17 @@ def straight_through_score_grads(cascade, index, images, labels):
     """
     hard = cascade.views[index].hard_masks(frozen=False)
     mask_vars = [tf.Variable(m) for m in hard]
-    names = cascade.architecture.group_names
     if index + 1 < len(cascade.views):
         teacher_logits, teacher_hints = cascade.view_forward(index + 1, images, training=True)
     else:
-        teacher_logits, teacher_hints = cascade.teacher(images, training=False)
+        teacher_logits, teacher_hints = cascade.teacher_forward(images)
     with tf.GradientTape() as tape:
-        logits, hints = network.run_graph(
-            cascade.architecture, images, cascade.layer_for(index), dict(zip(names, mask_vars)).get, training=True
-        )
+        outputs, hints = graph.run(cascade.trace, [images], cascade.layer_for(index), mask_vars, training=True)
+        logits = outputs[0]
         loss = losses.pair_loss(
             labels, logits, teacher_logits, hints, teacher_hints, hint_weight=cascade.hint_weight
         )["loss"]
-    return [g.numpy() for g in tape.gradient(loss, mask_vars)]
+    return [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, mask_vars)]
 
 
 @pytest.mark.parametrize("topology", ["chain", "residual"])
@@ -90,20 +88,21 @@ def test_batchnorm_stem_and_head_are_per_view_and_kernels_shared(batch):
     images, labels = batch
     cascade, _ = make_cascade(tiny_chain(), [0.5, 0.0])
     student, top = cascade.views
-    for name in student.batch_norms:
-        assert student.batch_norms[name].moving_mean is not top.batch_norms[name].moving_mean
+    assert sorted(student.own) == sorted(top.own) == ["conv_a_bn", "conv_b_bn", "fc1", "predictions", "stem", "stem_bn"]
+    for name in ("stem_bn", "conv_a_bn", "conv_b_bn"):
+        assert student.own[name].moving_mean is not top.own[name].moving_mean
+    assert not set(cascade.shared) & set(student.own)
     cascade.train_on_batch(images, labels)
     # Different masks see different activation statistics.
-    assert not np.allclose(student.batch_norms["conv_b"].moving_mean.numpy(),
-                           top.batch_norms["conv_b"].moving_mean.numpy())
-    # Editing the top view's head and stem leaves the student's logits alone...
+    assert not np.allclose(student.own["conv_b_bn"].moving_mean.numpy(), top.own["conv_b_bn"].moving_mean.numpy())
+    # Editing the top view's head, stem and normalizations leaves the student's logits alone...
     logits_before = cascade.view_forward(0, images)[0].numpy()
-    for layer in [top.stem] + list(top.head.values()) + list(top.batch_norms.values()):
+    for layer in top.own.values():
         layer.set_weights([w + 1.0 for w in layer.get_weights()])
     np.testing.assert_array_equal(cascade.view_forward(0, images)[0].numpy(), logits_before)
     # ...while a shared kernel moves both views.
     top_before = cascade.view_forward(1, images)[0].numpy()
-    kernel = cascade.shared["conv_b:conv"]
+    kernel = cascade.shared["conv_b"]
     kernel.set_weights([w * 2.0 for w in kernel.get_weights()])
     assert not np.allclose(cascade.view_forward(0, images)[0].numpy(), logits_before)
     assert not np.allclose(cascade.view_forward(1, images)[0].numpy(), top_before)
@@ -122,26 +121,25 @@ def test_frozen_teacher_never_changes(batch):
     cascade.train_on_batch(images, labels)
     for b, a in zip(before, teacher.get_weights()):
         np.testing.assert_array_equal(b, a)
-    assert not cascade.teacher.trainable_variables
+    assert not any(v is w for v in cascade.trainable_variables for w in teacher.weights)
 
 
 @pytest.mark.parametrize("topology", sorted(TOPOLOGIES))
 def test_masked_filter_contributes_nothing_downstream(topology, batch):
     """Whatever a masked filter's kernel and BatchNorm hold, the logits are the same."""
     images, _ = batch
-    architecture = TOPOLOGIES[topology]()
-    cascade, _ = make_cascade(architecture, [0.5, 0.0])
+    cascade, _ = make_cascade(TOPOLOGIES[topology](), [0.5, 0.0])
     logits = cascade.view_forward(0, images, training=False)[0].numpy()
     view = cascade.views[0]
     rng = np.random.RandomState(1)
-    for g, group in enumerate(architecture.group_names):
+    for g, group in enumerate(cascade.trace.groups):
         dropped = np.where(view.hard_masks(frozen=False)[g].numpy() == 0)[0]
-        for member in architecture.group_members(group):
-            layer = cascade.shared[f"{member}:conv"]
+        for member in group.members:
+            layer = cascade.shared[member]
             (kernel,) = layer.get_weights()
             kernel[..., dropped] = rng.normal(0, 100, kernel[..., dropped].shape)
             layer.set_weights([kernel])
-            bn = view.batch_norms[member]
+            bn = view.own[f"{member}_bn"]
             weights = bn.get_weights()
             for w in weights[:3]:
                 w[dropped] = rng.normal(0, 100, w[dropped].shape)
@@ -156,7 +154,7 @@ def test_train_step_reports_per_view_metrics(batch):
     logs = cascade.train_on_batch(images, labels, return_dict=True)
     for name in ("student", "ta1", "ta2"):
         assert {f"{name}_loss", f"{name}_acc", f"{name}_kept"} <= set(logs)
-    total = tiny_chain().total_filters
+    total = cascade.trace.total_filters
     assert logs["student_kept"] == pytest.approx(round(0.4 * total) / total)
     assert logs["ta2_kept"] == 1.0
 
@@ -203,7 +201,7 @@ def test_prune_ratio_rules():
 def test_config_round_trip():
     cascade, _ = make_cascade(tiny_residual(), [0.5, 0.0])
     clone = Cascade.from_config(cascade.get_config())
-    assert clone.architecture == cascade.architecture
+    assert clone.trace.groups == cascade.trace.groups
     assert clone.prune_ratios == cascade.prune_ratios
 
 
@@ -250,7 +248,8 @@ def test_recalibrated_batch_norm_holds_the_statistics_of_the_frozen_masks(topolo
         np.testing.assert_allclose(inference, batch_statistics, rtol=1e-3, atol=1e-3)
     assert any(not np.allclose(s, cascade.view_forward(i, images, training=False)[0].numpy(), atol=1e-3)
                for i, s in enumerate(stale))  # not vacuous: the statistics were stale
-    assert all(bn.momentum == 0.9 for view in cascade.views for bn in view.batch_norms.values())
+    assert all(layer.momentum == 0.9 for view in cascade.views for layer in view.own.values()
+               if isinstance(layer, keras.layers.BatchNormalization))
     after = [w for layer in cascade.shared.values() for w in layer.get_weights()]
     assert all(np.array_equal(a, b) for a, b in zip(kernels, after))
 
@@ -261,8 +260,8 @@ def test_recalibration_averages_the_batches(batch):
     halves = [images[:3], images[3:]]
     cascade.recalibrate_batch_norm(halves)
     view = cascade.views[0]
-    stem_outputs = [view.stem(h).numpy() for h in halves]
-    bn = view.batch_norms["stem"]
+    stem_outputs = [view.own["stem"](h).numpy() for h in halves]
+    bn = view.own["stem_bn"]
     np.testing.assert_allclose(bn.moving_mean.numpy(), np.mean([o.mean(axis=(0, 1, 2)) for o in stem_outputs], 0),
                                rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(bn.moving_variance.numpy(), np.mean([o.var(axis=(0, 1, 2)) for o in stem_outputs], 0),

@@ -15,90 +15,82 @@ tf.config.set_logical_device_configuration(
     [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()],
 )
 
-from hsd_tf.architectures import Architecture, Node  # noqa: E402
+import keras  # noqa: E402
+
+from hsd_tf.architectures import conv_unit  # noqa: E402
 
 INPUT_SHAPE = (8, 8, 3)
 NUM_CLASSES = 4
 
 
-def tiny_chain() -> Architecture:
+def _model(name, build) -> keras.Model:
+    images = keras.Input(INPUT_SHAPE, name="images")
+    return keras.Model(images, build(images), name=name)
+
+
+def tiny_chain() -> keras.Model:
     """Plain chain: stem, two prunable convs, a pool, flatten, two dense layers."""
-    nodes = (
-        Node("input", "input"),
-        Node("stem", "conv", ("input",), filters=4, kernel=3),
-        Node("conv_a", "conv", ("stem",), kernel=3, group="conv_a"),
-        Node("pool", "maxpool", ("conv_a",), kernel=2, strides=2, pad=0),
-        Node("conv_b", "conv", ("pool",), kernel=3, group="conv_b", hint=True),
-        Node("flatten", "flatten", ("conv_b",)),
-        Node("fc1", "dense", ("flatten",), filters=8),
-        Node("predictions", "dense", ("fc1",), filters=NUM_CLASSES, relu=False),
-    )
-    return Architecture("chain", INPUT_SHAPE, NUM_CLASSES, nodes, (("conv_a", 6), ("conv_b", 5)))
+    def build(x):
+        x = conv_unit(x, "stem", 4, kernel=3)
+        x = conv_unit(x, "conv_a", 6, kernel=3)
+        x = keras.layers.MaxPooling2D(2, 2, name="pool")(x)
+        x = conv_unit(x, "conv_b", 5, kernel=3)
+        x = keras.layers.Flatten(name="flatten")(x)
+        x = keras.layers.Dense(8, activation="relu", name="fc1")(x)
+        return keras.layers.Dense(NUM_CLASSES, name="predictions")(x)
+    return _model("chain", build)
 
 
-def tiny_residual() -> Architecture:
+def tiny_residual() -> keras.Model:
     """Residual block with a projection shortcut, then one with an identity shortcut."""
-    nodes = (
-        Node("input", "input"),
-        Node("stem", "conv", ("input",), filters=4, kernel=3, strides=2, pad=1),
-        Node("b1_0", "conv", ("stem",), group="out", relu=False),
-        Node("b1_1", "conv", ("stem",), group="b1_1"),
-        Node("b1_2", "conv", ("b1_1",), kernel=3, group="b1_2"),
-        Node("b1_3", "conv", ("b1_2",), group="out", relu=False),
-        Node("b1_add", "add", ("b1_0", "b1_3"), hint=True),
-        Node("b2_1", "conv", ("b1_add",), group="b2_1"),
-        Node("b2_3", "conv", ("b2_1",), group="out", relu=False),
-        Node("b2_add", "add", ("b1_add", "b2_3"), hint=True),
-        Node("gap", "gap", ("b2_add",)),
-        Node("predictions", "dense", ("gap",), filters=NUM_CLASSES, relu=False),
-    )
-    groups = (("out", 8), ("b1_1", 3), ("b1_2", 3), ("b2_1", 4))
-    return Architecture("residual", INPUT_SHAPE, NUM_CLASSES, nodes, groups)
+    def build(x):
+        stem = conv_unit(x, "stem", 4, kernel=3, strides=2, pad=1)
+        shortcut = conv_unit(stem, "b1_0", 8, relu=False)
+        y = conv_unit(stem, "b1_1", 3)
+        y = conv_unit(y, "b1_2", 3, kernel=3)
+        y = conv_unit(y, "b1_3", 8, relu=False)
+        b1 = keras.layers.ReLU(name="b1_out")(keras.layers.Add(name="b1_add")([shortcut, y]))
+        y = conv_unit(b1, "b2_1", 4)
+        y = conv_unit(y, "b2_3", 8, relu=False)
+        b2 = keras.layers.ReLU(name="b2_out")(keras.layers.Add(name="b2_add")([b1, y]))
+        return keras.layers.Dense(NUM_CLASSES, name="predictions")(keras.layers.GlobalAveragePooling2D(name="gap")(b2))
+    return _model("residual", build)
 
 
-def tiny_depthwise() -> Architecture:
+def tiny_depthwise() -> keras.Model:
     """MobileNet pattern: depthwise convs follow their input's mask."""
-    nodes = (
-        Node("input", "input"),
-        Node("stem", "conv", ("input",), filters=4, kernel=3),
-        Node("dw_1", "depthwise", ("stem",), kernel=3),
-        Node("pw_1", "conv", ("dw_1",), group="pw_1"),
-        Node("dw_2", "depthwise", ("pw_1",), kernel=3, strides=2),
-        Node("pw_2", "conv", ("dw_2",), group="pw_2", hint=True),
-        Node("gap", "gap", ("pw_2",)),
-        Node("predictions", "dense", ("gap",), filters=NUM_CLASSES, relu=False),
-    )
-    return Architecture("depthwise", INPUT_SHAPE, NUM_CLASSES, nodes, (("pw_1", 6), ("pw_2", 7)))
+    def build(x):
+        x = conv_unit(x, "stem", 4, kernel=3)
+        x = conv_unit(x, "dw_1", None, kernel=3, depthwise=True)
+        x = conv_unit(x, "pw_1", 6)
+        x = conv_unit(x, "dw_2", None, kernel=3, strides=2, depthwise=True)
+        x = conv_unit(x, "pw_2", 7)
+        return keras.layers.Dense(NUM_CLASSES, name="predictions")(keras.layers.GlobalAveragePooling2D(name="gap")(x))
+    return _model("depthwise", build)
 
 
-def tiny_identity() -> Architecture:
+def tiny_identity() -> keras.Model:
     """A residual add with an identity shortcut: the block input is already in the add's group."""
-    nodes = (
-        Node("input", "input"),
-        Node("stem", "conv", ("input",), filters=4, kernel=3),
-        Node("c0", "conv", ("stem",), kernel=3, strides=2, group="out"),
-        Node("b_1", "conv", ("c0",), kernel=3, group="b_1"),
-        Node("b_3", "conv", ("b_1",), group="out", relu=False),
-        Node("b_add", "add", ("c0", "b_3"), hint=True),
-        Node("gap", "gap", ("b_add",)),
-        Node("predictions", "dense", ("gap",), filters=NUM_CLASSES, relu=False),
-    )
-    return Architecture("identity", INPUT_SHAPE, NUM_CLASSES, nodes, (("out", 6), ("b_1", 5)))
+    def build(x):
+        x = conv_unit(x, "stem", 4, kernel=3)
+        c0 = conv_unit(x, "c0", 6, kernel=3, strides=2)
+        y = conv_unit(c0, "b_1", 5, kernel=3)
+        y = conv_unit(y, "b_3", 6, relu=False)
+        y = keras.layers.ReLU(name="b_out")(keras.layers.Add(name="b_add")([c0, y]))
+        return keras.layers.Dense(NUM_CLASSES, name="predictions")(keras.layers.GlobalAveragePooling2D(name="gap")(y))
+    return _model("identity", build)
 
 
-def tiny_projection() -> Architecture:
+def tiny_projection() -> keras.Model:
     """A residual add whose shortcut is a strided 1x1 projection conv of the unmasked stem."""
-    nodes = (
-        Node("input", "input"),
-        Node("stem", "conv", ("input",), filters=4, kernel=3),
-        Node("b_0", "conv", ("stem",), strides=2, group="out", relu=False),
-        Node("b_1", "conv", ("stem",), strides=2, group="b_1"),
-        Node("b_3", "conv", ("b_1",), kernel=3, group="out", relu=False),
-        Node("b_add", "add", ("b_0", "b_3"), hint=True),
-        Node("flatten", "flatten", ("b_add",)),
-        Node("predictions", "dense", ("flatten",), filters=NUM_CLASSES, relu=False),
-    )
-    return Architecture("projection", INPUT_SHAPE, NUM_CLASSES, nodes, (("out", 7), ("b_1", 3)))
+    def build(x):
+        x = conv_unit(x, "stem", 4, kernel=3)
+        shortcut = conv_unit(x, "b_0", 7, strides=2, relu=False)
+        y = conv_unit(x, "b_1", 3, strides=2)
+        y = conv_unit(y, "b_3", 7, kernel=3, relu=False)
+        y = keras.layers.ReLU(name="b_out")(keras.layers.Add(name="b_add")([shortcut, y]))
+        return keras.layers.Dense(NUM_CLASSES, name="predictions")(keras.layers.Flatten(name="flatten")(y))
+    return _model("projection", build)
 
 
 TOPOLOGIES = {

@@ -2,7 +2,7 @@
 
 import pytest
 
-from hsd_tf import architectures, costs
+from hsd_tf import architectures, costs, graph
 
 from conftest import tiny_chain, tiny_depthwise
 
@@ -28,7 +28,9 @@ def test_removed_filters_also_remove_next_layer_inputs():
     assert full["conv_a"]["macs"] == 3 * 3 * 4 * 6 * 8 * 8
     assert full["conv_b"]["params"] == 3 * 3 * 6 * 5
     assert full["fc1"]["params"] == 4 * 4 * 5 * 8
-    slim = {layer["name"]: layer for layer in costs.profile(architecture.with_widths({"conv_a": 2, "conv_b": 1}))["layers"]}
+    trace = graph.trace(architecture)
+    kept = {"conv_a": [True, False, True, False, False, False], "conv_b": [False, False, False, True, False]}
+    slim = {layer["name"]: layer for layer in costs.count(trace, kept)["layers"]}
     assert slim["conv_a"]["params"] == 3 * 3 * 4 * 2
     assert slim["conv_b"]["params"] == 3 * 3 * 2 * 1
     assert slim["conv_b"]["macs"] == 3 * 3 * 2 * 1 * 4 * 4

@@ -4,7 +4,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hsd_tf import network
 from hsd_tf.cascade import Cascade
 
 from cascade_test import randomize
@@ -13,10 +12,9 @@ from conftest import INPUT_SHAPE, NUM_CLASSES, tiny_residual
 
 def _train(strategy, teacher_weights, images, labels, steps):
     with strategy.scope():
-        architecture = tiny_residual()
-        teacher = network.build_model(architecture)
+        teacher = tiny_residual()
         teacher.set_weights(teacher_weights)
-        cascade = Cascade(architecture, [0.6, 0.3, 0.0], teacher=teacher, hint_weight=0.01, mask_hysteresis=0.01)
+        cascade = Cascade(teacher, [0.6, 0.3, 0.0], teacher=teacher, hint_weight=0.01, mask_hysteresis=0.01)
         cascade.initialize_from(teacher)
         initial_scores = [s.numpy().copy() for s in cascade.views[0].scores]
         cascade.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
@@ -32,7 +30,7 @@ def test_mirrored_matches_one_device():
     rng = np.random.RandomState(0)
     images = rng.normal(size=(8,) + INPUT_SHAPE).astype("float32")
     labels = rng.randint(0, NUM_CLASSES, size=8).astype("int32")
-    teacher_weights = randomize(network.build_model(tiny_residual())).get_weights()
+    teacher_weights = randomize(tiny_residual()).get_weights()
     single, initial_scores, single_logs = _train(tf.distribute.OneDeviceStrategy(devices[0].name), teacher_weights, images, labels, 4)
     mirrored, _, mirrored_logs = _train(tf.distribute.MirroredStrategy([d.name for d in devices[:2]]), teacher_weights,
                       images, labels, 4)

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hsd_tf import network
 from hsd_tf.cascade import Cascade
 
 from cascade_test import randomize
@@ -20,9 +19,8 @@ def policy():
 
 
 def _cascade(weight_optimizer=None, score_optimizer=None):
-    architecture = tiny_residual()
-    teacher = randomize(network.build_model(architecture))
-    cascade = Cascade(architecture, [0.6, 0.3, 0.0], teacher=teacher, hint_weight=0.01)
+    teacher = randomize(tiny_residual())
+    cascade = Cascade(teacher, [0.6, 0.3, 0.0], teacher=teacher, hint_weight=0.01)
     cascade.initialize_from(teacher)
     cascade.compile(optimizer=weight_optimizer or keras.optimizers.SGD(0.05),
                     score_optimizer=score_optimizer or keras.optimizers.RMSprop(0.05))

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from hsd_tf import architectures, costs, network, slimming
+from hsd_tf import architectures, costs, slimming
 from hsd_tf.cascade import Cascade
 from hsd_tf.masks import l1_scores
 
@@ -18,9 +18,9 @@ def _set_masks(cascade, index, masks):
     cascade.set_phase("frozen")
 
 
-def _random_masks(architecture, rng, extreme):
+def _random_masks(model_trace, rng, extreme):
     masks = []
-    for _, size in architecture.groups:
+    for size in model_trace.group_widths:
         if extreme:  # one filter kept in every layer
             mask = np.zeros(size)
             mask[rng.randint(size)] = 1
@@ -35,18 +35,17 @@ def _random_masks(architecture, rng, extreme):
 @pytest.mark.parametrize("extreme", [False, True])
 def test_slim_logits_equal_masked_logits(topology, extreme, batch):
     images, labels = batch
-    architecture = TOPOLOGIES[topology]()
-    cascade, _ = make_cascade(architecture, [0.5, 0.0])
+    cascade, _ = make_cascade(TOPOLOGIES[topology](), [0.5, 0.0])
     cascade.train_on_batch(images, labels)  # per-view BN statistics that differ
     rng = np.random.RandomState(3)
     for trial in range(3):
-        _set_masks(cascade, 0, _random_masks(architecture, rng, extreme))
+        _set_masks(cascade, 0, _random_masks(cascade.trace, rng, extreme))
         slim = slimming.slim_view(cascade, 0)
         masked = cascade.view_forward(0, images, training=False)[0].numpy()
         np.testing.assert_allclose(slim(images).numpy(), masked, rtol=1e-4, atol=1e-4)
         cost = cascade.view_costs()[0]
-        assert kernel_params(slim) == cost["params"] == costs.profile(cascade.view_architecture(0))["params"]
-        assert costs.profile(cascade.view_architecture(0))["macs"] == cost["macs"]
+        assert kernel_params(slim) == cost["params"] == costs.profile(slim)["params"]
+        assert costs.profile(slim)["macs"] == cost["macs"]
 
 
 def test_slim_top_view_is_the_full_network(batch):
@@ -57,9 +56,8 @@ def test_slim_top_view_is_the_full_network(batch):
 
 
 def test_slim_vgg16_from_topk_masks(batch):
-    architecture = architectures.vgg16((32, 32, 3), 4, width_multiplier=0.0625)
-    teacher = network.build_model(architecture)
-    cascade = Cascade(architecture, [0.7, 0.0], teacher=teacher)
+    teacher = architectures.vgg16((32, 32, 3), 4, width_multiplier=0.0625)
+    cascade = Cascade(teacher, [0.7, 0.0], teacher=teacher)
     cascade.initialize_from(teacher)
     rng = np.random.RandomState(0)
     for score in cascade.views[0].scores:
@@ -81,18 +79,18 @@ def test_slim_model_is_plain_and_round_trips_its_config():
 
 @pytest.mark.parametrize("ratio", [0.3, 0.5])
 def test_l1_pruning_keeps_the_budget_and_the_largest_filters(ratio):
-    architecture = tiny_chain()
-    teacher = randomize(network.build_model(architecture))
-    model, slim_architecture = slimming.l1_pruned(teacher, architecture, ratio)
-    assert slim_architecture.total_filters == round((1 - ratio) * architecture.total_filters)
-    scores = {g: l1_scores(teacher.get_layer(architecture.group_members(g)[0]).get_weights()[0])
-              for g in architecture.group_names}
-    kept = {g: slim_architecture.filters(slim_architecture.node(architecture.group_members(g)[0]))
-            for g in architecture.group_names}
+    teacher = randomize(tiny_chain())
+    model, row = slimming.l1_pruned(teacher, ratio)
+    total = row["filters_total"]
+    assert row["filters_kept"] == round((1 - ratio) * total)
+    assert (row["params"], row["macs"]) == (costs.profile(model)["params"], costs.profile(model)["macs"])
+    groups = ("conv_a", "conv_b")
+    scores = {g: l1_scores(teacher.get_layer(g).get_weights()[0]) for g in groups}
+    kept = {g: model.get_layer(g).filters for g in groups}
+    assert sum(kept.values()) == row["filters_kept"]
     # Every dropped filter scores below every kept one (layers keeping only their forced best one aside).
-    ranked = [g for g in architecture.group_names if kept[g] > 1]
+    ranked = [g for g in groups if kept[g] > 1]
     assert ranked
     threshold = min(np.sort(scores[g])[::-1][kept[g] - 1] for g in ranked)
     for g, s in scores.items():
         assert np.all(np.sort(s)[::-1][kept[g]:] <= threshold)
-    assert [w.shape for w in model.get_weights()] == [w.shape for w in network.build_model(slim_architecture).get_weights()]
