@@ -571,8 +571,12 @@ def clone_layer(layer: keras.layers.Layer, name: str) -> keras.layers.Layer:
 
     The policy is the run's (--mixed_precision), whatever the model was saved
     with. A BatchNormalization is synchronized across replicas when there are
-    several, as the built-in architectures' are.
+    several, as the built-in architectures' are. A Lambda layer is shared
+    as it is: it holds no weights, and Keras refuses to rebuild a Python
+    function from a config.
     """
+    if isinstance(layer, keras.layers.Lambda):
+        return layer
     config = {**layer.get_config(), "name": name, "dtype": keras.config.dtype_policy().name}
     if isinstance(layer, keras.layers.BatchNormalization) and tf.distribute.get_strategy().num_replicas_in_sync > 1:
         config["synchronized"] = True

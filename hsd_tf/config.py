@@ -85,17 +85,24 @@ class Config:
             return [self.prune_ratio] + list(self.ta_ratios)
         return cascade.even_prune_ratios(self.prune_ratio, self.num_ta)
 
-    def validate(self) -> None:
-        """Raises ConfigError naming the first bad setting."""
+    def validate(self, names: bool = True) -> None:
+        """Raises ConfigError naming the first bad setting.
+
+        Args:
+            names: Check that `dataset` and `arch` name a dataset and a model;
+                False when `hsd_tf.prune` hands them over in memory and they are labels.
+        """
         _choice("mode", self.mode, MODES)
-        try:
-            data.validate_name(self.dataset)
-        except data.DatasetError as error:
-            raise ConfigError("dataset", self.dataset, "unknown dataset; expected one of " + ", ".join(data.DATASETS)) from error
-        try:
-            architectures.check_name(self.arch)
-        except ValueError as error:
-            raise ConfigError("arch", self.arch, str(error).split(" Received:")[0].rstrip(".")) from None
+        if names:
+            try:
+                data.validate_name(self.dataset)
+            except data.DatasetError as error:
+                raise ConfigError("dataset", self.dataset,
+                                  "unknown dataset; expected one of " + ", ".join(data.DATASETS)) from error
+            try:
+                architectures.check_name(self.arch)
+            except ValueError as error:
+                raise ConfigError("arch", self.arch, str(error).split(" Received:")[0].rstrip(".")) from None
         if self.dataset.startswith("folder:"):
             root = self.dataset[len("folder:"):]
             if not os.path.isdir(root):

@@ -13,16 +13,17 @@ import keras
 from hsd_tf import graph
 
 
-def profile(model: keras.Model) -> dict:
+def profile(model: keras.Model, unpruned_layers: Sequence[str] = ()) -> dict:
     """`count` of a model's every conv and dense layer, dense.
 
     Args:
         model: A functional or Sequential Keras model.
+        unpruned_layers: Layers the tracer is to take as they are (`graph.trace`).
 
     Returns:
         `{"params": N, "macs": N, "layers": [...]}` (see `count`).
     """
-    return count(graph.trace(model))
+    return count(graph.trace(model, unpruned_layers))
 
 
 def count(model_trace: graph.Trace, kept: Optional[Mapping[str, Sequence[bool]]] = None) -> dict:

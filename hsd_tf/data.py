@@ -218,6 +218,66 @@ def load(
     )
 
 
+def from_datasets(train, validation, test=None, batch_size: int = 128, input_shape=None, num_classes: int = 0,
+                  seed: int = 0, eval_batch_size: Optional[int] = None) -> Data:
+    """A `Data` over the user's own examples, for `hsd_tf.prune`.
+
+    The images are used as they are (no normalisation, no augmentation: the
+    model was trained on them this way); each epoch reshuffles the training
+    examples from the seed.
+
+    Args:
+        train: (image, label) examples: a `tf.data.Dataset`, batched or not,
+            or an (images, labels) pair of arrays.
+        validation: Held-out examples, the same kinds; they drive the teacher ladder.
+        test: Examples the results report accuracy on; default: `validation`.
+        batch_size: Global training batch size.
+        input_shape: The model's input shape without the batch axis.
+        num_classes: The model's outputs.
+        seed: Shuffle seed.
+        eval_batch_size: Evaluation batch size (default: batch_size).
+
+    Returns:
+        A `Data`.
+
+    Raises:
+        DatasetError: Data of the wrong kind or shape, or fewer training examples than a batch.
+    """
+    rank = len(input_shape)
+
+    def examples(source, what):
+        if isinstance(source, (tuple, list)) and len(source) == 2:
+            source = tf.data.Dataset.from_tensor_slices((np.asarray(source[0], np.float32), np.asarray(source[1])))
+        if not isinstance(source, tf.data.Dataset):
+            raise DatasetError(f"{what} must be a tf.data.Dataset of (image, label) or an (images, labels) pair. "
+                               f"Received: {what} of type {type(source).__name__}")
+        image_rank = len(source.element_spec[0].shape)
+        if image_rank == rank + 1:
+            source = source.unbatch()
+        elif image_rank != rank:
+            raise DatasetError(f"{what}'s images have {image_rank} axes; the model reads {rank} per image. "
+                               f"Received: {what} element_spec={source.element_spec}")
+        return source.map(lambda image, label: (tf.cast(image, tf.float32), tf.cast(tf.reshape(label, []), tf.int32)))
+
+    train_ds = examples(train, "train").cache()
+    train_examples = int(train_ds.reduce(0, lambda count, _: count + 1))
+    if train_examples < batch_size:
+        raise DatasetError(f"batch_size is larger than the {train_examples} training examples. "
+                           f"Received: batch_size={batch_size}")
+
+    def evaluation(source, what):
+        return examples(source, what).batch(eval_batch_size or batch_size).cache().prefetch(AUTOTUNE)
+
+    val = evaluation(validation, "validation")
+    return Data(
+        name="custom", train_examples_ds=train_ds, val=val,
+        test=evaluation(test, "test") if test is not None else val,
+        num_classes=num_classes, input_shape=tuple(input_shape), train_examples=train_examples,
+        steps_per_epoch=train_examples // batch_size, batch_size=batch_size, seed=seed,
+        augment=lambda image, label, _: (image, label),
+    )
+
+
 # --------------------------------------------------------------------- digits
 
 

@@ -314,12 +314,12 @@ class _Labels:
             self.frozen[self.find(label)] = True
 
 
-def trace(model: keras.Model, unpruned: Sequence[str] = ()) -> Trace:
+def trace(model: keras.Model, unpruned_layers: Sequence[str] = ()) -> Trace:
     """Mask groups, stems, normalization layers, head and program of a functional or Sequential model.
 
     Args:
         model: A built functional or Sequential Keras model.
-        unpruned: Names of layers to leave whole: their input and output
+        unpruned_layers: Names of layers to leave whole: their input and output
             channels are not pruned, and a layer the tracer cannot follow
             channel by channel (a Lambda, a grouped conv) is accepted when named.
 
@@ -328,9 +328,9 @@ def trace(model: keras.Model, unpruned: Sequence[str] = ()) -> Trace:
 
     Raises:
         UnsupportedLayerError: A layer whose channels the tracer cannot follow,
-            or a name in `unpruned` that is no layer of the model.
+            or a name in `unpruned_layers` that is no layer of the model.
     """
-    tracer = _Tracer(set(unpruned))
+    tracer = _Tracer(set(unpruned_layers))
     graph = _functional(model)
     input_keys = [tracer.key(0, x) for x in graph.inputs]
     for key, x in zip(input_keys, graph.inputs):
@@ -339,9 +339,10 @@ def trace(model: keras.Model, unpruned: Sequence[str] = ()) -> Trace:
     output_keys = tracer.run(graph, 0)
     for key in output_keys:
         tracer.labels.freeze(tracer.labels_of[key])
-    missing = set(unpruned) - tracer.layer_names
+    missing = set(unpruned_layers) - tracer.layer_names
     if missing:
-        raise UnsupportedLayerError(f"unpruned names layers the model does not have. Received: {sorted(missing)}")
+        raise UnsupportedLayerError(
+            f"unpruned_layers names layers the model does not have. Received: {sorted(missing)}")
     return tracer.finish(input_keys, tuple(tuple(x.shape[1:]) for x in graph.inputs), output_keys)
 
 

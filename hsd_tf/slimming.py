@@ -107,7 +107,9 @@ def slim_model(model_trace: graph.Trace, kept: Mapping[str, Sequence[bool]], sou
 
 
 def _slim_layer(layer, out_channels: int, in_channels: int) -> keras.layers.Layer:
-    """A new float32 layer like `layer`, narrowed to the given channel counts."""
+    """A new float32 layer like `layer`, narrowed to the given channel counts (a Lambda, always unpruned: itself)."""
+    if isinstance(layer, keras.layers.Lambda):
+        return layer
     config = layer.get_config()
     config["dtype"] = "float32"
     if _one_group_per_channel(layer):
@@ -125,6 +127,8 @@ def _sliced(layer, weights, in_kept, out_kept, in_width: int) -> list:
     """`layer`'s weights restricted to the kept input and output channels."""
     if _one_group_per_channel(layer):
         return [w[..., out_kept] for w in weights]  # one group per input channel: depthwise
+    if isinstance(layer, keras.layers.Conv2D) and layer.groups != 1:
+        return weights  # any other grouped conv is unpruned: its channels are all kept
     if isinstance(layer, keras.layers.SeparableConv2D):
         depthwise, pointwise = weights[:2]
         multiplier = depthwise.shape[-1]

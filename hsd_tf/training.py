@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import time
+from typing import Optional
 
 import keras
 import numpy as np
@@ -110,7 +111,7 @@ class MaskChangeLog(keras.callbacks.Callback):
         _write_json(self.log_path, changes)
 
 
-def train_and_evaluate(config: Config) -> dict:
+def train_and_evaluate(config: Config, model: Optional[keras.Model] = None, data=None) -> dict:
     """Runs (or resumes) every phase and writes results.json.
 
     Every process reads `config.model_dir`; only the chief writes it. Under
@@ -121,11 +122,14 @@ def train_and_evaluate(config: Config) -> dict:
 
     Args:
         config: The run's `Config`.
+        model: A trained Keras model to prune instead of `--arch` (`hsd_tf.prune`):
+            it is the teacher, and no teacher is trained.
+        data: The `hsd_tf.data.Data` to use instead of `--dataset` (with `model`).
 
     Returns:
         The results dictionary written to `<model_dir>/results.json`.
     """
-    config.validate()
+    config.validate(names=model is None)
     start = time.time()
     try:
         distribution = strategy.make(config.strategy)
@@ -133,7 +137,7 @@ def train_and_evaluate(config: Config) -> dict:
         raise ConfigError("strategy", config.strategy, str(error)) from None
     config.check_replicas(distribution.num_replicas_in_sync)
     config.check_model_dir()
-    check_model(config)
+    check_model(config, model)
     results_path = os.path.join(config.model_dir, "results.json")
     if config.mode == "train" and _finished(results_path, config):
         with open(results_path) as f:
@@ -150,12 +154,13 @@ def train_and_evaluate(config: Config) -> dict:
     keras.config.set_dtype_policy("float32" if config.mixed_precision == "float32" else f"mixed_{config.mixed_precision}")
     try:
         with distribution.scope():
-            results, cascade, snapshot, dense_teacher, data = _train_and_evaluate(config, out_dir)
+            results, cascade, snapshot, dense_teacher, data = _train_and_evaluate(config, out_dir, model, data)
     finally:
         keras.config.set_dtype_policy(policy)
     # Slim models are plain float32 single-device models, built outside the
     # strategy, so exporting involves no collective and the chief does it alone.
-    if config.export and is_chief:
+    # The slim student's .keras file is written whatever --export says: it is what the run made.
+    if is_chief:
         models = [(results["views"][0], slimming.slim_view(cascade, 0, name="student"))]
         if config.export_views == "all":
             models += [(results["views"][i], slimming.slim_view(snapshot, i, name=cascade.view_names[i]))
@@ -167,11 +172,16 @@ def train_and_evaluate(config: Config) -> dict:
     return results
 
 
-def _train_and_evaluate(config: Config, out_dir: str):
+def _train_and_evaluate(config: Config, out_dir: str, given_model=None, given_data=None):
     """Trains or loads every phase; returns (results, cascade, snapshot, dense teacher, data)."""
-    data, model = data_and_model(config)
+    if given_model is None:
+        data, model = data_and_model(config)
+        dense_teacher = _teacher(config, out_dir, model, data)
+    else:  # a float32 copy made in the strategy's scope, flattened: the user's model stays as it is
+        data = given_data
+        model = dense_teacher = slimming.slim_model(graph.trace(given_model, config.unpruned_layers), {},
+                                                    name="teacher")
     validation = data.val if data.val is not None else data.test
-    dense_teacher = _teacher(config, out_dir, model, data)
 
     cascade = Cascade(
         model, config.prune_ratios(), teacher=dense_teacher, kd_weight=config.kd_weight,
@@ -226,22 +236,26 @@ def _train_and_evaluate(config: Config, out_dir: str):
     return results, cascade, snapshot, dense_teacher, data
 
 
-def check_model(config: Config) -> graph.Trace:
-    """Builds and traces `--arch` for the dataset before any training; refuses what cannot be pruned.
+def check_model(config: Config, model: Optional[keras.Model] = None) -> graph.Trace:
+    """Builds and traces `--arch` for the dataset (or traces `model`) before any training.
+
+    Returns:
+        The model's trace.
 
     Raises:
         ConfigError: A model that cannot be built or traced, has nothing to
             prune, or per-layer floors that alone exceed some view's filter budget.
     """
-    input_shape, num_classes = data_lib.describe(config.dataset, config.image_size)
-    try:
-        model = architectures.get(config.arch, input_shape, num_classes, config.width_multiplier)
-    except ValueError as error:
-        raise ConfigError("arch", config.arch, str(error).split(" Received:")[0].rstrip(".")) from None
+    if model is None:
+        input_shape, num_classes = data_lib.describe(config.dataset, config.image_size)
+        try:
+            model = architectures.get(config.arch, input_shape, num_classes, config.width_multiplier)
+        except ValueError as error:
+            raise ConfigError("arch", config.arch, str(error).split(" Received:")[0].rstrip(".")) from None
     try:
         model_trace = graph.trace(model, config.unpruned_layers)
     except graph.UnsupportedLayerError as error:
-        flag = "unpruned_layers" if "unpruned names" in str(error) else "arch"
+        flag = "unpruned_layers" if "unpruned_layers names" in str(error) else "arch"
         raise ConfigError(flag, getattr(config, flag), str(error).rstrip(".")) from None
     if not model_trace.groups:
         raise ConfigError("arch", config.arch, "the model has no prunable channels (every conv's output reaches the "
@@ -269,13 +283,13 @@ def _finished(results_path: str, config: Config) -> bool:
 
 
 def _export(config: Config, models, data) -> None:
-    """Saves each slim model (.keras), exports it, and verifies every file on the test split."""
+    """Saves each slim model (.keras), exports it in the --export formats, and verifies every file on the test split."""
     directory = os.path.join(config.model_dir, "export")
-    sample = export_lib.representative_sample(data.train_from(0, 1))
+    sample = export_lib.representative_sample(data.train_from(0, 1)) if "tflite_int8" in config.export else None
     os.makedirs(directory, exist_ok=True)
     for entry, model in models:
         model.save(os.path.join(directory, f"{model.name}.keras"))
-        paths = export_lib.export_model(model, directory, config.export, sample)
+        paths = export_lib.export_model(model, directory, config.export, sample) if config.export else {}
         entry["exports"] = export_lib.verify(paths, model, data.test)
         entry["exports"]["keras"]["path"] = os.path.join(directory, f"{model.name}.keras")
 

@@ -14,7 +14,7 @@ from conftest import TOPOLOGIES, tiny_chain, tiny_residual
 def randomize(model, seed=0):
     """Random weights and BatchNorm statistics, so no test passes by symmetry."""
     rng = np.random.RandomState(seed)
-    for layer in model.layers:
+    for layer in graph.layers_by_name(model).values():
         if isinstance(layer, keras.layers.BatchNormalization):
             gamma, beta, mean, var = layer.get_weights()
             layer.set_weights([

@@ -102,6 +102,119 @@ TOPOLOGIES = {
 }
 
 
+def _bn(x, name):
+    return keras.layers.BatchNormalization(name=name)(x)
+
+
+def pattern_se() -> keras.Model:
+    """Squeeze-and-excitation: a sigmoid-gated conv and a dense gate multiply the body's channels."""
+    x = keras.Input(INPUT_SHAPE)
+    y = keras.layers.ReLU()(_bn(keras.layers.Conv2D(8, 3, padding="same", name="stem")(x), "stem_bn"))
+    y = keras.layers.ReLU()(_bn(keras.layers.Conv2D(6, 3, padding="same", name="body")(y), "body_bn"))
+    s = keras.layers.GlobalAveragePooling2D(keepdims=True)(y)
+    s = keras.layers.Conv2D(2, 1, activation="relu", name="se_reduce")(s)
+    s = keras.layers.Conv2D(6, 1, activation="sigmoid", name="se_expand")(s)
+    y = keras.layers.Multiply(name="excite")([y, s])
+    dense_se = keras.layers.Dense(6, activation="sigmoid", name="se_dense")(keras.layers.GlobalAveragePooling2D()(y))
+    y = keras.layers.Multiply()([y, keras.layers.Reshape((1, 1, 6))(dense_se)])
+    return keras.Model(x, keras.layers.Dense(NUM_CLASSES, name="fc")(keras.layers.Flatten()(y)), name="se")
+
+
+def pattern_concat() -> keras.Model:
+    """Two branches concatenated, then a BatchNorm over the joined channels."""
+    x = keras.Input(INPUT_SHAPE)
+    stem = keras.layers.Conv2D(4, 3, padding="same", name="stem")(x)
+    a = keras.layers.ReLU()(_bn(keras.layers.Conv2D(5, 1, name="a")(stem), "a_bn"))
+    b = keras.layers.Conv2D(6, 3, padding="same", name="b")(stem)
+    y = keras.layers.ReLU()(_bn(keras.layers.Concatenate(name="cat")([a, b]), "bn"))
+    y = keras.layers.Conv2D(7, 1, name="c")(y)
+    return keras.Model(x, keras.layers.Dense(NUM_CLASSES, name="fc")(keras.layers.GlobalAveragePooling2D()(y)),
+                       name="concat")
+
+
+def pattern_depthwise_multiplier() -> keras.Model:
+    """A biased depthwise conv with depth_multiplier 2 repeats its input's channels."""
+    x = keras.Input(INPUT_SHAPE)
+    y = keras.layers.Conv2D(4, 3, name="stem")(x)
+    y = _bn(keras.layers.Conv2D(3, 1, name="pw1")(y), "pw1_bn")
+    y = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, name="dw")(y)
+    y = keras.layers.ReLU()(_bn(y, "dw_bn"))
+    y = keras.layers.Conv2D(5, 1, name="pw2")(y)
+    return keras.Model(x, keras.layers.Dense(NUM_CLASSES, name="fc")(keras.layers.Flatten()(y)), name="depthwise_mult")
+
+
+def pattern_nested() -> keras.Model:
+    """A Sequential block and a functional block inside the model."""
+    inner = keras.Sequential([keras.Input((8, 8, 4)), keras.layers.Conv2D(5, 3, padding="same", name="inner_conv"),
+                              keras.layers.BatchNormalization(name="inner_bn"), keras.layers.ReLU()], name="block")
+    z = keras.Input((6, 6, 5))
+    functional = keras.Model(z, keras.layers.ReLU()(_bn(keras.layers.Conv2D(7, 1, name="f_conv")(z), "f_bn")),
+                             name="fblock")
+    x = keras.Input(INPUT_SHAPE)
+    y = keras.layers.Conv2D(4, 3, padding="same", name="stem")(x)
+    y = inner(y)
+    y = keras.layers.Conv2D(5, 3, name="outer_conv")(y)
+    y = functional(y)
+    return keras.Model(x, keras.layers.Dense(NUM_CLASSES, name="fc")(keras.layers.Flatten()(y)), name="nested")
+
+
+def pattern_raw_ops() -> keras.Model:
+    """MobileNetV3's hard-swish as raw keras.ops calls (x + 3 turns a zero channel into 3), and an ops.add merge."""
+    x = keras.Input(INPUT_SHAPE)
+    stem = keras.layers.Conv2D(4, 3, padding="same", name="stem")(x)
+    a = keras.layers.Conv2D(6, 1, name="a")(stem)
+    a = a * keras.ops.relu6(a + 3.0) / 6.0
+    b = keras.layers.Conv2D(6, 1, name="b")(stem)
+    y = keras.ops.add(a, b)
+    y = keras.layers.Conv2D(3, 1, name="c")(y)
+    return keras.Model(x, keras.layers.Dense(NUM_CLASSES, name="fc")(keras.layers.Flatten()(y)), name="raw_ops")
+
+
+def pattern_called_twice() -> keras.Model:
+    """One conv called on two tensors: the same filters, so the same channels, in both outputs."""
+    x = keras.Input(INPUT_SHAPE)
+    stem = keras.layers.Conv2D(4, 3, padding="same", name="stem")(x)
+    shared = keras.layers.Conv2D(5, 3, padding="same", name="shared")
+    y = keras.layers.Concatenate()([shared(stem), shared(keras.layers.ReLU()(stem))])
+    y = keras.layers.Conv2D(3, 1, name="c")(y)
+    return keras.Model(x, keras.layers.Dense(NUM_CLASSES, name="fc")(keras.layers.Flatten()(y)), name="called_twice")
+
+
+def branchy_cnn(input_shape=(32, 32, 3), num_classes=10) -> keras.Model:
+    """A CNN of one's own: concatenated conv and depthwise branches, SE blocks, residual adds, a softmax.
+
+    The README's end-to-end `--arch=PATH.keras` run saves this model (`model.save("/tmp/mine.keras")`).
+    """
+    x = keras.Input(input_shape)
+    y = keras.layers.Conv2D(16, 3, padding="same", use_bias=False)(x)
+    y = keras.layers.ReLU()(keras.layers.BatchNormalization(momentum=0.9)(y))
+    for filters in (32, 64):
+        a = keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu")(y)
+        b = keras.layers.DepthwiseConv2D(3, strides=2, padding="same")(y)
+        y = keras.layers.Concatenate()([a, b])
+        shortcut = y
+        y = keras.layers.Conv2D(filters, 1, use_bias=False)(y)
+        y = keras.layers.ReLU()(keras.layers.BatchNormalization(momentum=0.9)(y))
+        se = keras.layers.GlobalAveragePooling2D(keepdims=True)(y)
+        se = keras.layers.Conv2D(filters // 4, 1, activation="relu")(se)
+        se = keras.layers.Conv2D(filters, 1, activation="sigmoid")(se)
+        y = keras.layers.Multiply()([y, se])
+        y = keras.layers.Conv2D(shortcut.shape[-1], 1)(y)
+        y = keras.layers.Add()([shortcut, y])
+    y = keras.layers.Dropout(0.2)(keras.layers.GlobalAveragePooling2D()(y))
+    return keras.Model(x, keras.layers.Dense(num_classes, activation="softmax")(y), name="mine")
+
+
+PATTERNS = {
+    "se": pattern_se,
+    "concat": pattern_concat,
+    "depthwise_multiplier": pattern_depthwise_multiplier,
+    "nested": pattern_nested,
+    "raw_ops": pattern_raw_ops,
+    "called_twice": pattern_called_twice,
+}
+
+
 def kernel_params(model) -> int:
     """Conv and dense kernel weights of a Keras model, counted from the layers themselves."""
     import keras  # pylint: disable=import-outside-toplevel

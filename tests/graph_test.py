@@ -6,7 +6,7 @@ import pytest
 
 from hsd_tf import architectures, costs, graph, slimming
 
-from conftest import kernel_params
+from conftest import PATTERNS, kernel_params
 
 
 def _groups(trace):
@@ -48,75 +48,46 @@ def _input():
 
 
 def test_concatenate_joins_the_branches_channels():
-    x = _input()
-    stem = keras.layers.Conv2D(4, 3, padding="same", name="stem")(x)
-    a = keras.layers.Conv2D(5, 1, name="a")(stem)
-    b = keras.layers.Conv2D(6, 3, padding="same", name="b")(stem)
-    y = keras.layers.BatchNormalization(name="bn")(keras.layers.Concatenate(name="cat")([a, b]))
-    y = keras.layers.Conv2D(7, 1, name="c")(y)
-    out = keras.layers.Dense(3, name="fc")(keras.layers.GlobalAveragePooling2D()(y))
-    trace = graph.trace(keras.Model(x, out))
+    trace = graph.trace(PATTERNS["concat"]())
     assert _groups(trace) == {(frozenset({"a"}), 5), (frozenset({"b"}), 6), (frozenset({"c"}), 7)}
-    assert trace.stems == ("stem",) and trace.normalizations == ("bn",) and trace.head == ("fc",)
+    assert trace.stems == ("stem",) and trace.normalizations == ("a_bn", "bn") and trace.head == ("fc",)
+    # The BatchNorm after the concatenation reads a's channels, then b's.
+    a, b = trace.group_names.index("a"), trace.group_names.index("b")
+    assert trace.first_steps()["bn"].channels_in == tuple((a, i) for i in range(5)) + tuple((b, i) for i in range(6))
 
 
 def test_squeeze_and_excitation_multiply_puts_the_expand_conv_in_the_group():
-    x = _input()
-    y = keras.layers.Conv2D(8, 3, padding="same", name="stem")(x)
-    y = keras.layers.Conv2D(6, 3, padding="same", name="body")(y)
-    s = keras.layers.GlobalAveragePooling2D(keepdims=True)(y)
-    s = keras.layers.Conv2D(2, 1, activation="relu", name="se_reduce")(s)
-    s = keras.layers.Conv2D(6, 1, activation="sigmoid", name="se_expand")(s)
-    y = keras.layers.Multiply(name="excite")([y, s])
-    dense_se = keras.layers.Reshape((1, 1, 6))(keras.layers.Dense(6, name="se_dense")(
-        keras.layers.GlobalAveragePooling2D()(y)))
-    y = keras.layers.Multiply()([y, dense_se])
-    out = keras.layers.Dense(3, name="fc")(keras.layers.Flatten()(y))
-    trace = graph.trace(keras.Model(x, out))
+    trace = graph.trace(PATTERNS["se"]())
     assert _groups(trace) == {(frozenset({"body", "se_expand", "se_dense"}), 6), (frozenset({"se_reduce"}), 2)}
+    # sigmoid(0) = 0.5: the gates are masked after their activation; the multiplies keep zeros.
+    assert {"se_expand", "se_dense", "body_bn"} <= set(trace.mask_points())
+    assert "excite" not in trace.mask_points()
 
 
 def test_depthwise_multiplier_repeats_its_input_channels():
-    x = _input()
-    y = keras.layers.Conv2D(4, 3, name="stem")(x)
-    y = keras.layers.Conv2D(3, 1, name="pw1")(y)
-    y = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, name="dw")(y)
-    y = keras.layers.Conv2D(5, 1, name="pw2")(y)
-    trace = graph.trace(keras.Model(x, keras.layers.Dense(2)(keras.layers.Flatten()(y))))
+    trace = graph.trace(PATTERNS["depthwise_multiplier"]())
     assert _groups(trace) == {(frozenset({"pw1"}), 3), (frozenset({"pw2"}), 5)}
+    pw1 = trace.group_names.index("pw1")
+    assert trace.first_steps()["dw"].channels_out == tuple((pw1, i) for i in range(3) for _ in range(2))
+    assert "dw" in trace.mask_points()  # its bias would turn a zero channel non-zero
 
 
 def test_nested_sequential_and_functional_models_are_traced_through():
-    inner = keras.Sequential([keras.Input((8, 8, 4)), keras.layers.Conv2D(5, 3, padding="same", name="inner_conv"),
-                              keras.layers.BatchNormalization(name="inner_bn"), keras.layers.ReLU()], name="block")
-    x = _input()
-    y = keras.layers.Conv2D(4, 3, padding="same", name="stem")(x)
-    y = inner(y)
-    y = keras.layers.Conv2D(6, 3, name="outer_conv")(y)
-    trace = graph.trace(keras.Model(x, keras.layers.Dense(2, name="fc")(keras.layers.Flatten()(y))))
-    assert _groups(trace) == {(frozenset({"inner_conv"}), 5), (frozenset({"outer_conv"}), 6)}
-    assert trace.normalizations == ("inner_bn",)
+    trace = graph.trace(PATTERNS["nested"]())
+    assert _groups(trace) == {(frozenset({"inner_conv"}), 5), (frozenset({"outer_conv"}), 5),
+                              (frozenset({"f_conv"}), 7)}
+    assert trace.normalizations == ("inner_bn", "f_bn")
 
 
 def test_raw_ops_hard_swish_and_residual_add_merge_channels():
-    x = _input()
-    stem = keras.layers.Conv2D(4, 3, padding="same", name="stem")(x)
-    a = keras.layers.Conv2D(6, 1, name="a")(stem)
-    a = a * keras.ops.relu6(a + 3.0) / 6.0  # MobileNetV3's hard-swish, as raw keras.ops calls
-    b = keras.layers.Conv2D(6, 1, name="b")(stem)
-    y = keras.ops.add(a, b)
-    y = keras.layers.Conv2D(3, 1, name="c")(y)
-    trace = graph.trace(keras.Model(x, keras.layers.Dense(2)(keras.layers.Flatten()(y))))
+    trace = graph.trace(PATTERNS["raw_ops"]())
     assert _groups(trace) == {(frozenset({"a", "b"}), 6), (frozenset({"c"}), 3)}
+    ops = [type(step.operation).__name__ for step in trace.steps if step.mask is not None]
+    assert ops.count("Add") == 1  # a + 3.0 is masked; the add of a and b is not
 
 
 def test_a_layer_called_twice_produces_the_same_channels():
-    x = _input()
-    stem = keras.layers.Conv2D(4, 3, padding="same", name="stem")(x)
-    shared = keras.layers.Conv2D(5, 3, padding="same", name="shared")
-    y = keras.layers.Concatenate()([shared(stem), shared(keras.layers.ReLU()(stem))])
-    y = keras.layers.Conv2D(3, 1, name="c")(y)
-    trace = graph.trace(keras.Model(x, keras.layers.Dense(2)(keras.layers.Flatten()(y))))
+    trace = graph.trace(PATTERNS["called_twice"]())
     assert _groups(trace) == {(frozenset({"shared"}), 5), (frozenset({"c"}), 3)}
 
 

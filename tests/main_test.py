@@ -56,6 +56,11 @@ def run_main(*args, timeout=600):
     (["--recalibration_batches=-1"], "recalibration_batches=-1"),
     (["--max_train_examples=-5"], "max_train_examples=-5"),
     (TINY[:3] + ["--prune_ratio=0.95", "--min_layer_filters=3"], "min_layer_filters=3"),  # floors over budget
+    (["--arch=keras.applications.ResNet9"], "arch='keras.applications.ResNet9'"),
+    (["--arch=/nonexistent/mine.keras"], "arch='/nonexistent/mine.keras'"),
+    (["--arch=keras.applications.Xception", "--dataset=digits", "--mode=profile"], "arch='keras.applications.Xception'"),
+    (["--arch=keras.applications.MobileNetV2", "--width_multiplier=0.5"], "arch='keras.applications.MobileNetV2'"),
+    (["--dataset=digits", "--mode=profile", "--unpruned_layers=nope"], "unpruned_layers=['nope']"),
 ])
 def test_bad_input_is_one_line_naming_the_flag(args, flag):
     result = run_main(*args)
@@ -160,3 +165,39 @@ def test_notensorboard_writes_no_logs(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert not os.path.exists(tmp_path / "logs")
     assert os.path.exists(tmp_path / "results.json")
+
+
+def test_an_untraceable_model_is_one_line_with_the_way_out(tmp_path):
+    import keras  # pylint: disable=import-outside-toplevel
+
+    x = keras.Input((32, 32, 3))
+    y = keras.layers.Conv2D(4, 3, name="c")(x)
+    y = keras.layers.Conv2D(4, 3, groups=2, name="grouped")(y)
+    y = keras.layers.Dense(10)(keras.layers.Flatten()(keras.layers.Conv2D(4, 3, name="d")(y)))
+    path = str(tmp_path / "grouped.keras")
+    keras.Model(x, y).save(path)
+    result = run_main("--mode=profile", "--dataset=digits", f"--arch={path}")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "'grouped' (Conv2D)" in result.stderr and "--unpruned_layers=grouped" in result.stderr
+    result = run_main("--mode=profile", "--dataset=digits", f"--arch={path}", "--unpruned_layers=grouped")
+    assert result.returncode == 0, result.stderr
+    assert "unpruned layers: grouped" in result.stdout
+
+
+def test_a_saved_model_of_ones_own_is_pruned_and_exported(tmp_path):
+    from conftest import branchy_cnn  # pylint: disable=import-outside-toplevel
+
+    path = str(tmp_path / "mine.keras")
+    branchy_cnn().save(path)
+    model_dir = str(tmp_path / "run")
+    result = run_main(*TINY, f"--arch={path}", f"--teacher={path}", "--width_multiplier=1", "--export=tflite",
+                      f"--model_dir={model_dir}", "--notensorboard")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not os.path.exists(os.path.join(model_dir, "teacher"))  # given, not trained
+    with open(os.path.join(model_dir, "results.json")) as f:
+        results = json.load(f)
+    student = results["views"][0]
+    assert student["params"] < results["teacher"]["params"] and student["macs"] < results["teacher"]["macs"]
+    assert student["exports"]["tflite"]["agreement"] >= 0.99
+    assert os.path.exists(os.path.join(model_dir, "export", "student.keras"))

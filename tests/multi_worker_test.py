@@ -27,6 +27,7 @@ def _results(path):
     with open(path) as f:
         results = json.load(f)
     results.pop("wall_seconds_this_invocation")
+    results["views"][0].pop("exports", None)  # the chief alone writes the slim student
     return results
 
 
@@ -58,5 +59,6 @@ def test_two_workers_train_to_the_end_and_agree_on_the_masks(tmp_path):
     assert sum(map(len, student["kept_channels"].values())) == student["filters_kept"] == student["filters_total"] // 2
     assert chief == other  # accuracies too: one model, evaluated in lockstep
     # Only the chief wrote the model_dir.
-    assert sorted(os.listdir(model_dir)) == ["config.json", "finetune", "frozen", "joint", "logs", "results.json",
-                                            "teacher", "workers"]
+    assert sorted(os.listdir(model_dir)) == ["config.json", "export", "finetune", "frozen", "joint", "logs",
+                                            "results.json", "teacher", "workers"]
+    assert os.listdir(model_dir / "export") == ["student.keras"]

@@ -37,6 +37,7 @@ def _comparable(model_dir):
     with open(os.path.join(model_dir, "results.json")) as f:
         results = json.load(f)
     results.pop("wall_seconds_this_invocation")
+    results["views"][0]["exports"]["keras"].pop("path")  # in each run's own model_dir
     return results
 
 

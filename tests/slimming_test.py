@@ -4,12 +4,12 @@ import keras
 import numpy as np
 import pytest
 
-from hsd_tf import architectures, costs, slimming
+from hsd_tf import architectures, costs, graph, slimming
 from hsd_tf.cascade import Cascade
 from hsd_tf.masks import l1_scores
 
 from cascade_test import make_cascade, randomize
-from conftest import TOPOLOGIES, kernel_params, tiny_chain
+from conftest import INPUT_SHAPE, PATTERNS, TOPOLOGIES, kernel_params, tiny_chain
 
 
 def _set_masks(cascade, index, masks):
@@ -94,3 +94,53 @@ def test_l1_pruning_keeps_the_budget_and_the_largest_filters(ratio):
     threshold = min(np.sort(scores[g])[::-1][kept[g] - 1] for g in ranked)
     for g, s in scores.items():
         assert np.all(np.sort(s)[::-1][kept[g]:] <= threshold)
+
+
+def _slim_equals_masked_after_a_step(model, images, labels, **cascade_args):
+    """One cascade step on `model`, then the student's slim model against its masked view."""
+    cascade = Cascade(model, [0.5, 0.0], teacher=model, **cascade_args)
+    cascade.initialize_from(model)
+    cascade.compile(optimizer=keras.optimizers.SGD(0.01), score_optimizer=keras.optimizers.SGD(1.0))
+    cascade.train_on_batch(images, labels)
+    slim = slimming.slim_view(cascade, 0, frozen=False)
+    masked = cascade.view_forward(0, images, training=False, frozen=False)[0].numpy()
+    assert np.abs(slim(images).numpy() - masked).max() <= 1e-5 * np.abs(masked).max()
+    cost = cascade.view_costs(frozen=False)[0]
+    unpruned = cascade_args.get("unpruned_layers", ())
+    assert (costs.profile(slim, unpruned)["params"], costs.profile(slim, unpruned)["macs"]) == (cost["params"],
+                                                                                                cost["macs"])
+    assert cost["params"] < costs.profile(model, unpruned)["params"]
+    return slim
+
+
+@pytest.mark.parametrize("pattern", sorted(PATTERNS))
+def test_any_model_pattern_slims_to_what_its_masked_view_computes(pattern, batch):
+    images, labels = batch
+    model = randomize(PATTERNS[pattern]())
+    slim = _slim_equals_masked_after_a_step(model, images, labels)
+    assert not any(isinstance(layer, keras.Model) for layer in slim.layers)  # nested models are inlined
+
+
+UNTRACEABLE = {
+    "Lambda": lambda: keras.layers.Lambda(lambda t: t[..., ::-1], name="odd"),  # moves channels
+    "Conv2D": lambda: keras.layers.Conv2D(6, 3, padding="same", groups=2, name="odd"),  # ties blocks of 3
+}
+
+
+@pytest.mark.parametrize("kind", sorted(UNTRACEABLE))
+def test_an_unsupported_layer_left_unpruned_keeps_its_channels(kind, batch):
+    images, labels = batch
+    x = keras.Input(INPUT_SHAPE)
+    y = keras.layers.Conv2D(4, 3, padding="same", name="stem")(x)
+    y = keras.layers.ReLU()(keras.layers.BatchNormalization(name="a_bn")(keras.layers.Conv2D(6, 3, name="a")(y)))
+    y = UNTRACEABLE[kind]()(y)
+    y = keras.layers.ReLU()(keras.layers.BatchNormalization(name="b_bn")(keras.layers.Conv2D(5, 1, name="b")(y)))
+    model = randomize(keras.Model(x, keras.layers.Dense(4, name="fc")(keras.layers.Flatten()(y))))
+    with pytest.raises(graph.UnsupportedLayerError, match=rf"'odd' \({kind}\).*--unpruned_layers=odd"):
+        Cascade(model, [0.5, 0.0])
+    trace = graph.trace(model, unpruned_layers=["odd"])
+    assert [g.name for g in trace.groups] == ["b"]  # a's channels feed the unpruned layer: kept whole
+    slim = _slim_equals_masked_after_a_step(model, images, labels, unpruned_layers=["odd"])
+    assert slim.get_layer("a").filters == 6 and slim.get_layer("b").filters < 5
+    with pytest.raises(graph.UnsupportedLayerError, match="Received: \\['nope'\\]"):
+        graph.trace(model, unpruned_layers=["odd", "nope"])

@@ -1,0 +1,78 @@
+"""`prune`: hierarchical self-distillation on any trained Keras model, from Python.
+
+    student, report = hsd_tf.prune(model, train=(x_train, y_train), validation=(x_val, y_val),
+                                   prune_ratio=0.6, num_ta=2, model_dir="runs/mine")
+
+The model is the pre-trained teacher: the cascade starts from its weights and
+it teaches the top view. It is neither trained nor changed. The run is the
+command line's (`hsd_tf.training.train_and_evaluate`): the same phases,
+checkpoints, resume, TensorBoard logs and exports, in `model_dir`.
+"""
+
+import dataclasses
+import os
+from typing import NamedTuple, Optional, Sequence
+
+import keras
+
+from hsd_tf import architectures, graph
+from hsd_tf import data as data_lib
+from hsd_tf import training
+from hsd_tf.config import Config
+
+
+class PruneResult(NamedTuple):
+    """What `prune` returns.
+
+    Attributes:
+        student: The slim student, a plain functional Keras model (logits out).
+        report: Per view (student first) and for the teacher: accuracy,
+            params, MACs, filters kept, mask changes, exports (results.json).
+    """
+
+    student: keras.Model
+    report: dict
+
+
+def prune(model: keras.Model, train, validation, test=None, *, prune_ratio: float = 0.6, num_ta: int = 2,
+          model_dir: Optional[str] = None, unpruned_layers: Sequence[str] = (), **settings) -> PruneResult:
+    """Prunes a trained functional or Sequential Keras model with hierarchical self-distillation.
+
+    Args:
+        model: The trained model, images to logits (a final softmax is dropped).
+        train: Training (image, label) examples: a `tf.data.Dataset`, batched
+            or not, or an (images, labels) pair of arrays, preprocessed as the
+            model expects. No augmentation is added.
+        validation: Held-out examples of the same kind; they drive the teacher ladder.
+        test: Examples the report's accuracies come from (default: validation).
+        prune_ratio: Fraction of prunable filters the student removes.
+        num_ta: Teaching assistants between the student and the teacher.
+        model_dir: Where the run keeps its checkpoints, logs, results and
+            exports; re-running with it resumes. Default: runs/<model name>.
+        unpruned_layers: Layers whose channels stay whole (see `hsd_tf.graph.trace`).
+        **settings: Any other setting of the command line, by its flag name
+            (joint_epochs, finetune_epochs, batch_size, learning_rate, export, ...).
+
+    Returns:
+        A `PruneResult` (student, report).
+
+    Raises:
+        hsd_tf.graph.UnsupportedLayerError: A layer the tracer cannot follow; the message names it.
+        ValueError: An unknown or bad setting, or data that does not fit the model.
+    """
+    model = architectures.without_softmax(model)
+    graph.trace(model, unpruned_layers)  # an unsupported layer is reported as itself, before anything runs
+    known = {f.name for f in dataclasses.fields(Config)} - {"mode", "dataset", "arch", "teacher", "image_size",
+                                                             "data_dir", "val_fraction", "max_train_examples"}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(f"Unknown settings; expected some of {sorted(known)}. Received: {unknown}")
+    config = Config(dataset="custom", arch=f"python:{model.name}", prune_ratio=prune_ratio, num_ta=num_ta,
+                    model_dir=model_dir or os.path.join("runs", model.name), unpruned_layers=list(unpruned_layers),
+                    **settings)
+    data = data_lib.from_datasets(train, validation, test, batch_size=config.batch_size,
+                                  input_shape=tuple(model.inputs[0].shape[1:]),
+                                  num_classes=int(model.outputs[0].shape[-1]), seed=config.seed)
+    report = training.train_and_evaluate(config, model=model, data=data)
+    student = keras.saving.load_model(report["views"][0]["exports"]["keras"]["path"], compile=False)
+    return PruneResult(student, report)
