@@ -8,7 +8,7 @@ import tensorflow as tf
 from hsd_tf import graph, losses
 from hsd_tf.cascade import Cascade, even_prune_ratios, validate_prune_ratios
 
-from conftest import TOPOLOGIES, tiny_chain, tiny_residual
+from conftest import PATTERNS, TOPOLOGIES, tiny_chain, tiny_residual
 
 
 def randomize(model, seed=0):
@@ -57,11 +57,11 @@ def straight_through_score_grads(cascade, index, images, labels):
     return [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, mask_vars)]
 
 
-@pytest.mark.parametrize("topology", ["chain", "residual"])
+@pytest.mark.parametrize("topology", ["chain", "residual", "se", "concat"])
 def test_score_gradient_is_the_teacher_views_straight_through_gradient(topology, batch):
     """Eq. 5: after one step, delta score_i = -dL_{i+1}/d mask_{i+1}; the top view's scores stay."""
     images, labels = batch
-    cascade, _ = make_cascade(TOPOLOGIES[topology](), [0.6, 0.3, 0.0], hint_weight=0.01)
+    cascade, _ = make_cascade({**TOPOLOGIES, **PATTERNS}[topology](), [0.6, 0.3, 0.0], hint_weight=0.01)
     expected = [straight_through_score_grads(cascade, i, images, labels) for i in range(3)]
     before = [[s.numpy().copy() for s in view.scores] for view in cascade.views]
     cascade.train_on_batch(images, labels)
@@ -122,6 +122,7 @@ def test_frozen_teacher_never_changes(batch):
     for b, a in zip(before, teacher.get_weights()):
         np.testing.assert_array_equal(b, a)
     assert not any(v is w for v in cascade.trainable_variables for w in teacher.weights)
+    assert teacher.trainable  # the model handed in is not frozen either
 
 
 @pytest.mark.parametrize("topology", sorted(TOPOLOGIES))

@@ -87,6 +87,12 @@ def test_profile_prints_table_and_writes_json(tmp_path):
     report = json.loads(path.read_text())
     assert report["params"] == 14_977_728 and report["macs"] == 313_463_808
     assert [layer["name"] for layer in report["layers"]][:2] == ["block1_conv1", "block1_conv2"]
+    # The dry run's plan: 12 groups (every conv but the stem), the per-view layers, each view's budget.
+    assert "12 mask groups, 4160 prunable filters:" in result.stdout
+    assert "block5_conv3                      512     1  block5_conv3" in result.stdout
+    assert "stems (per view, kept whole): block1_conv1" in result.stdout
+    assert "head (per view, not pruned): fc1, predictions" in result.stdout
+    assert "student: prune ratio 0.6, keeps 1664 of 4160 prunable filters" in result.stdout
 
 
 def test_end_to_end_then_resume_only_reports(tmp_path):
