@@ -216,5 +216,18 @@ def _fail(message, status=2):
     sys.exit(status)
 
 
+def _parse_flags(argv):
+    """absl's parsing, with its errors as our one line and exit status 2 (absl prints two lines, exit 1)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        message = " ".join(str(error).split())
+        if "Unable to open flagfile" in message:
+            path = message.rsplit(": ", 1)[-1]
+            reason = message.split("Unable to open flagfile: ", 1)[1].rsplit(": ", 1)[0]
+            _fail(f"--flagfile: cannot be read ({reason}). Received: flagfile={path}")
+        _fail(f"{message} (python main.py --helpfull lists every flag)")
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
