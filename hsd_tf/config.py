@@ -182,8 +182,17 @@ class Config:
         """Refuses to resume a model_dir made with a different run identity.
 
         The first run writes `config.json`; later runs must agree on every
-        field of `IDENTITY_FIELDS`.
+        field of `IDENTITY_FIELDS`. A model_dir that is a file, or in which
+        (or, not yet made, above which) nothing can be written, is refused too.
         """
+        if os.path.exists(self.model_dir) and not os.path.isdir(self.model_dir):
+            raise ConfigError("model_dir", self.model_dir, "is a file, not a folder")
+        existing = os.path.abspath(self.model_dir)
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if self.mode != "profile" and not (os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK)):
+            what = "cannot be written" if existing == os.path.abspath(self.model_dir) else f"cannot be made in {existing}"
+            raise ConfigError("model_dir", self.model_dir, f"{what} (no write permission there)")
         path = os.path.join(self.model_dir, "config.json")
         if not os.path.exists(path):
             return

@@ -440,44 +440,66 @@ def _reachable(host: str, port: int = 443, timeout: float = 5.0) -> bool:
 # --------------------------------------------------------------------- folder
 
 
-def _folder(path, val_fraction, size, seed):
-    """PATH/train/<class>/* and PATH/test/<class>/*, resized to size x size."""
+# The first bytes of each image format tf.io.decode_image reads.
+IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
+
+
+def folder_files(path: str):
+    """Checks a folder dataset and lists it: (class names, {split: (file paths, labels)}).
+
+    Every file with an image extension is opened and its first bytes checked
+    against PNG, JPEG, GIF and BMP signatures, so a file that is not an image
+    fails here, before any training, rather than in the middle of an epoch.
+    Sizes and colour modes may differ (images are resized and read as RGB).
+
+    Raises:
+        DatasetError: Missing split folders, fewer than two classes, classes that
+            differ between splits, a class without images, or unreadable files.
+    """
+    received = f"Received: dataset='folder:{path}'"
     classes = {}
     for split in ("train", "test"):
         root = os.path.join(path, split)
         if not os.path.isdir(root):
-            raise DatasetError(f"folder dataset needs {root}/<class>/<images>. Received: dataset='folder:{path}'")
+            raise DatasetError(f"folder dataset needs {root}/<class>/<images>. {received}")
         names = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
         if len(names) < 2:
-            raise DatasetError(
-                f"folder dataset needs at least two class folders in {root}, found {len(names)}. "
-                f"Received: dataset='folder:{path}'"
-            )
+            raise DatasetError(f"folder dataset needs at least two class folders in {root}, found {len(names)}. "
+                               f"{received}")
         classes[split] = names
     if classes["train"] != classes["test"]:
-        raise DatasetError(
-            f"train and test class folders differ: {classes['train']} vs {classes['test']}. "
-            f"Received: dataset='folder:{path}'"
-        )
-
-    def files(split):
+        raise DatasetError(f"train and test class folders differ: {classes['train']} vs {classes['test']}. {received}")
+    splits, unreadable = {}, []
+    for split in ("train", "test"):
         paths, labels = [], []
         for label, name in enumerate(classes["train"]):
             folder = os.path.join(path, split, name)
-            for file in sorted(os.listdir(folder)):
-                if file.lower().endswith(IMAGE_EXTENSIONS):
-                    paths.append(os.path.join(folder, file))
-                    labels.append(label)
-        if not paths:
-            raise DatasetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {os.path.join(path, split)}.")
-        return np.array(paths), np.array(labels, np.int32)
+            images = [os.path.join(folder, f) for f in sorted(os.listdir(folder)) if f.lower().endswith(IMAGE_EXTENSIONS)]
+            if not images:
+                raise DatasetError(f"class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}). {received}")
+            for image in images:
+                with open(image, "rb") as f:
+                    if not f.read(8).startswith(IMAGE_SIGNATURES):
+                        unreadable.append(image)
+            paths += images
+            labels += [label] * len(images)
+        splits[split] = (np.array(paths), np.array(labels, np.int32))
+    if unreadable:
+        raise DatasetError(f"{unreadable[0]} is not a PNG, JPEG, GIF or BMP image ({len(unreadable)} such file"
+                           f"{'s' if len(unreadable) > 1 else ''} in all); remove or replace them. {received}")
+    return classes["train"], splits
+
+
+def _folder(path, val_fraction, size, seed):
+    """PATH/train/<class>/* and PATH/test/<class>/*, resized to size x size."""
+    class_names, splits = folder_files(path)
 
     def decode(file, label):
         image = tf.io.decode_image(tf.io.read_file(file), channels=3, expand_animations=False)
         image = tf.image.resize(tf.cast(image, tf.float32) / 255.0, (size, size))
         return image, label
 
-    train_paths, train_labels = files("train")
+    train_paths, train_labels = splits["train"]
     order = np.random.RandomState(seed).permutation(len(train_paths))
     n_val = int(round(len(order) * val_fraction))
 
@@ -487,8 +509,8 @@ def _folder(path, val_fraction, size, seed):
 
     val = split(train_paths[order[:n_val]], train_labels[order[:n_val]]) if n_val else None
     train = split(train_paths[order[n_val:]], train_labels[order[n_val:]])
-    test = split(*files("test"))
-    return (train, val, test), len(classes["train"]), size
+    test = split(*splits["test"])
+    return (train, val, test), len(class_names), size
 
 
 # -------------------------------------------------------------- preprocessing

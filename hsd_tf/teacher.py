@@ -1,7 +1,12 @@
 """The pre-trained teacher: load one, import Keras' ImageNet ResNet50, or train one."""
 
+import os
+import zipfile
+
+import h5py
 import keras
 import numpy as np
+from keras.src.utils import naming
 
 from hsd_tf import graph
 
@@ -25,6 +30,82 @@ def load(path: str, model: keras.Model) -> keras.Model:
         if layer.weights:
             layer.set_weights(source[name].get_weights())
     return model
+
+
+_ANOTHER_RUN = "(a teacher of another --arch, --width_multiplier or dataset?)"
+
+
+def check(path: str, model: keras.Model) -> None:
+    """Checks, before any training, that a teacher file fits `model`.
+
+    Args:
+        path: `--teacher`: a `.keras` model or a `.weights.h5` file.
+        model: The dense model of `--arch` it must fit.
+
+    Raises:
+        ValueError: The file is missing, unreadable (not HDF5 or .keras,
+            truncated), or lacks a layer of `model` or holds weights of other
+            shapes; the message names the first such layer with the expected
+            and found shapes.
+    """
+    if not os.path.isfile(path):
+        raise ValueError("file not found")
+    if path.endswith(".weights.h5"):
+        found = _h5_shapes(path)
+        for key, layer in _weights_file_keys(model):
+            for i, weight in enumerate(layer.weights):
+                shape = found.get(f"{key}/vars/{i}")
+                if shape is None:
+                    raise ValueError(f"holds no weights for layer {layer.name!r} (a teacher of another --arch?)")
+                if shape != tuple(weight.shape):
+                    raise ValueError(f"layer {layer.name!r}: expected a {weight.name} of shape {tuple(weight.shape)} "
+                                     f"for --arch, found {shape} {_ANOTHER_RUN}")
+        return
+    if not path.endswith(".keras"):
+        raise ValueError("expected a .keras model or a .weights.h5 file")
+    try:
+        source = graph.layers_by_name(keras.saving.load_model(path, compile=False))
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
+        raise ValueError(f"cannot be read as a .keras model ({' '.join(str(error).split())[:200]})") from None
+    for name, layer in graph.layers_by_name(model).items():
+        if not layer.weights:
+            continue
+        if name not in source:
+            raise ValueError(f"has no layer {name!r} (a teacher of another --arch?)")
+        expected = [tuple(w.shape) for w in layer.weights]
+        found = [tuple(w.shape) for w in source[name].weights]
+        if expected != found:
+            raise ValueError(f"layer {name!r}: expected weight shapes {expected} for --arch, found {found} "
+                             f"{_ANOTHER_RUN}")
+
+
+def _weights_file_keys(model: keras.Model, prefix: str = "layers"):
+    """(key in a `.weights.h5` file, layer) of every layer with weights, in the model's order.
+
+    Keras keys a layer by its class, not its name: the n-th Conv2D of a model
+    is `layers/conv2d_<n-1>` (`keras.src.saving.saving_lib`).
+    """
+    used = {}
+    for layer in model.layers:
+        base = naming.to_snake_case(layer.__class__.__name__)
+        key = f"{prefix}/{base}" if base not in used else f"{prefix}/{base}_{used[base] + 1}"
+        used[base] = used.get(base, -1) + 1
+        if isinstance(layer, keras.Model):
+            yield from _weights_file_keys(layer, f"{key}/layers")
+        elif layer.weights:
+            yield key, layer
+
+
+def _h5_shapes(path: str) -> dict:
+    """Dataset path -> shape of every array in an HDF5 weights file."""
+    shapes = {}
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda key, item: shapes.__setitem__(key, tuple(item.shape))
+                         if isinstance(item, h5py.Dataset) else None)
+    except OSError as error:
+        raise ValueError(f"cannot be read as an HDF5 weights file ({' '.join(str(error).split())[:200]})") from None
+    return shapes
 
 
 def from_keras_resnet50(model: keras.Model, source: keras.Model = None) -> keras.Model:

@@ -12,6 +12,7 @@ resumes an interrupted phase from its last finished epoch. Results
 go to `<model_dir>/results.json`; TensorBoard logs to `<model_dir>/logs/<phase>`.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -136,8 +137,8 @@ def train_and_evaluate(config: Config, model: Optional[keras.Model] = None, data
     except ValueError as error:
         raise ConfigError("strategy", config.strategy, str(error)) from None
     config.check_replicas(distribution.num_replicas_in_sync)
-    config.check_model_dir()
     check_model(config, model)
+    config.check_model_dir()
     results_path = os.path.join(config.model_dir, "results.json")
     if config.mode == "train" and _finished(results_path, config):
         with open(results_path) as f:
@@ -237,7 +238,8 @@ def _train_and_evaluate(config: Config, out_dir: str, given_model=None, given_da
 
 
 def check_model(config: Config, model: Optional[keras.Model] = None) -> graph.Trace:
-    """Builds and traces `--arch` for the dataset (or traces `model`) before any training.
+    """Builds and traces `--arch` for the dataset (or traces `model`), checks `--teacher` against it and
+    a folder dataset's files, all before any training and before anything is written.
 
     Returns:
         The model's trace.
@@ -252,6 +254,13 @@ def check_model(config: Config, model: Optional[keras.Model] = None) -> graph.Tr
             model = architectures.get(config.arch, input_shape, num_classes, config.width_multiplier)
         except ValueError as error:
             raise ConfigError("arch", config.arch, str(error).split(" Received:")[0].rstrip(".")) from None
+        if config.teacher and config.teacher != "imagenet":
+            try:
+                teacher_lib.check(config.teacher, model)
+            except ValueError as error:
+                raise ConfigError("teacher", config.teacher, str(error)) from None
+        if config.dataset.startswith("folder:") and config.mode == "train":
+            data_lib.folder_files(config.dataset[len("folder:"):])
     try:
         model_trace = graph.trace(model, config.unpruned_layers)
     except graph.UnsupportedLayerError as error:
@@ -515,11 +524,24 @@ def score_optimizer(config: Config, data, epochs: int) -> keras.optimizers.Optim
 
 
 def _save_weights(model: keras.Model, path: str) -> None:
-    """Writes weights atomically, so a killed run never leaves half a checkpoint."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    """Writes weights atomically, so a killed run never leaves half a checkpoint.
+
+    Raises:
+        TrainingError: The write failed (a full disk, a lost mount): the half-written
+            file is removed, and the checkpoints written before stay as they were.
+    """
     tmp = path.replace(".weights.h5", ".tmp.weights.h5")
-    model.save_weights(tmp)
-    os.replace(tmp, path)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        model.save_weights(tmp)
+        os.replace(tmp, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise TrainingError(
+            f"cannot write the checkpoint {path} ({error.strerror or error}); the checkpoints written before it "
+            "are untouched. Free space (or fix the folder) and re-run the same command: it resumes from the last "
+            "one.") from None
 
 
 def _write_json(path: str, value) -> None:

@@ -72,6 +72,20 @@ def test_folder_dataset(tmp_path):
     assert data.describe(f"folder:{tmp_path}", 16) == ((16, 16, 3), 3)
 
 
+def test_folder_of_mixed_sizes_and_grey_and_colour_images_is_read_as_rgb_of_one_size(tmp_path):
+    rng = np.random.RandomState(0)
+    for split in ("train", "test"):
+        for label, name in enumerate(("a", "b")):
+            folder = tmp_path / split / name
+            folder.mkdir(parents=True)
+            for i, (size, channels) in enumerate((((5, 7), 1), ((12, 9), 3), ((8, 8), 4))):  # grey, RGB, RGBA
+                pixels = rng.randint(0, 255, size + (channels,), dtype=np.uint8)
+                tf.io.write_file(str(folder / f"{i}.png"), tf.io.encode_png(pixels))
+    folder = data.load(f"folder:{tmp_path}", 2, val_fraction=0.0, image_size=16)
+    images = np.concatenate([x.numpy() for x, _ in folder.test])
+    assert images.shape == (6, 16, 16, 3) and np.isfinite(images).all()
+
+
 def test_folder_with_one_class_is_refused(tmp_path):
     _write_folder(str(tmp_path), ["only"])
     with pytest.raises(data.DatasetError, match="at least two class folders"):

@@ -1,5 +1,7 @@
 """The phases' optimizers: whole cosine cycles per phase, the scores on the weights' schedule."""
 
+import errno
+import os
 import types
 
 import keras
@@ -39,3 +41,26 @@ def test_scores_follow_the_weights_schedule_or_stay_constant():
     assert float(keras.ops.convert_to_numpy(constant.learning_rate)) == pytest.approx(0.01)
     sgd = training.score_optimizer(Config(score_optimizer="sgd"), data, 8)
     assert isinstance(sgd, keras.optimizers.SGD) and sgd.nesterov and sgd.momentum == 0.9
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_last_good_checkpoint_and_resumes(tmp_path, monkeypatch):
+    config = Config(dataset="digits", arch="vgg16", width_multiplier=0.0625, num_ta=1, prune_ratio=0.5,
+                    batch_size=128, teacher_epochs=1, joint_epochs=3, finetune_epochs=1, verbose=0, export=[],
+                    tensorboard=False, model_dir=str(tmp_path / "run"))
+    save_weights = keras.Model.save_weights
+
+    def full_disk(model, path, *args, **kwargs):
+        if "epoch-2" in path and "joint" in path:
+            with open(path, "wb") as f:  # a half-written file, as a full disk leaves it
+                f.write(b"\x89HDF\r\n\x1a\n")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save_weights(model, path, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save_weights", full_disk)
+    with pytest.raises(training.TrainingError, match=r"No space left on device.*untouched.*re-run"):
+        training.train_and_evaluate(config)
+    backup = tmp_path / "run" / "joint" / "backup"
+    assert sorted(os.listdir(backup)) == ["epoch-1.weights.h5"]  # the half-written one is gone
+    monkeypatch.setattr(keras.Model, "save_weights", save_weights)
+    results = training.train_and_evaluate(config)  # resumes from epoch 1's checkpoint, which reads back
+    assert len(results["views"][0]["mask_changes"]) == 3
