@@ -58,6 +58,11 @@ _HELP = {
                        "(a Lambda, a grouped conv), or one you want left at full width.",
     "num_ta": "Teaching assistants between the student and the frozen teacher; the top one keeps every filter.",
     "prune_ratio": "Fraction of prunable filters the student removes (the paper's k0).",
+    "macs_budget": "Instead of --prune_ratio: the student's MACs as a fraction of the dense model's, in (0, 1); "
+                   "it keeps filters in score order while its slim model stays within it, and the assistants are "
+                   "spaced evenly in MACs up to 1. 0: none.",
+    "round_to": "Every layer (mask group) keeps a multiple of this many filters (at least one multiple, or all "
+                "of a smaller layer), within the budget: widths that hardware kernels may run faster. 1: any.",
     "ta_ratios": "Prune ratios of the assistants from T1 up, ending at 0; default: even spacing.",
     "width_multiplier": "Scales every layer width of the built-in architectures, for small runs.",
     "image_size": "Image side for folder: datasets (others use their native size).",
@@ -154,6 +159,9 @@ def main(argv):
     try:
         config = _config_from_flags()
         config.validate()
+        if FLAGS["macs_budget"].present and FLAGS["prune_ratio"].present:
+            raise config_lib.ConfigError("macs_budget", config.macs_budget,
+                                         f"is an alternative to --prune_ratio (given too: {config.prune_ratio})")
         if config.mode == "profile":
             return _profile(config)
         from hsd_tf import training  # pylint: disable=import-outside-toplevel
@@ -190,7 +198,11 @@ def _profile(config):
           f"width x{config.width_multiplier})")
     print(costs.format_table(report))
     print(graph.describe(model_trace))
-    for name, ratio in zip(["student"] + [f"ta{i}" for i in range(1, config.num_ta + 1)], config.prune_ratios()):
+    names = ["student"] + [f"ta{i}" for i in range(1, config.num_ta + 1)]
+    if config.macs_budget:
+        for name, fraction in zip(names, config.macs_fractions()):
+            print(f"{name}: MAC budget {fraction:g}, at most {fraction * report['macs']:,.0f} MACs")
+    for name, ratio in zip(names, [] if config.macs_budget else config.prune_ratios()):
         budget = masks.keep_budget(1.0 - ratio, model_trace.filter_counts, model_trace.group_widths)
         print(f"{name}: prune ratio {ratio:g}, keeps {budget} of {model_trace.total_filters} prunable filters")
     if config.profile_json:

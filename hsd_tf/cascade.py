@@ -52,6 +52,28 @@ def validate_prune_ratios(prune_ratios: Sequence[float]) -> None:
         raise ValueError(f"The top teaching assistant keeps every filter (ratio 0). Received: prune_ratios={ratios}")
 
 
+def validate_macs_fractions(macs_fractions: Sequence[float]) -> None:
+    """Checks a student-first list of MAC budgets (fractions of the dense model's MACs).
+
+    Raises:
+        ValueError: Not in (0, 1], not strictly increasing, or (with teaching
+            assistants) the top assistant's budget is not 1.
+    """
+    fractions = list(macs_fractions)
+    if not fractions or any(not 0.0 < f <= 1.0 for f in fractions):
+        raise ValueError(f"Every MAC budget must be in (0, 1]. Received: macs_fractions={fractions}")
+    if any(a >= b for a, b in zip(fractions, fractions[1:])):
+        raise ValueError(f"MAC budgets must increase from the student up. Received: macs_fractions={fractions}")
+    if len(fractions) > 1 and fractions[-1] != 1.0:
+        raise ValueError(f"The top teaching assistant keeps every filter (budget 1). Received: macs_fractions={fractions}")
+
+
+def even_macs_fractions(student_fraction: float, num_ta: int) -> List[float]:
+    """Student budget F, then num_ta assistants evenly spaced in MACs up to 1."""
+    return [student_fraction + (1.0 - student_fraction) * i / num_ta for i in range(num_ta + 1)] if num_ta else [
+        student_fraction]
+
+
 def even_prune_ratios(student_ratio: float, num_ta: int) -> List[float]:
     """Student ratio k0, then num_ta assistants evenly spaced down to 0."""
     if num_ta == 0:
@@ -64,22 +86,35 @@ class View(keras.layers.Layer):
 
     Args:
         model_trace: `graph.trace` of the full-width model.
-        keep_ratio: Fraction of prunable filters this view keeps.
+        keep_ratio: Fraction of prunable filters this view keeps (when `macs` is None).
         prefix: Layer name prefix ("student_", "ta1_", ...).
         floors: Channels each group keeps whatever its scores (`masks.layer_floors`).
         hysteresis: Score margin by which a dropped filter must beat a kept
             one to take its place (0: plain top-k every step).
+        macs: (`costs.MacModel`, budget in MACs): keep filters in score order
+            within the budget instead of a fraction of the filters.
+        round_to: Every group keeps a multiple of this many channels (`masks.rounded_masks`).
     """
 
     def __init__(self, model_trace: graph.Trace, keep_ratio: float, prefix: str, floors=None, hysteresis=0.0,
-                 **kwargs):
+                 macs=None, round_to=1, **kwargs):
         super().__init__(**kwargs)
         self.keep_ratio = keep_ratio
+        self.round_to = int(round_to)
         self.hysteresis = float(hysteresis)
         self.filter_counts = model_trace.filter_counts
         widths = model_trace.group_widths
         self.floors = list(floors) if floors is not None else [1] * len(widths)
-        masks.check_floors(keep_ratio, self.filter_counts, widths, self.floors)
+        self.mac_model, self.mac_budget = macs if macs is not None else (None, None)
+        if macs is None:
+            masks.check_floors(keep_ratio, self.filter_counts, widths, self.floors)
+        else:
+            floor_macs = float(self.mac_model.macs(graph.flat_masks(
+                [np.arange(w) < f for w, f in zip(widths, self.floors)])))
+            if floor_macs > self.mac_budget:
+                raise ValueError(f"The per-layer floors alone cost {floor_macs:,.0f} MACs, more than the budget of "
+                                 f"{self.mac_budget:,.0f}; lower the floor or raise the budget. "
+                                 f"Received: floors={self.floors}")
         layers = model_trace.layers()
         self.own = {name: clone_layer(layers[name], prefix + name) for name in own_layers(model_trace)}
         self.scores = [self.add_weight(shape=(g.width,), initializer="ones", name=f"score_{g.name}")
@@ -106,7 +141,11 @@ class View(keras.layers.Layer):
         scores = [tf.convert_to_tensor(s) for s in self.scores]
         if self.hysteresis:
             scores = [s + self.hysteresis * tf.cast(m, s.dtype) for s, m in zip(scores, self.last_masks)]
-        return masks.topk_masks(scores, self.filter_counts, self.keep_ratio, self.floors)
+        if self.mac_model is not None:
+            chosen = masks.budget_masks(scores, self.floors, self.mac_model.macs, self.mac_budget)
+        else:
+            chosen = masks.topk_masks(scores, self.filter_counts, self.keep_ratio, self.floors)
+        return masks.rounded_masks(chosen, scores, self.round_to) if self.round_to > 1 else chosen
 
     def remember_masks(self, hard_masks) -> None:
         """Makes `hard_masks` the reference of the next step's hysteresis (and the frozen masks)."""
@@ -141,6 +180,10 @@ class Cascade(keras.Model):
             serialized config), from images to logits. It is cloned, never changed.
         prune_ratios: Student first, strictly decreasing; with assistants the
             last is 0 (TN keeps every filter).
+        macs_fractions: Instead of prune_ratios: each view's budget as a
+            fraction of the dense model's MACs, student first, strictly
+            increasing, the last 1 with assistants. A view keeps filters in
+            score order while its slim model stays within its budget.
         teacher: The pre-trained dense model of the same structure (layer
             names), frozen, teaching the top view. Needed for training, not for
             evaluation or for a ladder snapshot.
@@ -154,6 +197,8 @@ class Cascade(keras.Model):
             kept one to switch places with it (0: none).
         unpruned_layers: Layers whose input and output channels stay whole
             (`graph.trace`).
+        round_to: Every mask group keeps a multiple of this many channels
+            (at least one multiple, or the whole group), within the budget.
 
     Raises:
         graph.UnsupportedLayerError: A layer the tracer cannot follow.
@@ -163,7 +208,7 @@ class Cascade(keras.Model):
     def __init__(
         self,
         model,
-        prune_ratios: Sequence[float],
+        prune_ratios: Optional[Sequence[float]] = None,
         teacher: Optional[keras.Model] = None,
         kd_weight: float = 0.4,
         temperature: float = 15.0,
@@ -172,12 +217,20 @@ class Cascade(keras.Model):
         min_layer_filters: int = 1,
         mask_hysteresis: float = 0.0,
         unpruned_layers: Sequence[str] = (),
+        macs_fractions: Optional[Sequence[float]] = None,
+        round_to: int = 1,
         **kwargs,
     ):
         super().__init__(**kwargs)
         if isinstance(model, dict):
             model = keras.saving.deserialize_keras_object(model)
-        validate_prune_ratios(prune_ratios)
+        if (prune_ratios is None) == (macs_fractions is None):
+            raise ValueError("Give either prune_ratios or macs_fractions. "
+                             f"Received: prune_ratios={prune_ratios}, macs_fractions={macs_fractions}")
+        if prune_ratios is not None:
+            validate_prune_ratios(prune_ratios)
+        else:
+            validate_macs_fractions(macs_fractions)
         self.unpruned_layers = list(unpruned_layers)
         trace = graph.trace(model, self.unpruned_layers)
         if not trace.groups:
@@ -186,23 +239,35 @@ class Cascade(keras.Model):
         # Not tracked: the source model's weights are not the cascade's.
         object.__setattr__(self, "source_model", model)
         object.__setattr__(self, "trace", trace)
-        self.prune_ratios = [float(r) for r in prune_ratios]
+        self.prune_ratios = None if prune_ratios is None else [float(r) for r in prune_ratios]
+        self.macs_fractions = None if macs_fractions is None else [float(f) for f in macs_fractions]
         self.kd_weight = float(kd_weight)
         self.temperature = float(temperature)
         self.hint_weight = float(hint_weight)
         self.max_layer_prune_ratio = float(max_layer_prune_ratio)
         self.min_layer_filters = int(min_layer_filters)
         self.mask_hysteresis = float(mask_hysteresis)
+        self.round_to = int(round_to)
         floors = masks.layer_floors(trace.group_widths, self.max_layer_prune_ratio, self.min_layer_filters)
-        self.view_names = view_names(len(self.prune_ratios))
+        if self.round_to > 1:
+            floors = masks.rounded_floors(floors, trace.group_widths, self.round_to)
+        self.view_names = view_names(len(self.prune_ratios or self.macs_fractions))
         self.phase = "joint"
         self.score_optimizer = None
 
         own = set(own_layers(trace))
         self.shared = {name: clone_layer(layer, name) for name, layer in trace.layers().items() if name not in own}
+        mac_model = costs.MacModel(trace)
+        object.__setattr__(self, "mac_model", mac_model)
+        if self.macs_fractions is None:
+            budgets = [dict(keep_ratio=1.0 - ratio) for ratio in self.prune_ratios]
+        else:  # a budget of 1 keeps everything: no search needed
+            budgets = [dict(keep_ratio=1.0, macs=(mac_model, f * mac_model.dense) if f < 1.0 else None)
+                       for f in self.macs_fractions]
         self.views = [
-            View(trace, 1.0 - ratio, f"{name}_", floors=floors, hysteresis=self.mask_hysteresis, name=name)
-            for name, ratio in zip(self.view_names, self.prune_ratios)
+            View(trace, prefix=f"{name}_", floors=floors, hysteresis=self.mask_hysteresis, round_to=self.round_to,
+                 name=name, **budget)
+            for name, budget in zip(self.view_names, budgets)
         ]
         # Not tracked either: the teacher is frozen, its weights are not checkpointed with the cascade's,
         # and it may be the very model the cascade was cloned from.
@@ -333,7 +398,7 @@ class Cascade(keras.Model):
             temperature=self.temperature, hint_weight=self.hint_weight,
             max_layer_prune_ratio=self.max_layer_prune_ratio, min_layer_filters=self.min_layer_filters,
             mask_hysteresis=self.mask_hysteresis, unpruned_layers=self.unpruned_layers,
-            name=f"{self.name}_snapshot",
+            macs_fractions=self.macs_fractions, round_to=self.round_to, name=f"{self.name}_snapshot",
         )
         for key, layer in self.shared.items():
             copy.shared[key].set_weights(layer.get_weights())
@@ -390,20 +455,28 @@ class Cascade(keras.Model):
         return {g: int(m.sum()) for g, m in zip(self.trace.group_names, self.hard_masks(index, frozen))}
 
     def view_costs(self, frozen: Optional[bool] = None) -> List[dict]:
-        """Per view: name, prune ratio, filters kept/total, fewest channels kept by one group, params and MACs."""
+        """Per view: name, prune ratio, filters kept/total, fewest channels kept by one group, params, MACs,
+        MAC fraction of the dense model, and the MAC budget (None when the views prune a fraction of filters).
+
+        With MAC budgets, `prune_ratio` is the fraction of filters the view's mask removed.
+        """
         rows = []
         counts = self.trace.filter_counts
         for i, name in enumerate(self.view_names):
             hard = self.hard_masks(i, frozen)
             report = costs.count(self.trace, {g: m > 0 for g, m in zip(self.trace.group_names, hard)})
+            kept = int(sum(m.sum() * c for m, c in zip(hard, counts)))
             rows.append({
                 "name": name,
-                "prune_ratio": self.prune_ratios[i],
-                "filters_kept": int(sum(m.sum() * c for m, c in zip(hard, counts))),
+                "prune_ratio": (self.prune_ratios[i] if self.prune_ratios is not None
+                                else round(1.0 - kept / self.trace.total_filters, 4)),
+                "filters_kept": kept,
                 "filters_total": self.trace.total_filters,
                 "fewest_layer_filters": int(min(m.sum() for m in hard)),
                 "params": report["params"],
                 "macs": report["macs"],
+                "macs_fraction": round(report["macs"] / self.mac_model.dense, 6),
+                "macs_target": None if self.macs_fractions is None else self.macs_fractions[i],
             })
         return rows
 
@@ -544,6 +617,8 @@ class Cascade(keras.Model):
             "min_layer_filters": self.min_layer_filters,
             "mask_hysteresis": self.mask_hysteresis,
             "unpruned_layers": self.unpruned_layers,
+            "macs_fractions": self.macs_fractions,
+            "round_to": self.round_to,
         }
 
 

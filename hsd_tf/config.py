@@ -19,7 +19,8 @@ EXPORT_VIEWS = ("student", "all")
 MIXED_PRECISION = ("float32", "bfloat16", "float16")
 # What must match between a run and the model_dir it resumes.
 IDENTITY_FIELDS = ("dataset", "arch", "num_ta", "prune_ratio", "ta_ratios", "width_multiplier", "image_size",
-                   "max_layer_prune_ratio", "min_layer_filters", "max_train_examples", "unpruned_layers")
+                   "max_layer_prune_ratio", "min_layer_filters", "max_train_examples", "unpruned_layers",
+                   "macs_budget", "round_to")
 
 
 class ConfigError(ValueError):
@@ -39,6 +40,8 @@ class Config:
     arch: str = "vgg16"
     num_ta: int = 2
     prune_ratio: float = 0.6
+    macs_budget: float = 0.0
+    round_to: int = 1
     ta_ratios: Optional[List[float]] = None
     width_multiplier: float = 1.0
     unpruned_layers: List[str] = dataclasses.field(default_factory=list)
@@ -84,6 +87,10 @@ class Config:
         if self.ta_ratios:
             return [self.prune_ratio] + list(self.ta_ratios)
         return cascade.even_prune_ratios(self.prune_ratio, self.num_ta)
+
+    def macs_fractions(self) -> Optional[List[float]]:
+        """Student first: the MAC budget, then the assistants evenly spaced in MACs up to 1; None without one."""
+        return cascade.even_macs_fractions(self.macs_budget, self.num_ta) if self.macs_budget else None
 
     def validate(self, names: bool = True) -> None:
         """Raises ConfigError naming the first bad setting.
@@ -142,6 +149,13 @@ class Config:
             raise ConfigError("recalibration_batches", self.recalibration_batches, "must be 0 (off) or more")
         if self.mask_hysteresis < 0:
             raise ConfigError("mask_hysteresis", self.mask_hysteresis, "must be 0 or more")
+        if not 0.0 <= self.macs_budget < 1.0:
+            raise ConfigError("macs_budget", self.macs_budget, "must be in (0, 1), or 0 for none")
+        if self.macs_budget and self.ta_ratios:
+            raise ConfigError("ta_ratios", self.ta_ratios, "are prune ratios; with --macs_budget the assistants' "
+                              "budgets are spaced evenly in MACs")
+        if self.round_to < 1:
+            raise ConfigError("round_to", self.round_to, "must be at least 1 (1: no rounding)")
         if self.max_train_examples < 0:
             raise ConfigError("max_train_examples", self.max_train_examples, "must be 0 (all) or more")
         if self.frozen_epochs < 0:

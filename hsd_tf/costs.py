@@ -9,6 +9,8 @@ inputs of every layer that reads it.
 from typing import Mapping, Optional, Sequence
 
 import keras
+import numpy as np
+import tensorflow as tf
 
 from hsd_tf import graph
 
@@ -66,6 +68,51 @@ def count(model_trace: graph.Trace, kept: Optional[Mapping[str, Sequence[bool]]]
         layers.append({"name": layer.name, "output_size": list(layer.output_size) + [fan_out], "filters": fan_out,
                        "params": weights, "macs": weights * layer.positions})
     return {"params": params, "macs": macs, "layers": layers}
+
+
+class MacModel:
+    """The MACs of a traced model as a function of its masks, in TensorFlow, for MAC budgets.
+
+    Every conv and dense call costs b x (input channels kept) x (output channels
+    kept) + l_in x (inputs kept) + l_out x (outputs kept) MACs, with b, l_in and
+    l_out from its kind (as `count` counts them), and a count of kept channels
+    is a dot product with the flat mask vector (`graph.flat_masks`). So
+    `macs(masks)` equals `count(model_trace, masks)["macs"]` for any 0/1 masks.
+
+    Args:
+        model_trace: `graph.trace(model)`.
+    """
+
+    def __init__(self, model_trace: graph.Trace):
+        offsets = np.cumsum([1] + model_trace.group_widths)
+        size = int(offsets[-1])
+        layers = model_trace.weighted
+        self.inputs = np.zeros((len(layers), size))
+        self.outputs = np.zeros((len(layers), size))
+        self.bilinear, self.linear_in, self.linear_out = (np.zeros(len(layers)) for _ in range(3))
+        for i, layer in enumerate(layers):
+            for row, channels in ((self.inputs[i], layer.inputs), (self.outputs[i], layer.outputs)):
+                for channel in channels:
+                    row[0 if channel is None else offsets[channel[0]] + channel[1]] += 1
+            cost = layer.kernel * layer.positions
+            if layer.kind == "depthwise":
+                self.linear_out[i] = cost
+            elif layer.kind == "separable":
+                self.linear_in[i] = cost * layer.multiplier
+                self.bilinear[i] = layer.multiplier * layer.positions
+            elif layer.kind == "grouped":
+                self.bilinear[i] = cost / layer.multiplier
+            else:
+                self.bilinear[i] = cost
+        self.dense = float(self.macs(graph.flat_masks([np.ones(w) for w in model_trace.group_widths])))
+
+    def macs(self, flat: tf.Tensor) -> tf.Tensor:
+        """MACs per image (float64) of the model with the flat mask vector `flat` (`graph.flat_masks`)."""
+        flat = tf.cast(flat, tf.float64)
+        kept_in = tf.linalg.matvec(tf.constant(self.inputs), flat)
+        kept_out = tf.linalg.matvec(tf.constant(self.outputs), flat)
+        return tf.reduce_sum(self.bilinear * kept_in * kept_out + self.linear_in * kept_in
+                             + self.linear_out * kept_out)
 
 
 def format_count(value: int) -> str:

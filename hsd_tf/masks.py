@@ -17,7 +17,7 @@ of the loss change when the filter is switched on or off.
 """
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -82,6 +82,77 @@ def topk_masks(scores: Sequence[tf.Tensor], filter_counts: Sequence[int], keep_r
     kept = tf.gather(kept_sorted, tf.math.invert_permutation(order))
     mask = tf.maximum(forced, tf.cast(kept, tf.float32))
     return tf.split(tf.stop_gradient(mask), sizes)
+
+
+def budget_masks(scores: Sequence[tf.Tensor], floors: Sequence[int], macs: Callable, budget: float
+                 ) -> List[tf.Tensor]:
+    """Masks keeping filters in score order while the slim model's MACs stay within a budget.
+
+    Every group first keeps its `floors` best channels; the other channels are
+    then taken in descending score order, and the longest such prefix whose
+    MACs (`macs`, counting the removed inputs of the next layers) stay within
+    `budget` is kept. MACs grow with every channel kept, so the prefix is found
+    by bisection: about log2(channels) evaluations, all in TensorFlow.
+
+    Args:
+        scores: One float vector per mask group.
+        floors: Channels each group keeps first, its best by score.
+        macs: Flat mask vector (`graph.flat_masks`) -> MACs (`costs.MacModel.macs`).
+        budget: The most MACs the kept channels may cost.
+
+    Returns:
+        One float32 0/1 vector per group, no gradient.
+    """
+    sizes = [int(s.shape[0]) for s in scores]
+    flat = tf.concat([tf.cast(s, tf.float32) for s in scores], axis=0)
+    forced = tf.concat([_top_channels(tf.cast(s, tf.float32), k, n) for s, k, n in zip(scores, floors, sizes)], 0)
+    order = tf.argsort(tf.where(forced > 0, -np.inf, flat), direction="DESCENDING", stable=True)
+    position = tf.math.invert_permutation(order)  # each channel's place in the score order
+    free = sum(sizes) - sum(floors)
+
+    def mask_of(prefix):
+        return tf.maximum(forced, tf.cast(position < prefix, tf.float32))
+
+    def within(prefix):
+        return macs(tf.concat([tf.ones([1]), mask_of(prefix)], 0)) <= budget
+
+    low, high = tf.constant(0, tf.int32), tf.constant(free, tf.int32)
+    for _ in range(max(1, math.ceil(math.log2(free + 1)))):  # low always fits; high + 1 never does
+        middle = (low + high + 1) // 2
+        fits = within(middle)
+        low, high = tf.where(fits, middle, low), tf.where(fits, high, middle - 1)
+    return tf.split(tf.stop_gradient(mask_of(low)), sizes)
+
+
+def rounded_masks(group_masks: Sequence[tf.Tensor], scores: Sequence[tf.Tensor], multiple: int
+                  ) -> List[tf.Tensor]:
+    """Each group keeps its best round-down-to-`multiple` channels of those its mask keeps.
+
+    Hardware kernels often run channel counts that are multiples of 4, 8 or
+    16 faster. A group keeping k channels keeps its best multiple x floor(k /
+    multiple) instead; fewer channels never break a budget. The floors
+    (`rounded_floors`) keep at least one multiple, or the whole group when it is smaller.
+
+    Args:
+        group_masks: 0/1 masks, one per group, keeping each group's best channels.
+        scores: The scores the masks were chosen by.
+        multiple: The channel multiple, at least 1.
+
+    Returns:
+        One float32 0/1 vector per group, no gradient.
+    """
+    rounded = []
+    for mask, score in zip(group_masks, scores):
+        size = int(mask.shape[0])
+        kept = tf.cast(tf.reduce_sum(mask), tf.int32)
+        keep = tf.where(kept >= size, size, kept // multiple * multiple)
+        rounded.append(tf.stop_gradient(_top_channels(tf.cast(score, tf.float32), keep, size)))
+    return rounded
+
+
+def rounded_floors(floors: Sequence[int], group_widths: Sequence[int], multiple: int) -> List[int]:
+    """Floors raised to a multiple of `multiple` (or the whole group when it is smaller)."""
+    return [min(width, -(-floor // multiple) * multiple) for floor, width in zip(floors, group_widths)]
 
 
 def floors_overflow(keep_ratio: float, filter_counts: Sequence[int], group_widths: Sequence[int],

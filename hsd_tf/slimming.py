@@ -40,8 +40,9 @@ def slim_view(cascade: Cascade, index: int, frozen=None, name=None) -> keras.Mod
     return slim_model(cascade.trace, kept, cascade.layer_for(index), name or cascade.view_names[index])
 
 
-def l1_pruned(dense: keras.Model, prune_ratio: float, name: str = "l1_pruned", max_layer_prune_ratio: float = 1.0,
-              min_layer_filters: int = 1, unpruned_layers=()):
+def l1_pruned(dense: keras.Model, prune_ratio: Optional[float] = None, name: str = "l1_pruned",
+              max_layer_prune_ratio: float = 1.0, min_layer_filters: int = 1, unpruned_layers=(),
+              macs_fraction: Optional[float] = None, round_to: int = 1):
     """A dense model pruned by filter L1 norm (Li et al.) and physically slimmed.
 
     The ranking is the one that initialises a cascade's scores (global top-k
@@ -52,6 +53,8 @@ def l1_pruned(dense: keras.Model, prune_ratio: float, name: str = "l1_pruned", m
         dense: The trained dense model.
         prune_ratio: Fraction of prunable filters removed.
         name: Model name.
+        macs_fraction: Instead of prune_ratio: the MAC budget, a fraction of the dense model's MACs.
+        round_to: Every group keeps a multiple of this many channels.
         max_layer_prune_ratio: Largest fraction of one layer that may go.
         min_layer_filters: Fewest filters a layer keeps.
         unpruned_layers: Layers whose channels stay whole.
@@ -59,8 +62,10 @@ def l1_pruned(dense: keras.Model, prune_ratio: float, name: str = "l1_pruned", m
     Returns:
         (slim model, its `Cascade.view_costs` row: filters kept, params, MACs, ...).
     """
-    cascade = Cascade(dense, [prune_ratio], max_layer_prune_ratio=max_layer_prune_ratio,
-                      min_layer_filters=min_layer_filters, unpruned_layers=unpruned_layers)
+    cascade = Cascade(dense, None if prune_ratio is None else [prune_ratio],
+                      macs_fractions=None if macs_fraction is None else [macs_fraction],
+                      max_layer_prune_ratio=max_layer_prune_ratio, min_layer_filters=min_layer_filters,
+                      unpruned_layers=unpruned_layers, round_to=round_to)
     cascade.initialize_from(dense)
     return slim_view(cascade, 0, frozen=False, name=name), cascade.view_costs(frozen=False)[0]
 

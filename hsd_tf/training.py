@@ -185,7 +185,8 @@ def _train_and_evaluate(config: Config, out_dir: str, given_model=None, given_da
     validation = data.val if data.val is not None else data.test
 
     cascade = Cascade(
-        model, config.prune_ratios(), teacher=dense_teacher, kd_weight=config.kd_weight,
+        model, None if config.macs_budget else config.prune_ratios(), teacher=dense_teacher,
+        macs_fractions=config.macs_fractions(), round_to=config.round_to, kd_weight=config.kd_weight,
         temperature=config.temperature, hint_weight=config.hint_weight,
         max_layer_prune_ratio=config.max_layer_prune_ratio, min_layer_filters=config.min_layer_filters,
         mask_hysteresis=config.mask_hysteresis, unpruned_layers=config.unpruned_layers, name="cascade",
@@ -225,7 +226,8 @@ def _train_and_evaluate(config: Config, out_dir: str, given_model=None, given_da
         "arch": config.arch,
         "num_ta": config.num_ta,
         "width_multiplier": config.width_multiplier,
-        "prune_ratios": config.prune_ratios(),
+        "prune_ratios": [view["prune_ratio"] for view in views],
+        "macs_budget": config.macs_budget or None,
         "teacher": {
             "accuracy": teacher_lib.accuracy(dense_teacher, data.test),
             "params": dense_cost["params"],
@@ -270,14 +272,26 @@ def check_model(config: Config, model: Optional[keras.Model] = None) -> graph.Tr
         raise ConfigError("arch", config.arch, "the model has no prunable channels (every conv's output reaches the "
                           "output or is listed in --unpruned_layers)")
     floors = masks.layer_floors(model_trace.group_widths, config.max_layer_prune_ratio, config.min_layer_filters)
+    if config.round_to > 1:
+        floors = masks.rounded_floors(floors, model_trace.group_widths, config.round_to)
+    floor_note = f"with --max_layer_prune_ratio={config.max_layer_prune_ratio} every layer keeps at least"
+    remedy = "lower --min_layer_filters, raise --max_layer_prune_ratio or prune less"
+    if config.macs_budget:
+        mac_model = costs.MacModel(model_trace)
+        floor_macs = float(mac_model.macs(graph.flat_masks([np.arange(w) < f for w, f in
+                                                            zip(model_trace.group_widths, floors)])))
+        if floor_macs > config.macs_budget * mac_model.dense:
+            raise ConfigError("min_layer_filters", config.min_layer_filters,
+                              f"{floor_note} its floor, which costs {floor_macs / mac_model.dense:.3f} of the dense "
+                              f"MACs, more than --macs_budget={config.macs_budget}; {remedy}")
+        return model_trace
     for ratio in config.prune_ratios():
         overflow = masks.floors_overflow(1.0 - ratio, model_trace.filter_counts, model_trace.group_widths, floors)
         if overflow:
             raise ConfigError(
                 "min_layer_filters", config.min_layer_filters,
-                f"with --max_layer_prune_ratio={config.max_layer_prune_ratio} every layer keeps at least "
-                f"{overflow[0]} filters in all, more than the {overflow[1]} that prune ratio {ratio:g} leaves; "
-                "lower --min_layer_filters, raise --max_layer_prune_ratio or prune less")
+                f"{floor_note} {overflow[0]} filters in all, more than the {overflow[1]} that prune ratio {ratio:g} "
+                f"leaves; {remedy}")
     return model_trace
 
 

@@ -43,6 +43,9 @@ CASES = [
     ("not an integer", ["--num_ta=abc"], "--num_ta=abc"),
     ("unknown flag", ["--num_tas=2"], "'num_tas'"),
     ("a positional argument", ["train"], "unexpected arguments ['train']"),
+    ("MAC budget above 1", ["--macs_budget=1.5"], "--macs_budget: must be in (0, 1)"),
+    ("MAC budget and prune ratio", ["--macs_budget=0.3", "--prune_ratio=0.5"], "alternative to --prune_ratio"),
+    ("rounding to 0", ["--round_to=0"], "round_to=0"),
     # models
     ("unknown Keras application", ["--arch=keras.applications.ResNet9"], "arch='keras.applications.ResNet9'"),
     ("missing .keras model", ["--arch=/nonexistent/mine.keras"], "arch='/nonexistent/mine.keras'"),

@@ -281,3 +281,31 @@ def test_hysteresis_keeps_a_kept_filter_until_beaten_by_the_margin():
     np.testing.assert_array_equal(view.hard_masks(False)[0].numpy(), [1, 1, 1, 1, 0, 0])
     view.scores[0].assign([3.0, 2.0, 1.0, 0.9, 1.5, -1.0])  # by more than 0.5: it takes the place
     np.testing.assert_array_equal(view.hard_masks(False)[0].numpy(), [1, 1, 1, 0, 1, 0])
+
+
+def test_mac_budgets_hold_for_every_view_and_scores_still_follow_eq5(batch):
+    images, labels = batch
+    teacher = randomize(tiny_residual())
+    cascade = Cascade(teacher, teacher=teacher, macs_fractions=[0.4, 0.7, 1.0])
+    cascade.initialize_from(teacher)
+    cascade.compile(optimizer=keras.optimizers.SGD(0.01), score_optimizer=keras.optimizers.SGD(1.0))
+    expected = [straight_through_score_grads(cascade, i, images, labels) for i in range(3)]
+    before = [[s.numpy().copy() for s in view.scores] for view in cascade.views]
+    cascade.train_on_batch(images, labels)
+    for i in range(2):  # Eq. 5 is the same whatever chose the masks
+        for b, a, g in zip(before[i], cascade.views[i].scores, expected[i + 1]):
+            np.testing.assert_allclose(b - a.numpy(), g, rtol=1e-4, atol=1e-6)
+    rows = cascade.view_costs(frozen=False)
+    for row, target in zip(rows, (0.4, 0.7, 1.0)):
+        assert row["macs_target"] == target and row["macs_fraction"] <= target
+    assert rows[0]["macs"] < rows[1]["macs"] < rows[2]["macs"]
+    assert rows[2]["macs_fraction"] == 1.0 and rows[0]["prune_ratio"] > 0
+    with pytest.raises(ValueError, match="Give either prune_ratios or macs_fractions"):
+        Cascade(teacher, [0.5, 0.0], macs_fractions=[0.5, 1.0])
+
+
+def test_round_to_gives_every_view_multiples_of_its_channels():
+    cascade = Cascade(randomize(tiny_residual()), [0.6, 0.0], round_to=2)
+    for g, width in zip(cascade.kept_filters(0, frozen=False).values(), cascade.trace.group_widths):
+        assert g % 2 == 0 or g == width
+    assert cascade.view_costs(frozen=False)[0]["filters_kept"] <= round(0.4 * cascade.trace.total_filters)

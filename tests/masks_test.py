@@ -111,3 +111,38 @@ def test_layer_floors_defaults_and_limits():
 def test_floors_larger_than_the_budget_are_refused():
     with pytest.raises(ValueError, match="floors keep 8 filters, more than the 5"):
         masks.topk_masks(_random_scores([10, 10, 10, 10, 10], 0), [1] * 5, 0.1, [2, 2, 2, 1, 1])
+
+
+@pytest.mark.parametrize("name", ["vgg16", "resnet50", "mobilenet_v1"])
+@pytest.mark.parametrize("fraction", [0.25, 0.5])
+def test_a_mac_budget_holds_and_takes_filters_in_score_order(name, fraction):
+    """The slim MACs stay within the budget; the next channel in score order would break it."""
+    from hsd_tf import architectures, costs, graph  # pylint: disable=import-outside-toplevel
+
+    trace = graph.trace(architectures.get(name, (32, 32, 3), 10, width_multiplier=0.25))
+    mac_model = costs.MacModel(trace)
+    rng = np.random.RandomState(0)
+    scores = [tf.constant(rng.normal(size=w).astype("float32")) for w in trace.group_widths]
+    floors = masks.layer_floors(trace.group_widths, 0.96, 2)
+    kept = [np.asarray(m) > 0 for m in masks.budget_masks(scores, floors, mac_model.macs, fraction * mac_model.dense)]
+    macs = costs.count(trace, dict(zip(trace.group_names, kept)))["macs"]
+    assert macs <= fraction * mac_model.dense
+    assert all(k.sum() >= f for k, f in zip(kept, floors))
+    # Every kept channel outside the floors outranks every dropped one, and the best dropped one does not fit.
+    flat_scores, flat_kept = np.concatenate([s.numpy() for s in scores]), np.concatenate(kept)
+    forced = np.concatenate([np.isin(np.arange(len(s)), np.argsort(-s.numpy())[:f]) for s, f in zip(scores, floors)])
+    free_kept, dropped = flat_scores[flat_kept & ~forced], flat_scores[~flat_kept]
+    assert free_kept.min() >= dropped.max()
+    best_dropped = np.flatnonzero(~flat_kept)[np.argmax(dropped)]
+    flat_kept[best_dropped] = True
+    widened = np.split(flat_kept, np.cumsum(trace.group_widths)[:-1])
+    assert costs.count(trace, dict(zip(trace.group_names, widened)))["macs"] > fraction * mac_model.dense
+
+
+def test_rounded_masks_keep_multiples_of_the_best_channels_within_the_budget():
+    scores = [tf.constant([5.0, 1.0, 4.0, 3.0, 2.0, 0.5, 0.1, 6.0, 7.0, 0.2]), tf.constant([1.0, 2.0, 3.0])]
+    chosen = [tf.constant([1.0, 0, 1, 1, 1, 0, 0, 1, 1, 0]), tf.constant([1.0, 1, 1])]  # 6 of 10, all of 3
+    first, second = masks.rounded_masks(chosen, scores, 4)
+    np.testing.assert_array_equal(first.numpy(), [1, 0, 1, 0, 0, 0, 0, 1, 1, 0])  # the best 4 of the 6
+    np.testing.assert_array_equal(second.numpy(), [1, 1, 1])  # a whole group stays whole
+    assert masks.rounded_floors([2, 2, 1], [10, 3, 16], 4) == [4, 3, 4]
