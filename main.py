@@ -7,7 +7,6 @@
 Re-running a command with the same --model_dir resumes it.
 """
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -17,29 +16,11 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    """Sends what native code writes to stderr to /dev/null meanwhile.
-
-    Some TensorFlow builds log through absl before TF_CPP_MIN_LOG_LEVEL is read
-    ("oneDNN custom operations are on", twice, on the 2-core CI machine), so the
-    variable alone does not keep stderr for our one-line errors. Python-level
-    errors raised inside are reported after stderr is restored.
-    """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 from absl import app, flags, logging  # noqa: E402
 
-with _native_stderr_silenced():
+from hsd_tf.quiet import native_stderr_silenced  # noqa: E402  (no TensorFlow import)
+
+with native_stderr_silenced():
     import tensorflow  # noqa: E402,F401  pylint: disable=unused-import  (its native start-up logs go here)
 
 from hsd_tf import config as config_lib  # noqa: E402
@@ -172,6 +153,7 @@ def main(argv):
     except _training_error() as error:
         _fail(str(error), status=1)
     print(_summary(results))
+    print(_where(config, results))
     return 0
 
 
@@ -184,6 +166,17 @@ def _summary(results) -> str:
         fewest = entry.get("fewest_layer_filters", "")
         lines.append(f"{entry['name']:<10} {entry['prune_ratio']:>6.3f} {entry['params']:>12,} {entry['macs']:>14,} "
                      f"{fewest:>9} {entry['accuracy']:>9.4f} {'' if tflite is None else format(tflite, '.4f'):>11}")
+    return "\n".join(lines)
+
+
+def _where(config, results) -> str:
+    """Where the run's results, files and logs are."""
+    lines = [f"{'results:':<24}{os.path.join(config.model_dir, 'results.json')}"]
+    for entry in [dict(results["teacher"], name="teacher")] + results["views"]:
+        for fmt, exported in entry.get("exports", {}).items():
+            lines.append(f"{entry['name'] + ' ' + fmt + ':':<24}{exported['path']}")
+    if config.tensorboard:
+        lines.append(f"{'TensorBoard:':<24}tensorboard --logdir={os.path.join(config.model_dir, 'logs')}")
     return "\n".join(lines)
 
 

@@ -70,7 +70,7 @@ def vgg16(input_shape: Sequence[int] = (32, 32, 3), num_classes: int = 10,
           width_multiplier: float = 1.0) -> keras.Model:
     """The CIFAR VGG16: 13 conv3x3+BN+ReLU, five max-pools, dense 512, dense classes.
 
-    At 32x32 and width 1 it has 14.98M params and 313M MACs (method.md section 6).
+    At 32x32 and width 1 it has 14.98M params and 313M MACs (docs/method.md section 6).
 
     Args:
         input_shape: (height, width, channels).

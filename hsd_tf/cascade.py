@@ -6,10 +6,10 @@ The network is any functional or Sequential Keras model, traced into mask
 groups and a program (`hsd_tf.graph`). Every layer of a clone of it is shared
 by all views, except that each view owns its stem convs (those reading the
 images), every normalization layer, the dense head and one score vector per
-mask group (method.md section 1). The model handed in is neither changed nor
+mask group (docs/method.md section 1). The model handed in is neither changed nor
 trained. `Cascade.train_step` trains all views in
 one step; the score gradient of view i is the straight-through score gradient
-of view i+1 (the paper's Eq. 5, method.md section 3).
+of view i+1 (the paper's Eq. 5, docs/method.md section 3).
 
 Phases (`Cascade.phase`):
   "joint": all views, masks recomputed from the scores every step.

@@ -2,7 +2,7 @@
 
 `main.py` fills it from absl flags (field names are the flag names); the
 Python API can build it directly. Defaults are the paper's CIFAR settings
-(method.md section 5).
+(docs/method.md section 5).
 """
 
 import dataclasses

@@ -15,6 +15,8 @@ from typing import Dict, Iterable, Optional
 import numpy as np
 import tensorflow as tf
 
+from hsd_tf import quiet
+
 FORMATS = ("savedmodel", "tflite", "tflite_dynamic", "tflite_int8")
 _TFLITE_SUFFIX = {"tflite": "", "tflite_dynamic": "_dynamic", "tflite_int8": "_int8"}
 
@@ -76,7 +78,8 @@ def _convert(saved_model: str, fmt: str, representative_images) -> bytes:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
-    return converter.convert()
+    with quiet.native_stderr_silenced():  # the converter's C++ settings dump, "fully_quantize: 0, ..."
+        return converter.convert()
 
 
 class TFLiteModel:
@@ -90,7 +93,9 @@ class TFLiteModel:
     def __init__(self, path: str, num_threads: Optional[int] = None):
         from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
 
-        self.interpreter = Interpreter(model_path=path, num_threads=num_threads)
+        with quiet.native_stderr_silenced():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            self.interpreter = Interpreter(model_path=path, num_threads=num_threads)
+            self.interpreter.allocate_tensors()
         self._input = self.interpreter.get_input_details()[0]
         self._output = self.interpreter.get_output_details()[0]
         self._batch = None

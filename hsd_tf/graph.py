@@ -33,7 +33,7 @@ Tracing only reads the model; it builds nothing and changes nothing.
 
 import dataclasses
 import math
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import keras
 import numpy as np

@@ -1,4 +1,4 @@
-"""The per-pair loss of the cascade (method.md section 4).
+"""The per-pair loss of the cascade (docs/method.md section 4).
 
 For a view with logits z and its teacher view with logits t (detached):
 

@@ -445,6 +445,17 @@ class EpochBackup(keras.callbacks.Callback):
                 os.remove(os.path.join(self.directory, name))
 
 
+PHASE_STORIES = {
+    "teacher": "The dense model alone learns the task with cross-entropy; it will teach the top view",
+    "joint": "Every view ({views}) trains at once over the shared kernels, each with its own normalization "
+             "layers, stems and head; each view's masks follow its scores, stepped along the gradient of the view "
+             "above (Eq. 5)",
+    "frozen": "Every view ({views}) trains at once with its masks frozen",
+    "finetune": "The student alone trains, taught by the TA above it, then by each next one it beats, "
+                "up to the pre-trained teacher",
+}
+
+
 def _fit(model, config, out_dir, phase, epochs, data, validation, callbacks=()) -> None:
     """Fits one phase, resuming from its newest backup.
 
@@ -455,6 +466,11 @@ def _fit(model, config, out_dir, phase, epochs, data, validation, callbacks=()) 
     """
     first_epoch, path = EpochBackup.latest(os.path.join(config.model_dir, phase, "backup"))
     backup = os.path.join(out_dir, phase, "backup")
+    if config.verbose:
+        resumed = f", resuming after epoch {first_epoch}" if first_epoch else ""
+        views = ", ".join(getattr(model, "view_names", []))
+        print(f"\n== {phase}: {epochs} epoch{'s' * (epochs != 1)}{resumed}. "
+              f"{PHASE_STORIES[phase].format(views=views)} ==", flush=True)
     if path:
         if not model.optimizer.built:  # the teacher's optimizer builds lazily; its state must load too
             model.optimizer.build(model.trainable_variables)
@@ -513,7 +529,7 @@ def _cosine_cycles(peak: float, config: Config, data, epochs: int):
 
 
 def score_optimizer(config: Config, data, epochs: int) -> keras.optimizers.Optimizer:
-    """The scores' own optimizer, without weight decay (method.md section 2), on the weights' schedule.
+    """The scores' own optimizer, without weight decay (docs/method.md section 2), on the weights' schedule.
 
     With score_schedule "cosine" the score learning rate follows the weights'
     cosine cycles, peaking at score_learning_rate. A constant one ("constant")

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from main_test import TINY, run_main
+from testing import TINY, run_main
 
 RUN_ARGS = TINY + ["--export=", "--notensorboard"]
 

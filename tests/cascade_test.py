@@ -9,30 +9,7 @@ from hsd_tf import graph, losses
 from hsd_tf.cascade import Cascade, even_prune_ratios, validate_prune_ratios
 
 from conftest import PATTERNS, TOPOLOGIES, tiny_chain, tiny_residual
-
-
-def randomize(model, seed=0):
-    """Random weights and BatchNorm statistics, so no test passes by symmetry."""
-    rng = np.random.RandomState(seed)
-    for layer in graph.layers_by_name(model).values():
-        if isinstance(layer, keras.layers.BatchNormalization):
-            gamma, beta, mean, var = layer.get_weights()
-            layer.set_weights([
-                rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.3, beta.shape),
-                rng.normal(0, 0.3, mean.shape), rng.uniform(0.5, 1.5, var.shape),
-            ])
-        elif layer.weights:
-            layer.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") for w in layer.get_weights()])
-    return model
-
-
-def make_cascade(model, ratios, hint_weight=0.0, score_lr=1.0, seed=0):
-    teacher = randomize(model, seed)
-    cascade = Cascade(model, ratios, teacher=teacher, hint_weight=hint_weight)
-    cascade.initialize_from(teacher)
-    # Plain SGD with lr 1 on the scores: the score update is minus the gradient.
-    cascade.compile(optimizer=keras.optimizers.SGD(0.01), score_optimizer=keras.optimizers.SGD(score_lr))
-    return cascade, teacher
+from testing import make_cascade, randomize
 
 
 def straight_through_score_grads(cascade, index, images, labels):

@@ -2,15 +2,10 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--dataset=digits", "--arch=vgg16", "--width_multiplier=0.0625", "--num_ta=1", "--prune_ratio=0.5",
-        "--batch_size=128", "--teacher_epochs=2", "--teacher_learning_rate=0.05", "--joint_epochs=1",
-        "--frozen_epochs=1", "--finetune_epochs=1", "--verbose=0"]
+from testing import TINY, run_main
 
 
 def _scalar_tags(log_dir):
@@ -22,13 +17,6 @@ def _scalar_tags(log_dir):
         for event in tf.compat.v1.train.summary_iterator(os.path.join(log_dir, name)):
             tags.update(value.tag for value in event.summary.value)
     return tags
-
-
-def run_main(*args, timeout=600):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop("TF_CONFIG", None)
-    return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT, env=env)
 
 
 def test_profile_prints_table_and_writes_json(tmp_path):

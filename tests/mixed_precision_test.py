@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from hsd_tf.cascade import Cascade
 
-from cascade_test import randomize
+from testing import randomize
 from conftest import INPUT_SHAPE, NUM_CLASSES, tiny_residual
 
 

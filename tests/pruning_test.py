@@ -8,7 +8,7 @@ import tensorflow as tf
 import hsd_tf
 from hsd_tf import graph
 
-from cascade_test import randomize
+from testing import randomize
 from conftest import INPUT_SHAPE, NUM_CLASSES, pattern_se
 
 QUICK = dict(joint_epochs=1, finetune_epochs=1, batch_size=16, recalibration_batches=2, export=[],

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from main_test import ROOT
+from testing import ROOT
 
 ARGS = ["--dataset=digits", "--arch=vgg16", "--width_multiplier=0.0625", "--num_ta=1", "--prune_ratio=0.5",
         "--batch_size=128", "--teacher_epochs=3", "--teacher_learning_rate=0.05", "--joint_epochs=4",

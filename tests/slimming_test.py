@@ -8,7 +8,7 @@ from hsd_tf import architectures, costs, graph, slimming
 from hsd_tf.cascade import Cascade
 from hsd_tf.masks import l1_scores
 
-from cascade_test import make_cascade, randomize
+from testing import make_cascade, randomize
 from conftest import INPUT_SHAPE, PATTERNS, TOPOLOGIES, kernel_params, tiny_chain
 
 
