@@ -25,7 +25,8 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from hsd_tf import architectures  # noqa: E402
-from hsd_tf.cascade import Cascade, even_prune_ratios  # noqa: E402
+from hsd_tf.cascade import Cascade  # noqa: E402
+from hsd_tf.ratios import even_prune_ratios  # noqa: E402
 
 flags.DEFINE_string("arch", "vgg16", "Architecture, as main.py's --arch.")
 flags.DEFINE_float("width_multiplier", 1.0, "Width of the network.")

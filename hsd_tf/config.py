@@ -1,4 +1,4 @@
-"""Run configuration: one dataclass, validated before any heavy work.
+"""Run configuration: one dataclass of plain data, validated before any heavy work; no TensorFlow import.
 
 `main.py` fills it from absl flags (field names are the flag names); the
 Python API can build it directly. Defaults are the paper's CIFAR settings
@@ -10,7 +10,7 @@ import json
 import os
 from typing import List, Optional
 
-from hsd_tf import architectures, cascade, data, export, strategy
+from hsd_tf import export, ratios
 
 SCORE_OPTIMIZERS = ("sgd", "rmsprop", "adam")
 SCORE_SCHEDULES = ("cosine", "constant")
@@ -86,30 +86,19 @@ class Config:
         """Student first: the explicit TA list, or even spacing down to 0."""
         if self.ta_ratios:
             return [self.prune_ratio] + list(self.ta_ratios)
-        return cascade.even_prune_ratios(self.prune_ratio, self.num_ta)
+        return ratios.even_prune_ratios(self.prune_ratio, self.num_ta)
 
     def macs_fractions(self) -> Optional[List[float]]:
         """Student first: the MAC budget, then the assistants evenly spaced in MACs up to 1; None without one."""
-        return cascade.even_macs_fractions(self.macs_budget, self.num_ta) if self.macs_budget else None
+        return ratios.even_macs_fractions(self.macs_budget, self.num_ta) if self.macs_budget else None
 
-    def validate(self, names: bool = True) -> None:
-        """Raises ConfigError naming the first bad setting.
+    def validate(self) -> None:
+        """Raises ConfigError naming the first bad setting that can be judged without the stack.
 
-        Args:
-            names: Check that `dataset` and `arch` name a dataset and a model;
-                False when `hsd_tf.prune` hands them over in memory and they are labels.
+        `dataset`, `arch`, `strategy` and `teacher` are judged where they are used, before anything is
+        trained or written (`hsd_tf.training.check_model`, `hsd_tf.strategy.make`).
         """
         _choice("mode", self.mode, MODES)
-        if names:
-            try:
-                data.validate_name(self.dataset)
-            except data.DatasetError as error:
-                raise ConfigError("dataset", self.dataset,
-                                  "unknown dataset; expected one of " + ", ".join(data.DATASETS)) from error
-            try:
-                architectures.check_name(self.arch)
-            except ValueError as error:
-                raise ConfigError("arch", self.arch, str(error).split(" Received:")[0].rstrip(".")) from None
         if self.dataset.startswith("folder:"):
             root = self.dataset[len("folder:"):]
             if not os.path.isdir(root):
@@ -124,7 +113,7 @@ class Config:
             if len(self.ta_ratios) != self.num_ta:
                 raise ConfigError("ta_ratios", self.ta_ratios, f"needs num_ta={self.num_ta} values, the last 0")
             try:
-                cascade.validate_prune_ratios(self.prune_ratios())
+                ratios.validate_prune_ratios(self.prune_ratios())
             except ValueError as error:
                 raise ConfigError(
                     "ta_ratios", self.ta_ratios,
@@ -171,11 +160,11 @@ class Config:
                 raise ConfigError(name, getattr(self, name), "must be 0 or more")
         _choice("score_optimizer", self.score_optimizer, SCORE_OPTIMIZERS)
         _choice("score_schedule", self.score_schedule, SCORE_SCHEDULES)
-        unknown = [f for f in self.export if f not in export.FORMATS]
-        if unknown:
-            raise ConfigError("export", ",".join(self.export), f"expected some of {', '.join(export.FORMATS)}")
+        try:
+            export.validate_formats(self.export)
+        except ValueError:
+            raise ConfigError("export", ",".join(self.export), f"expected some of {', '.join(export.FORMATS)}") from None
         _choice("export_views", self.export_views, EXPORT_VIEWS)
-        _choice("strategy", self.strategy, strategy.STRATEGIES)
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         if self.mode == "export" and not os.path.exists(os.path.join(self.model_dir, "finetune", "cascade.weights.h5")):
             raise ConfigError("model_dir", self.model_dir, "--mode=export needs a finished run here")

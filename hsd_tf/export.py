@@ -13,7 +13,6 @@ import tempfile
 from typing import Dict, Iterable, Optional
 
 import numpy as np
-import tensorflow as tf
 
 from hsd_tf import quiet
 
@@ -66,6 +65,8 @@ def export_model(model, directory: str, formats: Iterable[str], representative_i
 
 
 def _convert(saved_model: str, fmt: str, representative_images) -> bytes:
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel  (hsd_tf.config reads FORMATS without it)
+
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if fmt == "tflite_dynamic":
@@ -145,6 +146,8 @@ def verify(paths: Dict[str, str], keras_model, dataset) -> Dict[str, dict]:
     report = {"keras": {"accuracy": float(np.mean(reference == labels))}}
     for fmt, path in paths.items():
         if fmt == "savedmodel":
+            import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
             loaded = tf.saved_model.load(path)
             predicted = predictions(lambda x, f=loaded.serve: f(tf.constant(x)), dataset)
         else:

@@ -130,7 +130,7 @@ def train_and_evaluate(config: Config, model: Optional[keras.Model] = None, data
     Returns:
         The results dictionary written to `<model_dir>/results.json`.
     """
-    config.validate(names=model is None)
+    config.validate()
     start = time.time()
     try:
         distribution = strategy.make(config.strategy)

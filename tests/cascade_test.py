@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 from hsd_tf import graph, losses
-from hsd_tf.cascade import Cascade, even_prune_ratios, validate_prune_ratios
+from hsd_tf.cascade import Cascade
+from hsd_tf.ratios import even_prune_ratios, validate_prune_ratios
 
 from conftest import PATTERNS, TOPOLOGIES, tiny_chain, tiny_residual
 from testing import make_cascade, randomize

@@ -1,0 +1,29 @@
+"""Settings are plain data: reading them loads neither TensorFlow nor Keras."""
+
+import subprocess
+import sys
+
+import pytest
+
+from hsd_tf.config import Config, ConfigError
+from testing import ROOT
+
+
+def test_importing_the_settings_loads_no_tensorflow_or_keras():
+    probe = ("import sys, hsd_tf.config; "
+             "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras', 'tf_keras'}))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("bad, flag", [
+    (dict(export=["onnx"]), "export"),
+    (dict(num_ta=2, ta_ratios=[0.7, 0.0]), "ta_ratios"),
+    (dict(macs_budget=0.3, ta_ratios=[0.0], num_ta=1), "ta_ratios"),
+    (dict(round_to=0), "round_to"),
+])
+def test_settings_refuse_what_they_can_judge_alone(bad, flag):
+    with pytest.raises(ConfigError, match="Received") as error:
+        Config(**bad).validate()
+    assert error.value.flag == flag
