@@ -211,7 +211,7 @@ def _dataset_error():
 
 
 def _training_error():
-    from hsd_tf.training import TrainingError  # pylint: disable=import-outside-toplevel
+    from hsd_tf.checkpoints import TrainingError  # pylint: disable=import-outside-toplevel
 
     return TrainingError
 

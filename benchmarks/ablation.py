@@ -101,7 +101,7 @@ def train_baseline(study: Study, spec: Run) -> dict:
     """Trains l1_finetune or scratch for joint + finetune epochs; returns accuracies and costs."""
     import keras  # pylint: disable=import-outside-toplevel
 
-    from hsd_tf import slimming, training  # pylint: disable=import-outside-toplevel
+    from hsd_tf import optimizers, slimming, training  # pylint: disable=import-outside-toplevel
     from hsd_tf import teacher as teacher_lib  # pylint: disable=import-outside-toplevel
 
     epochs = study.joint_epochs + study.finetune_epochs
@@ -113,7 +113,7 @@ def train_baseline(study: Study, spec: Run) -> dict:
         teacher_lib.load(study.teacher_path, dense), spec.ratio,
         max_layer_prune_ratio=config.max_layer_prune_ratio, min_layer_filters=config.min_layer_filters)
     if spec.method == "l1_finetune":  # the cascade's fine-tuning optimizer, cross-entropy only
-        model.compile(optimizer=training.weight_optimizer(config, data, epochs),
+        model.compile(optimizer=optimizers.weight_optimizer(config, data, epochs),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     else:  # the teacher's recipe from random weights: a clone has the same layers, freshly initialised
         model = teacher_lib.compiled_for_training(keras.models.clone_model(model), data, config)

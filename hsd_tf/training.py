@@ -9,14 +9,12 @@
 Every phase writes `<model_dir>/<phase>/cascade.weights.h5` when it ends; a
 re-run loads finished phases instead of redoing them, and `EpochBackup`
 resumes an interrupted phase from its last finished epoch. Results
-go to `<model_dir>/results.json`; TensorBoard logs to `<model_dir>/logs/<phase>`.
+go to `<model_dir>/results.json`; TensorBoard logs to `<model_dir>/logs/<phase>`. Callbacks, checkpoints and
+optimizers live in their own modules (`hsd_tf/callbacks.py`, `hsd_tf/checkpoints.py`, `hsd_tf/optimizers.py`).
 """
 
-import contextlib
 import json
-import math
 import os
-import shutil
 import time
 from typing import Optional
 
@@ -29,87 +27,15 @@ from hsd_tf import data as data_lib
 from hsd_tf import export as export_lib
 from hsd_tf import teacher as teacher_lib
 from hsd_tf.cascade import Cascade
+from hsd_tf.callbacks import MaskChangeLog, StopOnNonFiniteLoss, TeacherLadder
+from hsd_tf.checkpoints import (EpochBackup, discard_backup, load_weights, read_checkpoint, save_weights,
+                                write_json)
 from hsd_tf.config import Config, ConfigError
+from hsd_tf.optimizers import score_optimizer, weight_optimizer
 from hsd_tf.summaries import CascadeSummaries
 
 CHECKPOINT = "cascade.weights.h5"
 TEACHER_CHECKPOINT = "teacher.weights.h5"
-
-
-class TeacherLadder(keras.callbacks.Callback):
-    """Moves the fine-tuning teacher up one rung once the student beats it.
-
-    After each epoch, if the student's validation accuracy exceeds the current
-    teacher's, the teacher becomes the next rung (T2, ..., TN, then the
-    pre-trained model). The rung is a model variable, so it is checkpointed
-    with the weights and restored on resume.
-
-    Args:
-        names: Teacher name per rung.
-        accuracies: Validation accuracy per rung.
-        log_path: JSON file that records the switches.
-    """
-
-    def __init__(self, names, accuracies, log_path):
-        super().__init__()
-        self.names = list(names)
-        self.accuracies = list(accuracies)
-        self.log_path = log_path
-
-    def switches(self) -> list:
-        if not os.path.exists(self.log_path):
-            return []
-        with open(self.log_path) as f:
-            return json.load(f)
-
-    def on_train_begin(self, logs=None):
-        self.model.set_ladder_rung()  # the restored rung, if resuming
-
-    def on_epoch_end(self, epoch, logs=None):
-        rung = self.model.ladder_rung_value
-        accuracy = (logs or {}).get("val_student_acc")
-        if accuracy is None or rung + 1 >= len(self.names) or accuracy <= self.accuracies[rung]:
-            return
-        self.model.set_ladder_rung(rung + 1)
-        switches = [s for s in self.switches() if s["epoch"] < epoch + 1]
-        switches.append({
-            "epoch": epoch + 1, "from": self.names[rung], "to": self.names[rung + 1],
-            "student_val_accuracy": float(accuracy), "teacher_val_accuracy": self.accuracies[rung],
-        })
-        _write_json(self.log_path, switches)
-        print(f"\nTeacher ladder: student val accuracy {accuracy:.4f} > {self.names[rung]}'s "
-              f"{self.accuracies[rung]:.4f}; now taught by {self.names[rung + 1]}.")
-
-
-class MaskChangeLog(keras.callbacks.Callback):
-    """Records each view's mask changes per joint epoch in a JSON file that survives resuming.
-
-    The cascade counts, step by step, the filters whose kept/dropped state the
-    score update switched (`<view>_changes`, summed over the epoch by Keras);
-    this keeps one count per epoch and view.
-
-    Args:
-        names: View names.
-        log_path: JSON file `{view: [changes of epoch 1, 2, ...]}`.
-    """
-
-    def __init__(self, names, log_path):
-        super().__init__()
-        self.names = list(names)
-        self.log_path = log_path
-
-    def changes(self) -> dict:
-        if not os.path.exists(self.log_path):
-            return {name: [] for name in self.names}
-        with open(self.log_path) as f:
-            return json.load(f)
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        changes = {name: counts[:epoch] for name, counts in self.changes().items()}
-        for name in self.names:
-            changes[name].append(int(round(float(logs[f"{name}_changes"]))))
-        _write_json(self.log_path, changes)
 
 
 def train_and_evaluate(config: Config, model: Optional[keras.Model] = None, data=None) -> dict:
@@ -169,7 +95,7 @@ def train_and_evaluate(config: Config, model: Optional[keras.Model] = None, data
             models.append((results["teacher"], slimming.slim_model(graph.trace(dense_teacher), {}, name="teacher")))
         _export(config, models, data)
     results["wall_seconds_this_invocation"] = round(time.time() - start, 1)
-    _write_json(os.path.join(out_dir, "results.json"), results)
+    write_json(os.path.join(out_dir, "results.json"), results)
     return results
 
 
@@ -349,11 +275,11 @@ def _teacher(config: Config, out_dir: str, model: keras.Model, data) -> keras.Mo
         return teacher_lib.load(config.teacher, model)
     path = os.path.join(config.model_dir, "teacher", TEACHER_CHECKPOINT)
     if os.path.exists(path):
-        return _read_checkpoint(lambda: teacher_lib.load(path, model), path, "retrain the teacher")
+        return read_checkpoint(lambda: teacher_lib.load(path, model), path, "retrain the teacher")
     teacher_lib.compiled_for_training(model, data, config)
     _fit(model, config, out_dir, "teacher", config.teacher_epochs, data, data.val)
-    _save_weights(model, os.path.join(out_dir, "teacher", TEACHER_CHECKPOINT))
-    _discard_backup(out_dir, "teacher")
+    save_weights(model, os.path.join(out_dir, "teacher", TEACHER_CHECKPOINT))
+    discard_backup(out_dir, "teacher")
     return model
 
 
@@ -366,7 +292,7 @@ def _run_phase(config, out_dir, cascade, phase, epochs, data, validation, callba
     path = _phase_path(config.model_dir, phase)
     cascade.set_phase(phase)
     if os.path.exists(path):
-        _load_weights(cascade, path)
+        load_weights(cascade, path)
     # Compiled after loading so that a finished phase's optimizer state is not restored.
     cascade.compile(optimizer=weight_optimizer(config, data, epochs),
                     score_optimizer=score_optimizer(config, data, epochs))
@@ -381,68 +307,8 @@ def _run_phase(config, out_dir, cascade, phase, epochs, data, validation, callba
         if config.recalibration_batches:
             cascade.recalibrate_batch_norm(images for images, _ in data.train_from(0, 1).take(
                 min(config.recalibration_batches, data.steps_per_epoch)))
-    _save_weights(cascade, _phase_path(out_dir, phase))
-    _discard_backup(out_dir, phase)
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (a non-finite loss, a corrupt checkpoint); the message says why."""
-
-
-class StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Stops at the first NaN or infinite loss, before anything saves the bad weights."""
-
-    def __init__(self, phase, backup):
-        super().__init__()
-        self.phase, self.backup = phase, backup
-        self.flag = "teacher_learning_rate" if phase == "teacher" else "learning_rate"
-        self.epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not np.isfinite(float(loss)):
-            raise TrainingError(
-                f"the {self.phase} loss became {float(loss)} at epoch {self.epoch + 1}, step {batch + 1}; "
-                f"stopped. The last good checkpoint is kept in {self.backup}: lower --{self.flag} and re-run."
-            )
-
-
-class EpochBackup(keras.callbacks.Callback):
-    """Saves the whole training state at every epoch end, atomically, named by epoch.
-
-    Keras' BackupAndRestore writes the weights and the epoch number into two
-    files, one after the other: a SIGKILL between the two resumes the next
-    epoch's weights at the previous epoch (seen in tests/resume_test.py). Here
-    one file holds both: `epoch-<N>.weights.h5`, written to a temporary name
-    and renamed, so it either exists complete or not at all.
-
-    Args:
-        directory: The phase's backup folder.
-    """
-
-    def __init__(self, directory: str):
-        super().__init__()
-        self.directory = directory
-
-    @staticmethod
-    def latest(directory: str):
-        """(epochs done, path) of the newest complete backup, or (0, None)."""
-        if not os.path.isdir(directory):
-            return 0, None
-        epochs = [int(name[len("epoch-"):-len(".weights.h5")]) for name in os.listdir(directory)
-                  if name.startswith("epoch-") and name.endswith(".weights.h5") and ".tmp" not in name]
-        if not epochs:
-            return 0, None
-        return max(epochs), os.path.join(directory, f"epoch-{max(epochs)}.weights.h5")
-
-    def on_epoch_end(self, epoch, logs=None):
-        _save_weights(self.model, os.path.join(self.directory, f"epoch-{epoch + 1}.weights.h5"))
-        for name in os.listdir(self.directory):
-            if name.startswith("epoch-") and name != f"epoch-{epoch + 1}.weights.h5":
-                os.remove(os.path.join(self.directory, name))
+    save_weights(cascade, _phase_path(out_dir, phase))
+    discard_backup(out_dir, phase)
 
 
 PHASE_STORIES = {
@@ -474,7 +340,7 @@ def _fit(model, config, out_dir, phase, epochs, data, validation, callbacks=()) 
     if path:
         if not model.optimizer.built:  # the teacher's optimizer builds lazily; its state must load too
             model.optimizer.build(model.trainable_variables)
-        _load_weights(model, path)
+        load_weights(model, path)
     model.fit(
         data.train_from(first_epoch, epochs), epochs=epochs, initial_epoch=first_epoch,
         steps_per_epoch=data.steps_per_epoch, validation_data=validation, verbose=config.verbose,
@@ -484,99 +350,3 @@ def _fit(model, config, out_dir, phase, epochs, data, validation, callbacks=()) 
     )
 
 
-def _discard_backup(out_dir, phase) -> None:
-    """Removes a phase's backup once its end-of-phase checkpoint is safely written."""
-    shutil.rmtree(os.path.join(out_dir, phase, "backup"), ignore_errors=True)
-
-
-def _load_weights(model, path) -> None:
-    _read_checkpoint(lambda: model.load_weights(path), path, "redo that phase")
-
-
-def _read_checkpoint(read, path, remedy):
-    """Returns `read()`; an unreadable file becomes a TrainingError and is left in place."""
-    try:
-        return read()
-    except (OSError, ValueError) as error:
-        raise TrainingError(f"cannot read {path} ({error}); it was left untouched. "
-                            f"Move it away to {remedy}.") from None
-
-
-def weight_optimizer(config: Config, data, epochs: int) -> keras.optimizers.Optimizer:
-    """SGD with Nesterov momentum; cosine restarts with decaying peaks, a whole number of cycles per phase.
-
-    The cycles are about lr_cycle_epochs long, stretched or shrunk so that
-    `epochs` holds a whole number of them: a phase then ends at the bottom of a
-    cycle, with annealed weights, rather than part-way down one at a high
-    learning rate (8 epochs of 5-epoch cycles would stop 60% into the second).
-
-    Args:
-        config: The run's settings (learning_rate, lr_cycle_epochs, lr_peak_decay, momentum, weight_decay).
-        data: The run's `Data` (steps per epoch).
-        epochs: Epochs of the phase this optimizer trains.
-    """
-    return keras.optimizers.SGD(_cosine_cycles(config.learning_rate, config, data, epochs), momentum=config.momentum,
-                                nesterov=True, weight_decay=config.weight_decay)
-
-
-def _cosine_cycles(peak: float, config: Config, data, epochs: int):
-    """Cosine restarts from `peak`, peaks decaying by lr_peak_decay, a whole number of cycles in `epochs`."""
-    cycles = max(1, round(epochs / config.lr_cycle_epochs))
-    return keras.optimizers.schedules.CosineDecayRestarts(
-        peak, first_decay_steps=max(1, math.ceil(epochs * data.steps_per_epoch / cycles)),
-        t_mul=1.0, m_mul=config.lr_peak_decay,
-    )
-
-
-def score_optimizer(config: Config, data, epochs: int) -> keras.optimizers.Optimizer:
-    """The scores' own optimizer, without weight decay (docs/method.md section 2), on the weights' schedule.
-
-    With score_schedule "cosine" the score learning rate follows the weights'
-    cosine cycles, peaking at score_learning_rate. A constant one ("constant")
-    kept switching filters at the end of the joint phase, when the weights'
-    learning rate is near zero and nothing can adapt to the new mask: the
-    student then left the phase at chance accuracy (docs/mask_stability.md).
-    sgd is the paper's CIFAR choice, "the weights' optimizer": Nesterov SGD
-    with the weights' momentum.
-
-    Args:
-        config: The run's settings.
-        data: The run's `Data` (steps per epoch).
-        epochs: Epochs of the phase.
-    """
-    rate = (_cosine_cycles(config.score_learning_rate, config, data, epochs) if config.score_schedule == "cosine"
-            else config.score_learning_rate)
-    if config.score_optimizer == "sgd":
-        return keras.optimizers.SGD(rate, momentum=config.momentum, nesterov=True)
-    if config.score_optimizer == "adam":
-        return keras.optimizers.Adam(rate)
-    return keras.optimizers.RMSprop(rate)
-
-
-def _save_weights(model: keras.Model, path: str) -> None:
-    """Writes weights atomically, so a killed run never leaves half a checkpoint.
-
-    Raises:
-        TrainingError: The write failed (a full disk, a lost mount): the half-written
-            file is removed, and the checkpoints written before stay as they were.
-    """
-    tmp = path.replace(".weights.h5", ".tmp.weights.h5")
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        model.save_weights(tmp)
-        os.replace(tmp, path)
-    except OSError as error:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise TrainingError(
-            f"cannot write the checkpoint {path} ({error.strerror or error}); the checkpoints written before it "
-            "are untouched. Free space (or fix the folder) and re-run the same command: it resumes from the last "
-            "one.") from None
-
-
-def _write_json(path: str, value) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2)
-    os.replace(tmp, path)

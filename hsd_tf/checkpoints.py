@@ -1,0 +1,94 @@
+"""Checkpoints that survive a SIGKILL or a full disk: atomic writes, per-epoch backups, readable errors."""
+
+import contextlib
+import json
+import os
+import shutil
+
+import keras
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss, a corrupt checkpoint); the message says why."""
+
+
+class EpochBackup(keras.callbacks.Callback):
+    """Saves the whole training state at every epoch end, atomically, named by epoch.
+
+    Keras' BackupAndRestore writes the weights and the epoch number into two
+    files, one after the other: a SIGKILL between the two resumes the next
+    epoch's weights at the previous epoch (seen in tests/resume_test.py). Here
+    one file holds both: `epoch-<N>.weights.h5`, written to a temporary name
+    and renamed, so it either exists complete or not at all.
+
+    Args:
+        directory: The phase's backup folder.
+    """
+
+    def __init__(self, directory: str):
+        super().__init__()
+        self.directory = directory
+
+    @staticmethod
+    def latest(directory: str):
+        """(epochs done, path) of the newest complete backup, or (0, None)."""
+        if not os.path.isdir(directory):
+            return 0, None
+        epochs = [int(name[len("epoch-"):-len(".weights.h5")]) for name in os.listdir(directory)
+                  if name.startswith("epoch-") and name.endswith(".weights.h5") and ".tmp" not in name]
+        if not epochs:
+            return 0, None
+        return max(epochs), os.path.join(directory, f"epoch-{max(epochs)}.weights.h5")
+
+    def on_epoch_end(self, epoch, logs=None):
+        save_weights(self.model, os.path.join(self.directory, f"epoch-{epoch + 1}.weights.h5"))
+        for name in os.listdir(self.directory):
+            if name.startswith("epoch-") and name != f"epoch-{epoch + 1}.weights.h5":
+                os.remove(os.path.join(self.directory, name))
+
+
+def discard_backup(out_dir, phase) -> None:
+    """Removes a phase's backup once its end-of-phase checkpoint is safely written."""
+    shutil.rmtree(os.path.join(out_dir, phase, "backup"), ignore_errors=True)
+
+
+def load_weights(model, path) -> None:
+    read_checkpoint(lambda: model.load_weights(path), path, "redo that phase")
+
+
+def read_checkpoint(read, path, remedy):
+    """Returns `read()`; an unreadable file becomes a TrainingError and is left in place."""
+    try:
+        return read()
+    except (OSError, ValueError) as error:
+        raise TrainingError(f"cannot read {path} ({error}); it was left untouched. "
+                            f"Move it away to {remedy}.") from None
+
+
+def save_weights(model: keras.Model, path: str) -> None:
+    """Writes weights atomically, so a killed run never leaves half a checkpoint.
+
+    Raises:
+        TrainingError: The write failed (a full disk, a lost mount): the half-written
+            file is removed, and the checkpoints written before stay as they were.
+    """
+    tmp = path.replace(".weights.h5", ".tmp.weights.h5")
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        model.save_weights(tmp)
+        os.replace(tmp, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise TrainingError(
+            f"cannot write the checkpoint {path} ({error.strerror or error}); the checkpoints written before it "
+            "are untouched. Free space (or fix the folder) and re-run the same command: it resumes from the last "
+            "one.") from None
+
+
+def write_json(path: str, value) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2)
+    os.replace(tmp, path)

@@ -1,0 +1,33 @@
+"""Checkpoints: a write that fails on a full disk keeps the last good checkpoint, and the re-run resumes from it."""
+
+import errno
+import os
+
+import keras
+import pytest
+
+from hsd_tf import checkpoints, training
+from hsd_tf.config import Config
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_last_good_checkpoint_and_resumes(tmp_path, monkeypatch):
+    config = Config(dataset="digits", arch="vgg16", width_multiplier=0.0625, num_ta=1, prune_ratio=0.5,
+                    batch_size=128, teacher_epochs=1, joint_epochs=3, finetune_epochs=1, verbose=0, export=[],
+                    tensorboard=False, model_dir=str(tmp_path / "run"))
+    save_weights = keras.Model.save_weights
+
+    def full_disk(model, path, *args, **kwargs):
+        if "epoch-2" in path and "joint" in path:
+            with open(path, "wb") as f:  # a half-written file, as a full disk leaves it
+                f.write(b"\x89HDF\r\n\x1a\n")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save_weights(model, path, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save_weights", full_disk)
+    with pytest.raises(checkpoints.TrainingError, match=r"No space left on device.*untouched.*re-run"):
+        training.train_and_evaluate(config)
+    backup = tmp_path / "run" / "joint" / "backup"
+    assert sorted(os.listdir(backup)) == ["epoch-1.weights.h5"]  # the half-written one is gone
+    monkeypatch.setattr(keras.Model, "save_weights", save_weights)
+    results = training.train_and_evaluate(config)  # resumes from epoch 1's checkpoint, which reads back
+    assert len(results["views"][0]["mask_changes"]) == 3
