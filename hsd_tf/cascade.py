@@ -63,8 +63,7 @@ class View(keras.layers.Layer):
         if macs is None:
             masks.check_floors(keep_ratio, self.filter_counts, widths, self.floors)
         else:
-            floor_macs = float(self.mac_model.macs(graph.flat_masks(
-                [np.arange(w) < f for w, f in zip(widths, self.floors)])))
+            floor_macs = self.mac_model.keeping(self.floors)
             if floor_macs > self.mac_budget:
                 raise ValueError(f"The per-layer floors alone cost {floor_macs:,.0f} MACs, more than the budget of "
                                  f"{self.mac_budget:,.0f}; lower the floor or raise the budget. "
@@ -227,7 +226,8 @@ class Cascade(keras.Model):
         # and it may be the very model the cascade was cloned from.
         object.__setattr__(self, "teacher", teacher)
         if teacher is not None:
-            object.__setattr__(self, "teacher_trace", graph.trace(teacher, self.unpruned_layers))
+            teacher_trace = trace if teacher is model else graph.trace(teacher, self.unpruned_layers)
+            object.__setattr__(self, "teacher_trace", teacher_trace)
         # The teacher ladder of fine-tuning: its position is state to resume.
         self.ladder_rung = self.add_weight(
             shape=(), initializer="zeros", dtype="int32", trainable=False, name="ladder_rung"

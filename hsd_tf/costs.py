@@ -53,14 +53,8 @@ def count(model_trace: graph.Trace, kept: Optional[Mapping[str, Sequence[bool]]]
     params, macs, counted, layers = 0, 0, set(), []
     for layer in model_trace.weighted:
         fan_in, fan_out = count(layer.inputs), count(layer.outputs)
-        if layer.kind == "depthwise":
-            weights = layer.kernel * fan_out
-        elif layer.kind == "grouped":
-            weights = layer.kernel * fan_in * fan_out // layer.multiplier
-        elif layer.kind == "separable":
-            weights = layer.kernel * fan_in * layer.multiplier + fan_in * layer.multiplier * fan_out
-        else:
-            weights = layer.kernel * fan_in * fan_out
+        bilinear, linear_in, linear_out = _weight_terms(layer)
+        weights = int(round(bilinear * fan_in * fan_out + linear_in * fan_in + linear_out * fan_out))
         if layer.name not in counted:
             params += weights
             counted.add(layer.name)
@@ -70,49 +64,57 @@ def count(model_trace: graph.Trace, kept: Optional[Mapping[str, Sequence[bool]]]
     return {"params": params, "macs": macs, "layers": layers}
 
 
+def _weight_terms(layer: graph.WeightedLayer):
+    """(b, l_in, l_out): the call's kernel holds b x in x out + l_in x in + l_out x out weights
+    for `in` input and `out` output channels kept."""
+    if layer.kind == "depthwise":
+        return 0, 0, layer.kernel
+    if layer.kind == "separable":  # a depthwise kernel per input channel and multiplier, then a pointwise one
+        return layer.multiplier, layer.kernel * layer.multiplier, 0
+    if layer.kind == "grouped":
+        return layer.kernel / layer.multiplier, 0, 0
+    return layer.kernel, 0, 0
+
+
 class MacModel:
     """The MACs of a traced model as a function of its masks, in TensorFlow, for MAC budgets.
 
-    Every conv and dense call costs b x (input channels kept) x (output channels
-    kept) + l_in x (inputs kept) + l_out x (outputs kept) MACs, with b, l_in and
-    l_out from its kind (as `count` counts them), and a count of kept channels
-    is a dot product with the flat mask vector (`graph.flat_masks`). So
-    `macs(masks)` equals `count(model_trace, masks)["macs"]` for any 0/1 masks.
+    Every conv and dense call costs positions x (b x in x out + l_in x in +
+    l_out x out) MACs (`_weight_terms`, as `count` counts them), and a count of
+    kept channels is a dot product with the flat mask vector
+    (`graph.flat_masks`). So `macs(masks)` equals `count(model_trace,
+    masks)["macs"]` for any 0/1 masks.
 
     Args:
         model_trace: `graph.trace(model)`.
     """
 
     def __init__(self, model_trace: graph.Trace):
-        offsets = np.cumsum([1] + model_trace.group_widths)
-        size = int(offsets[-1])
+        widths = model_trace.group_widths
         layers = model_trace.weighted
+        size = 1 + sum(widths)
         self.inputs = np.zeros((len(layers), size))
         self.outputs = np.zeros((len(layers), size))
-        self.bilinear, self.linear_in, self.linear_out = (np.zeros(len(layers)) for _ in range(3))
+        terms = np.zeros((len(layers), 3))
         for i, layer in enumerate(layers):
-            for row, channels in ((self.inputs[i], layer.inputs), (self.outputs[i], layer.outputs)):
-                for channel in channels:
-                    row[0 if channel is None else offsets[channel[0]] + channel[1]] += 1
-            cost = layer.kernel * layer.positions
-            if layer.kind == "depthwise":
-                self.linear_out[i] = cost
-            elif layer.kind == "separable":
-                self.linear_in[i] = cost * layer.multiplier
-                self.bilinear[i] = layer.multiplier * layer.positions
-            elif layer.kind == "grouped":
-                self.bilinear[i] = cost / layer.multiplier
-            else:
-                self.bilinear[i] = cost
-        self.dense = float(self.macs(graph.flat_masks([np.ones(w) for w in model_trace.group_widths])))
+            np.add.at(self.inputs[i], graph.flat_indices(layer.inputs, widths), 1)
+            np.add.at(self.outputs[i], graph.flat_indices(layer.outputs, widths), 1)
+            terms[i] = np.multiply(_weight_terms(layer), layer.positions)
+        self.bilinear, self.linear_in, self.linear_out = terms.T
+        self.widths = widths
+        self.dense = float(self.macs([np.ones(w) for w in widths]))
 
-    def macs(self, flat: tf.Tensor) -> tf.Tensor:
-        """MACs per image (float64) of the model with the flat mask vector `flat` (`graph.flat_masks`)."""
-        flat = tf.cast(flat, tf.float64)
+    def macs(self, group_masks) -> tf.Tensor:
+        """MACs per image (float64) of the model keeping the channels of `group_masks` (one 0/1 vector per group)."""
+        flat = tf.cast(graph.flat_masks(group_masks), tf.float64)
         kept_in = tf.linalg.matvec(tf.constant(self.inputs), flat)
         kept_out = tf.linalg.matvec(tf.constant(self.outputs), flat)
         return tf.reduce_sum(self.bilinear * kept_in * kept_out + self.linear_in * kept_in
                              + self.linear_out * kept_out)
+
+    def keeping(self, counts) -> float:
+        """MACs when each group keeps `counts[g]` of its channels (a group's channels all cost alike)."""
+        return float(self.macs([np.arange(w) < c for w, c in zip(self.widths, counts)]))
 
 
 def format_count(value: int) -> str:

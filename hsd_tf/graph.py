@@ -96,6 +96,10 @@ class UnsupportedLayerError(ValueError):
     """A layer the tracer cannot follow channel by channel; the message names it and the way out."""
 
 
+class UnknownLayersError(UnsupportedLayerError):
+    """`unpruned_layers` names layers the model does not have."""
+
+
 @dataclasses.dataclass(frozen=True)
 class MaskGroup:
     """Channels kept or dropped together.
@@ -237,6 +241,12 @@ def flat_masks(group_masks: Sequence) -> tf.Tensor:
     return tf.concat([tf.ones([1], tf.float32)] + [tf.cast(m, tf.float32) for m in group_masks], axis=0)
 
 
+def flat_indices(placements: Sequence[Placement], group_widths: Sequence[int]) -> np.ndarray:
+    """Each channel's index in the flat mask vector (`flat_masks`); 0 (the constant 1) for a channel no group holds."""
+    offsets = np.cumsum([1] + list(group_widths))
+    return np.array([0 if c is None else offsets[c[0]] + c[1] for c in placements], np.int64)
+
+
 def run(model_trace: Trace, inputs: Sequence, layer_for: Optional[Callable] = None, group_masks=None,
         training=None):
     """Runs the traced model's program.
@@ -341,7 +351,7 @@ def trace(model: keras.Model, unpruned_layers: Sequence[str] = ()) -> Trace:
         tracer.labels.freeze(tracer.labels_of[key])
     missing = set(unpruned_layers) - tracer.layer_names
     if missing:
-        raise UnsupportedLayerError(
+        raise UnknownLayersError(
             f"unpruned_layers names layers the model does not have. Received: {sorted(missing)}")
     return tracer.finish(input_keys, tuple(tuple(x.shape[1:]) for x in graph.inputs), output_keys)
 
@@ -512,7 +522,6 @@ class _Tracer:
         groups = sorted((MaskGroup(members[0], members, width) for members, width in widths.items()),
                         key=lambda g: order[g.members[0]])
         index = {group.members: i for i, group in enumerate(groups)}
-        offsets = np.cumsum([0] + [g.width for g in groups])
         channel: Dict[int, Tuple[int, int]] = {}  # root -> (group, channel), channels in order of appearance
         filled = [0] * len(groups)
         for root, members in members_of.items():
@@ -533,15 +542,15 @@ class _Tracer:
             channels_out = place(self.labels_of[step["outputs"][0]])
             mask = None
             if any(c is not None for c in channels_out) and _needs_mask(step, consumers.get(step["outputs"][0], [])):
-                mask = np.array([0 if c is None else 1 + offsets[c[0]] + c[1] for c in channels_out], np.int32)
+                mask = flat_indices(channels_out, [g.width for g in groups])
             steps.append(Step(step["operation"], step["node"], step["inputs"], step["outputs"], channels_in,
                               channels_out, mask))
         weighted = tuple(WeightedLayer(name, kind, kernel, multiplier, positions, size, place(ins), place(outs))
                          for name, kind, kernel, multiplier, positions, size, ins, outs in self.weighted)
-        hints = _hints(steps, input_keys)
+        hints = _hint_steps(steps, input_keys)
         return Trace(tuple(groups), tuple(self.stems), tuple(self.normalizations), tuple(self.head), weighted,
-                     tuple(steps), tuple(input_keys), input_shapes, tuple(output_keys), tuple(hints),
-                     tuple(steps[i].operation.name for i in _hint_steps(steps, input_keys)),
+                     tuple(steps), tuple(input_keys), input_shapes, tuple(output_keys),
+                     tuple(steps[i].outputs[0] for i in hints), tuple(steps[i].operation.name for i in hints),
                      tuple(sorted(self.unpruned)))
 
 
@@ -586,10 +595,6 @@ def _hint_steps(steps: Sequence[Step], input_keys) -> List[int]:
             found.append(i)
         reach = max(reach, last_use.get(i, i))
     return found[-HINT_COUNT:]
-
-
-def _hints(steps, input_keys) -> List[int]:
-    return [steps[i].outputs[0] for i in _hint_steps(steps, input_keys)]
 
 
 def describe(model_trace: Trace) -> str:

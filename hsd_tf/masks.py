@@ -97,7 +97,7 @@ def budget_masks(scores: Sequence[tf.Tensor], floors: Sequence[int], macs: Calla
     Args:
         scores: One float vector per mask group.
         floors: Channels each group keeps first, its best by score.
-        macs: Flat mask vector (`graph.flat_masks`) -> MACs (`costs.MacModel.macs`).
+        macs: One mask per group -> MACs (`costs.MacModel.macs`).
         budget: The most MACs the kept channels may cost.
 
     Returns:
@@ -114,7 +114,7 @@ def budget_masks(scores: Sequence[tf.Tensor], floors: Sequence[int], macs: Calla
         return tf.maximum(forced, tf.cast(position < prefix, tf.float32))
 
     def within(prefix):
-        return macs(tf.concat([tf.ones([1]), mask_of(prefix)], 0)) <= budget
+        return macs(tf.split(mask_of(prefix), sizes)) <= budget
 
     low, high = tf.constant(0, tf.int32), tf.constant(free, tf.int32)
     for _ in range(max(1, math.ceil(math.log2(free + 1)))):  # low always fits; high + 1 never does

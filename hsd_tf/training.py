@@ -192,7 +192,7 @@ def check_model(config: Config, model: Optional[keras.Model] = None) -> graph.Tr
     try:
         model_trace = graph.trace(model, config.unpruned_layers)
     except graph.UnsupportedLayerError as error:
-        flag = "unpruned_layers" if "unpruned_layers names" in str(error) else "arch"
+        flag = "unpruned_layers" if isinstance(error, graph.UnknownLayersError) else "arch"
         raise ConfigError(flag, getattr(config, flag), str(error).rstrip(".")) from None
     if not model_trace.groups:
         raise ConfigError("arch", config.arch, "the model has no prunable channels (every conv's output reaches the "
@@ -204,8 +204,7 @@ def check_model(config: Config, model: Optional[keras.Model] = None) -> graph.Tr
     remedy = "lower --min_layer_filters, raise --max_layer_prune_ratio or prune less"
     if config.macs_budget:
         mac_model = costs.MacModel(model_trace)
-        floor_macs = float(mac_model.macs(graph.flat_masks([np.arange(w) < f for w, f in
-                                                            zip(model_trace.group_widths, floors)])))
+        floor_macs = mac_model.keeping(floors)
         if floor_macs > config.macs_budget * mac_model.dense:
             raise ConfigError("min_layer_filters", config.min_layer_filters,
                               f"{floor_note} its floor, which costs {floor_macs / mac_model.dense:.3f} of the dense "
