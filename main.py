@@ -18,12 +18,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
-from hsd_tf.quiet import native_stderr_silenced  # noqa: E402  (no TensorFlow import)
-
-with native_stderr_silenced():
-    import tensorflow  # noqa: E402,F401  pylint: disable=unused-import  (its native start-up logs go here)
-
-from hsd_tf import config as config_lib  # noqa: E402
+from hsd_tf import config as config_lib  # noqa: E402  (plain data: no TensorFlow import)
+from hsd_tf.quiet import native_stderr_silenced  # noqa: E402
 
 FLAGS = flags.FLAGS
 _HELP = {
@@ -143,6 +139,11 @@ def main(argv):
         if FLAGS["macs_budget"].present and FLAGS["prune_ratio"].present:
             raise config_lib.ConfigError("macs_budget", config.macs_budget,
                                          f"is an alternative to --prune_ratio (given too: {config.prune_ratio})")
+    except config_lib.ConfigError as error:
+        _fail(str(error))  # before TensorFlow loads: a mistyped flag is answered at once
+    with native_stderr_silenced():
+        import tensorflow  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel  (its start-up logs)
+    try:
         if config.mode == "profile":
             return _profile(config)
         from hsd_tf import training  # pylint: disable=import-outside-toplevel

@@ -2,10 +2,12 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
-from testing import TINY, run_main
+from testing import ROOT, TINY, run_main
 
 
 def _scalar_tags(log_dir):
@@ -17,6 +19,16 @@ def _scalar_tags(log_dir):
         for event in tf.compat.v1.train.summary_iterator(os.path.join(log_dir, name)):
             tags.update(value.tag for value in event.summary.value)
     return tags
+
+
+def test_a_bad_flag_value_is_answered_before_tensorflow_loads():
+    probe = ("import runpy, sys\n"
+             "sys.argv = ['main.py', '--num_ta=-1']\n"
+             "try:\n    runpy.run_path('main.py', run_name='__main__')\n"
+             "except SystemExit as exit:\n    print(exit.code, 'tensorflow' in sys.modules, 'keras' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["2", "False", "False"], result.stderr
+    assert result.stderr == "error: --num_ta: must be 0 or more. Received: num_ta=-1\n"
 
 
 def test_profile_prints_table_and_writes_json(tmp_path):

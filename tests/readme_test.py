@@ -1,5 +1,6 @@
-"""The README's Python example runs as it stands there."""
+"""The README's Python examples run as they stand there, and every file the docs cite exists."""
 
+import json
 import os
 import re
 import subprocess
@@ -8,19 +9,43 @@ import sys
 from testing import ROOT
 
 
-def _python_example():
+def _readme():
     with open(os.path.join(ROOT, "README.md")) as f:
-        readme = f.read()
-    start = readme.index("```python", readme.index("## Python API")) + len("```python")
+        return f.read()
+
+
+def _python_block_after(heading):
+    readme = _readme()
+    start = readme.index("```python", readme.index(f"\n{heading}\n")) + len("```python")
     return readme[start:readme.index("```", start)]
 
 
-def test_the_readme_python_api_example_runs(tmp_path):
+def _run(code, cwd):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-    result = subprocess.run([sys.executable, "-c", _python_example()], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "'agreement': 1.0" in result.stdout  # the SavedModel reproduces the slim student
+    return result.stdout
+
+
+def test_the_readme_has_no_python_example_that_is_not_run_here():
+    assert _readme().count("```python") == 2
+
+
+def test_the_readme_prune_example_runs_and_its_student_is_smaller(tmp_path):
+    stdout = _run(_python_block_after("### From Python"), tmp_path)
+    with open(tmp_path / "runs" / "mine" / "results.json") as f:
+        results = json.load(f)
+    student, teacher = results["views"][0], results["teacher"]
+    assert student["params"] < teacher["params"] and student["macs"] < teacher["macs"]
+    assert f"{student['params']:>8,} params" in stdout
+    assert os.path.exists(tmp_path / "student.keras")
+    assert os.path.exists(tmp_path / "runs" / "mine" / "export" / "student.tflite")
+
+
+def test_the_readme_python_api_example_runs(tmp_path):
+    stdout = _run(_python_block_after("## Python API"), tmp_path)
+    assert "'agreement': 1.0" in stdout  # the SavedModel reproduces the slim student
     assert os.path.exists(tmp_path / "out" / "student.tflite")
 
 
@@ -43,6 +68,7 @@ def _citations():
 def test_every_file_the_docs_and_docstrings_cite_exists():
     citations = list(_citations())
     assert len(citations) > 50 and ("hsd_tf/cascade.py", "docs/method.md") in citations
+    assert ("docs/speed.md", "docs/deployment.md") in citations  # a link between pages resolves from its page
     missing = sorted({f"{source} cites {cited}" for source, cited in citations
                       if not os.path.exists(os.path.join(ROOT, cited))})
     assert not missing, "\n".join(missing)
