@@ -2,6 +2,7 @@
 
 import os
 import zipfile
+from typing import Optional
 
 import h5py
 import keras
@@ -171,3 +172,26 @@ def accuracy(model: keras.Model, dataset) -> float:
         correct += int(np.sum(predictions == labels.numpy()))
         total += len(predictions)
     return correct / total
+
+
+def near_chance_warning(val_accuracy: float, num_classes: int) -> Optional[str]:
+    """A warning when the teacher scores under twice chance on the validation split, else None.
+
+    The cascade starts from the teacher's weights and its top view distils
+    from it; a user whose model is broken in inference mode should hear so
+    before hours of training, not from the final table.
+
+    Args:
+        val_accuracy: The teacher's top-1 accuracy on the validation split.
+        num_classes: The number of classes.
+
+    Returns:
+        The warning's text, or None.
+    """
+    chance = 1.0 / num_classes
+    if val_accuracy >= 2 * chance:
+        return None
+    return (f"Warning: the teacher's validation accuracy is {val_accuracy:.4f}, near chance ({chance:.4f} for "
+            f"{num_classes} classes). The cascade starts from its weights and its top view learns from it. "
+            "A model that scores well in training but not here often has stale BatchNorm moving statistics "
+            "(Keras' default momentum 0.99 needs thousands of steps): train it longer, or with momentum 0.9.")

@@ -109,6 +109,12 @@ def _train_and_evaluate(config: Config, out_dir: str, given_model=None, given_da
         model = dense_teacher = slimming.slim_model(graph.trace(given_model, config.unpruned_layers), {},
                                                     name="teacher")
     validation = data.val if data.val is not None else data.test
+    teacher_val = teacher_lib.accuracy(dense_teacher, validation)
+    if config.verbose:
+        print(f"\nTeacher: validation accuracy {teacher_val:.4f}; the cascade starts from its weights.", flush=True)
+    warning = teacher_lib.near_chance_warning(teacher_val, data.num_classes)
+    if warning:
+        print(warning, flush=True)
 
     cascade = Cascade(
         model, None if config.macs_budget else config.prune_ratios(), teacher=dense_teacher,
@@ -129,7 +135,7 @@ def _train_and_evaluate(config: Config, out_dir: str, given_model=None, given_da
     ladder_names = cascade.view_names[1:] + ["teacher"]
     ladder_val = snapshot.evaluate(validation, return_dict=True, verbose=0)
     ladder_accuracies = [float(ladder_val[f"{n}_acc"]) for n in cascade.view_names[1:]]
-    ladder_accuracies.append(teacher_lib.accuracy(dense_teacher, validation))
+    ladder_accuracies.append(teacher_val)
     ladder = TeacherLadder(ladder_names, ladder_accuracies, os.path.join(out_dir, "finetune", "ladder.json"))
     cascade.set_ladder(snapshot)
     _run_phase(config, out_dir, cascade, "finetune", config.finetune_epochs, data, validation, [ladder])
