@@ -141,8 +141,18 @@ def main(argv):
                                          f"is an alternative to --prune_ratio (given too: {config.prune_ratio})")
     except config_lib.ConfigError as error:
         _fail(str(error))  # before TensorFlow loads: a mistyped flag is answered at once
+    try:
+        return _run(config)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: where the run stopped and how to resume, not a traceback
+        print(str(interrupt) or "Interrupted before the run started; nothing was written.", file=sys.stderr)
+        sys.exit(130)
+
+
+def _run(config) -> int:
     with native_stderr_silenced():
         import tensorflow  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel  (its start-up logs)
+    from hsd_tf.export import ExportError  # pylint: disable=import-outside-toplevel
+
     try:
         if config.mode == "profile":
             return _profile(config)
@@ -153,6 +163,12 @@ def main(argv):
         _fail(str(error))
     except _training_error() as error:
         _fail(str(error), status=1)
+    except ExportError as error:  # every other file is written: the table and the paths first, then each failure
+        print(_summary(error.results))
+        print(_where(config, error.results))
+        for failure in error.failures:
+            print(f"error: --export: {failure}", file=sys.stderr)
+        sys.exit(1)
     print(_summary(results))
     print(_where(config, results))
     return 0
@@ -163,10 +179,11 @@ def _summary(results) -> str:
     lines = [f"{'model':<10} {'prune':>6} {'params':>12} {'MACs':>14} {'min layer':>9} {'accuracy':>9} "
              f"{'tflite acc':>11}"]
     for entry in [dict(results["teacher"], name="teacher", prune_ratio=0.0)] + results["views"]:
-        tflite = entry.get("exports", {}).get("tflite", {}).get("accuracy")
+        tflite = entry.get("exports", {}).get("tflite", {})
+        shown = "failed" if "error" in tflite else format(tflite["accuracy"], ".4f") if tflite else ""
         fewest = entry.get("fewest_layer_filters", "")
         lines.append(f"{entry['name']:<10} {entry['prune_ratio']:>6.3f} {entry['params']:>12,} {entry['macs']:>14,} "
-                     f"{fewest:>9} {entry['accuracy']:>9.4f} {'' if tflite is None else format(tflite, '.4f'):>11}")
+                     f"{fewest:>9} {entry['accuracy']:>9.4f} {shown:>11}")
     return "\n".join(lines)
 
 
@@ -175,7 +192,8 @@ def _where(config, results) -> str:
     lines = [f"{'results:':<24}{os.path.join(config.model_dir, 'results.json')}"]
     for entry in [dict(results["teacher"], name="teacher")] + results["views"]:
         for fmt, exported in entry.get("exports", {}).items():
-            lines.append(f"{entry['name'] + ' ' + fmt + ':':<24}{exported['path']}")
+            where = "failed (below)" if "error" in exported else exported["path"]
+            lines.append(f"{entry['name'] + ' ' + fmt + ':':<24}{where}")
     if config.tensorboard:
         lines.append(f"{'TensorBoard:':<24}tensorboard --logdir={os.path.join(config.model_dir, 'logs')}")
     return "\n".join(lines)

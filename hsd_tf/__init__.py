@@ -7,7 +7,8 @@ The public API, loaded on first use so that `import hsd_tf` stays light:
     Cascade                        hsd_tf.cascade   the student and its assistants as masked views
     slim_view, slim_model,         hsd_tf.slimming  physically smaller Keras models
     l1_pruned
-    export_model, verify           hsd_tf.export    SavedModel and TFLite files, verified with LiteRT
+    export_model, verify,          hsd_tf.export    SavedModel and TFLite files, verified with LiteRT
+    ExportError
     train_and_evaluate             hsd_tf.training  the command line's run, from a Config
     Config                         hsd_tf.config    every setting of a run
 """
@@ -21,7 +22,7 @@ _SOURCES = {
     "trace": "graph", "UnsupportedLayerError": "graph",
     "Cascade": "cascade",
     "slim_view": "slimming", "slim_model": "slimming", "l1_pruned": "slimming",
-    "export_model": "export", "verify": "export",
+    "export_model": "export", "verify": "export", "ExportError": "export",
     "train_and_evaluate": "training",
     "Config": "config",
 }

@@ -227,8 +227,39 @@ def get(name: str, input_shape, num_classes: int, width_multiplier: float = 1.0)
     return check_fits(without_softmax(model), input_shape, num_classes, name)
 
 
+WHAT_HSD_PRUNES = "hsd_tf prunes image classifiers: one image input (height, width, channels), class logits out"
+
+
+def check_classifier(model: keras.Model) -> None:
+    """Raises ValueError, in one line that says what hsd_tf prunes and what it found, unless `model` is one.
+
+    Two-input models, sequence models (Conv1D), segmentation maps and
+    autoencoders are outside the method: they are refused before anything
+    trains, rather than failing in the middle of a run.
+    """
+    inputs = [tuple(x.shape[1:]) for x in model.inputs]
+    outputs = [tuple(x.shape[1:]) for x in model.outputs]
+    if len(inputs) != 1:
+        found = f"{len(inputs)} inputs, of shapes {', '.join(map(str, inputs))}"
+    elif len(inputs[0]) != 3:
+        found = f"an input of shape {inputs[0]}, not an image"
+    elif len(outputs) != 1:
+        found = f"{len(outputs)} outputs, of shapes {', '.join(map(str, outputs))}"
+    elif len(outputs[0]) != 1:
+        found = f"an output of shape {outputs[0]}, not one logit per class (a segmentation map or an image?)"
+    else:
+        return
+    raise ValueError(f"{WHAT_HSD_PRUNES}; the model {model.name!r} has {found}")
+
+
 def check_fits(model: keras.Model, input_shape, num_classes: int, name: str) -> keras.Model:
-    """Returns `model` if it reads images of `input_shape` and has `num_classes` outputs, else raises ValueError."""
+    """Returns `model` if it is an image classifier (`check_classifier`) that reads images of `input_shape` and has
+    `num_classes` outputs, else raises ValueError."""
+    if getattr(model, "inputs", None):
+        try:
+            check_classifier(model)
+        except ValueError as error:
+            raise ValueError(f"{error}. Received: arch={name!r}") from None
     expected = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
     if expected is None or len(expected) != len(input_shape) or any(
             e is not None and e != d for e, d in zip(expected, input_shape)):
@@ -242,7 +273,10 @@ def check_fits(model: keras.Model, input_shape, num_classes: int, name: str) -> 
 
 
 def without_softmax(model: keras.Model) -> keras.Model:
-    """`model` with a final softmax removed (the cascade's losses take logits); unchanged if it has none."""
+    """`model` with a final softmax removed (the cascade's losses take logits); unchanged if it has none, or if it
+    is subclassed (its layers are no graph to edit)."""
+    if not isinstance(model, keras.Sequential) and not hasattr(model, "_nodes_by_depth"):
+        return model
     last = model.layers[-1] if model.layers else None
     softmax = keras.activations.get("softmax")
     if isinstance(last, keras.layers.Softmax) or (getattr(last, "activation", None) is softmax):

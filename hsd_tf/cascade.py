@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hsd_tf import costs, graph, losses, masks
+from hsd_tf import costs, flatten, graph, losses, masks
 from hsd_tf.ratios import validate_macs_fractions, validate_prune_ratios
 
 PHASES = ("joint", "frozen", "finetune")
@@ -152,6 +152,8 @@ class Cascade(keras.Model):
             (`graph.trace`).
         round_to: Every mask group keeps a multiple of this many channels
             (at least one multiple, or the whole group), within the budget.
+        input_shape: One image's shape, for a model whose input has unknown
+            dimensions (a keras_hub backbone's `(None, None, 3)`).
 
     Raises:
         graph.UnsupportedLayerError: A layer the tracer cannot follow.
@@ -172,6 +174,7 @@ class Cascade(keras.Model):
         unpruned_layers: Sequence[str] = (),
         macs_fractions: Optional[Sequence[float]] = None,
         round_to: int = 1,
+        input_shape: Optional[Sequence[int]] = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -184,13 +187,15 @@ class Cascade(keras.Model):
             validate_prune_ratios(prune_ratios)
         else:
             validate_macs_fractions(macs_fractions)
-        self.unpruned_layers = list(unpruned_layers)
-        trace = graph.trace(model, self.unpruned_layers)
+        trace = graph.trace(model, unpruned_layers, input_shape)
         if not trace.groups:
             raise ValueError(f"Model {model.name!r} has no prunable channels: no conv whose filters can go "
-                             f"without changing the output's shape. Received: unpruned_layers={self.unpruned_layers}")
-        # Not tracked: the source model's weights are not the cascade's.
-        object.__setattr__(self, "source_model", model)
+                             f"without changing the output's shape. Received: unpruned_layers={list(unpruned_layers)}")
+        # The flat model's names: a composite layer named by the user stands for every layer inside it.
+        self.unpruned_layers = list(trace.unpruned)
+        # Not tracked: the source model's weights are not the cascade's. The flat model (`hsd_tf.flatten`)
+        # has every name the trace uses and a fixed input size.
+        object.__setattr__(self, "source_model", trace.model)
         object.__setattr__(self, "trace", trace)
         self.prune_ratios = None if prune_ratios is None else [float(r) for r in prune_ratios]
         self.macs_fractions = None if macs_fractions is None else [float(f) for f in macs_fractions]
@@ -226,7 +231,8 @@ class Cascade(keras.Model):
         # and it may be the very model the cascade was cloned from.
         object.__setattr__(self, "teacher", teacher)
         if teacher is not None:
-            teacher_trace = trace if teacher is model else graph.trace(teacher, self.unpruned_layers)
+            teacher_trace = (trace if teacher is model
+                             else graph.trace(teacher, unpruned_layers, trace.input_shapes[0]))
             object.__setattr__(self, "teacher_trace", teacher_trace)
         # The teacher ladder of fine-tuning: its position is state to resume.
         self.ladder_rung = self.add_weight(
@@ -283,9 +289,10 @@ class Cascade(keras.Model):
         """Copies a dense pre-trained model into every view; scores from L1 norms.
 
         Args:
-            teacher: Dense model of this structure, matched by layer name.
+            teacher: Dense model of this structure, matched by layer name
+                (the names of its flat model, `hsd_tf.flatten`).
         """
-        source = graph.layers_by_name(teacher)
+        source = graph.layers_by_name(flatten.flatten(teacher, self.trace.input_shapes[0]).model)
         for name, layer in self.shared.items():
             layer.set_weights(source[name].get_weights())
         for view in self.views:
@@ -311,8 +318,8 @@ class Cascade(keras.Model):
         for view in self.views:
             view.remember_masks(view.hard_masks(frozen=False))
 
-    def recalibrate_batch_norm(self, images_batches) -> None:
-        """Recomputes every view's BatchNorm statistics under its frozen masks.
+    def recalibrate_batch_norm(self, images_batches, views: Optional[Sequence[int]] = None) -> None:
+        """Recomputes the views' BatchNorm statistics under their frozen masks.
 
         During joint training the masks move, and each view's moving averages
         mix statistics of many masks and of kernels that have since changed: a
@@ -324,9 +331,11 @@ class Cascade(keras.Model):
 
         Args:
             images_batches: Iterable of image batches (training images).
+            views: Indices of the views to recalibrate (default: every view).
         """
         batches = list(images_batches)
-        for index, view in enumerate(self.views):
+        for index in range(len(self.views)) if views is None else views:
+            view = self.views[index]
             norms = [layer for layer in view.own.values() if isinstance(layer, keras.layers.BatchNormalization)]
             momenta = [bn.momentum for bn in norms]
             try:
@@ -603,13 +612,23 @@ def clone_layer(layer: keras.layers.Layer, name: str) -> keras.layers.Layer:
     several, as the built-in architectures' are. A Lambda layer is shared
     as it is: it holds no weights, and Keras refuses to rebuild a Python
     function from a config.
+
+    Raises:
+        graph.UnsupportedLayerError: A layer that cannot be rebuilt from its
+            config: the cascade trains copies, never the model's own layers.
     """
     if isinstance(layer, keras.layers.Lambda):
         return layer
-    config = {**layer.get_config(), "name": name, "dtype": keras.config.dtype_policy().name}
+    changes = {"name": name, "dtype": keras.config.dtype_policy().name}
     if isinstance(layer, keras.layers.BatchNormalization) and tf.distribute.get_strategy().num_replicas_in_sync > 1:
-        config["synchronized"] = True
-    return layer.__class__.from_config(config)
+        changes["synchronized"] = True
+    try:
+        return flatten.rebuilt(layer, **changes)
+    except (TypeError, ValueError) as error:
+        raise graph.UnsupportedLayerError(
+            f"Layer {layer.name!r} ({type(layer).__name__}) cannot be rebuilt from its config "
+            f"({' '.join(str(error).split())[:200]}); hsd_tf trains copies of a model's layers, never the layers "
+            "themselves.") from None
 
 
 def filter_kernel(layer: keras.layers.Layer, kind: str) -> np.ndarray:

@@ -1,15 +1,53 @@
-"""Checkpoints that survive a SIGKILL or a full disk: atomic writes, per-epoch backups, readable errors."""
+"""A run's folder kept safe: atomic checkpoints, per-epoch backups, readable errors, one run at a time, Ctrl-C."""
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 
 import keras
 
+LOCK_FILE = ".lock"
+
 
 class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss, a corrupt checkpoint); the message says why."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C: the message says where the run stopped and that re-running the same command resumes it."""
+
+
+@contextlib.contextmanager
+def model_dir_lock(model_dir: str, refuse):
+    """Holds `<model_dir>/.lock` while a run writes the folder, so that a second process cannot.
+
+    The lock is the kernel's (`flock`): it goes when its holder ends, however
+    it ends (a SIGKILL included), so a dead run never blocks the next one. The
+    file stays, holding the last holder's process id.
+
+    Args:
+        model_dir: The run's folder (made if needed).
+        refuse: Called with the holder's process id (a string, maybe empty)
+            when another process holds the lock; it raises the caller's error.
+    """
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, LOCK_FILE), "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            refuse(f.read().strip())
+            raise
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class EpochBackup(keras.callbacks.Callback):

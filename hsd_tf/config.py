@@ -216,7 +216,10 @@ class Config:
 
 
 def _normalise(value):
-    return [float(v) for v in value] if isinstance(value, (list, tuple)) else value
+    """Lists compare as lists, numbers in them as floats (0.3 given as "0.3" or 0.3), names as they are."""
+    if isinstance(value, (list, tuple)):
+        return [float(v) if isinstance(v, (int, float)) else v for v in value]
+    return value
 
 
 def _choice(flag, value, choices):

@@ -35,6 +35,9 @@ def count(model_trace: graph.Trace, kept: Optional[Mapping[str, Sequence[bool]]]
     normalization, no adds or pools), a removed channel removed from its
     producers' outputs and from the inputs of every layer reading it, MACs per
     image. A layer called twice has its params counted once and its MACs twice.
+    A layer kept whole that the tracer does not follow (an unpruned composite,
+    attention) counts every kernel inside it and the MACs of its TensorFlow
+    graph, so the dense count is the sum of the model's kernel sizes.
 
     Args:
         model_trace: `graph.trace(model)`.
@@ -55,12 +58,14 @@ def count(model_trace: graph.Trace, kept: Optional[Mapping[str, Sequence[bool]]]
         fan_in, fan_out = count(layer.inputs), count(layer.outputs)
         bilinear, linear_in, linear_out = _weight_terms(layer)
         weights = int(round(bilinear * fan_in * fan_out + linear_in * fan_in + linear_out * fan_out))
+        weights += layer.fixed_params
+        layer_macs = layer.fixed_macs if layer.kind == "opaque" else weights * layer.positions
         if layer.name not in counted:
             params += weights
             counted.add(layer.name)
-        macs += weights * layer.positions
+        macs += layer_macs
         layers.append({"name": layer.name, "output_size": list(layer.output_size) + [fan_out], "filters": fan_out,
-                       "params": weights, "macs": weights * layer.positions})
+                       "params": weights, "macs": layer_macs})
     return {"params": params, "macs": macs, "layers": layers}
 
 
@@ -73,6 +78,8 @@ def _weight_terms(layer: graph.WeightedLayer):
         return layer.multiplier, layer.kernel * layer.multiplier, 0
     if layer.kind == "grouped":
         return layer.kernel / layer.multiplier, 0, 0
+    if layer.kind == "opaque":  # fixed_params and fixed_macs: nothing depends on the masks
+        return 0, 0, 0
     return layer.kernel, 0, 0
 
 
@@ -80,7 +87,8 @@ class MacModel:
     """The MACs of a traced model as a function of its masks, in TensorFlow, for MAC budgets.
 
     Every conv and dense call costs positions x (b x in x out + l_in x in +
-    l_out x out) MACs (`_weight_terms`, as `count` counts them), and a count of
+    l_out x out) MACs (`_weight_terms`, as `count` counts them), a layer kept
+    whole its fixed MACs, and a count of
     kept channels is a dot product with the flat mask vector
     (`graph.flat_masks`). So `macs(masks)` equals `count(model_trace,
     masks)["macs"]` for any 0/1 masks.
@@ -101,6 +109,7 @@ class MacModel:
             np.add.at(self.outputs[i], graph.flat_indices(layer.outputs, widths), 1)
             terms[i] = np.multiply(_weight_terms(layer), layer.positions)
         self.bilinear, self.linear_in, self.linear_out = terms.T
+        self.fixed = float(sum(layer.fixed_macs for layer in layers))
         self.widths = widths
         self.dense = float(self.macs([np.ones(w) for w in widths]))
 
@@ -110,7 +119,7 @@ class MacModel:
         kept_in = tf.linalg.matvec(tf.constant(self.inputs), flat)
         kept_out = tf.linalg.matvec(tf.constant(self.outputs), flat)
         return tf.reduce_sum(self.bilinear * kept_in * kept_out + self.linear_in * kept_in
-                             + self.linear_out * kept_out)
+                             + self.linear_out * kept_out) + self.fixed
 
     def keeping(self, counts) -> float:
         """MACs when each group keeps `counts[g]` of its channels (a group's channels all cost alike)."""

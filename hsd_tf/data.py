@@ -232,7 +232,9 @@ def from_datasets(train, validation, test=None, batch_size: int = 128, input_sha
         validation: Held-out examples, the same kinds; they drive the teacher ladder.
         test: Examples the results report accuracy on; default: `validation`.
         batch_size: Global training batch size.
-        input_shape: The model's input shape without the batch axis.
+        input_shape: The model's input shape without the batch axis; sizes it
+            leaves open (None) are taken from the training images, and None
+            (a subclassed model) means any image (height, width, channels).
         num_classes: The model's outputs.
         seed: Shuffle seed.
         eval_batch_size: Evaluation batch size (default: batch_size).
@@ -243,6 +245,7 @@ def from_datasets(train, validation, test=None, batch_size: int = 128, input_sha
     Raises:
         DatasetError: Data of the wrong kind or shape, or fewer training examples than a batch.
     """
+    input_shape = tuple(input_shape) if input_shape is not None else (None, None, None)
     rank = len(input_shape)
 
     def examples(source, what):
@@ -260,6 +263,11 @@ def from_datasets(train, validation, test=None, batch_size: int = 128, input_sha
         return source.map(lambda image, label: (tf.cast(image, tf.float32), tf.cast(tf.reshape(label, []), tf.int32)))
 
     train_ds = examples(train, "train").cache()
+    found = tuple(train_ds.element_spec[0].shape)
+    shape = tuple(d if d is not None else f for d, f in zip(input_shape, found))
+    if None in shape or any(d != f for d, f in zip(shape, found) if f is not None):
+        raise DatasetError(f"train's images have shape {found}; the model reads {input_shape}: give images of one "
+                           f"fixed size that fits it. Received: train element_spec={train_ds.element_spec}")
     train_examples = int(train_ds.reduce(0, lambda count, _: count + 1))
     if train_examples < batch_size:
         raise DatasetError(f"batch_size is larger than the {train_examples} training examples. "
@@ -272,7 +280,7 @@ def from_datasets(train, validation, test=None, batch_size: int = 128, input_sha
     return Data(
         name="custom", train_examples_ds=train_ds, val=val,
         test=evaluation(test, "test") if test is not None else val,
-        num_classes=num_classes, input_shape=tuple(input_shape), train_examples=train_examples,
+        num_classes=num_classes, input_shape=shape, train_examples=train_examples,
         steps_per_epoch=train_examples // batch_size, batch_size=batch_size, seed=seed,
         augment=lambda image, label, _: (image, label),
     )

@@ -1,12 +1,14 @@
-"""Traces a functional or Sequential Keras model into the mask groups of filter pruning, and runs it.
+"""Traces any Keras model into the mask groups of filter pruning, and runs it.
 
-Every channel of every tensor gets a label. Conv and dense layers create new
-labels; per-channel layers (BatchNormalization, activations, pooling, padding,
-dropout, an SE block's `Reshape((1, 1, C))`) pass them on; `Add`, `Multiply`,
-`Subtract`, `Average`, `Maximum` and `Minimum` merge their inputs' labels
-position by position (union-find); `Concatenate` on the channel axis joins the
-label lists; `Flatten` repeats them once per position; `DepthwiseConv2D`
-repeats each `depth_multiplier` times. Nested models are traced through.
+The model is first made one flat graph at a fixed input size
+(`hsd_tf.flatten`: nested models and composite layers inlined). Every channel
+of every tensor then gets a label. Conv and dense layers create new labels;
+per-channel layers (BatchNormalization, activations, pooling, padding,
+dropout, resizing and augmentation, an SE block's `Reshape((1, 1, C))`) pass
+them on; `Add`, `Multiply`, `Subtract`, `Average`, `Maximum` and `Minimum`
+merge their inputs' labels position by position (union-find); `Concatenate`
+on the channel axis joins the label lists; `Flatten` repeats them once per
+position; `DepthwiseConv2D` repeats each `depth_multiplier` times.
 
 A mask group is a set of channels that must be kept or dropped together: the
 merged labels that the same convs produce. A channel of a group made by m convs
@@ -16,19 +18,23 @@ the method keeps), of dense layers alone (the head, which is not masked; a
 dense layer whose channels merge with a conv's, as in a squeeze-and-excitation
 block, joins that conv's group), any channel merged with the input or reaching
 the model's output, and the inputs and outputs of the layers named unpruned.
-A layer called twice produces the same channels both times.
+A layer called twice produces the same channels both times, and reads the same
+channels at every call (its inputs are merged), since one slim layer serves
+every call. A layer the tracer cannot follow is kept whole when every channel
+it reads is unprunable anyway (preprocessing on the image); anywhere else it
+is an error that names every such layer at once.
 
-The trace is also a program: `run` executes the model's graph step by step,
-nested models inlined, with any layer swapped for another (a cascade view's
-own BatchNorm, the slim model's narrower conv) and a mask multiplied in after
-every op that can turn a zero channel non-zero (*mask points*): normalization
-layers, convs and dense layers unless a BatchNorm alone reads them (the mask
-then sits after that BatchNorm, where the method's score gradient is taken),
-biased depthwise convs, activations with f(0) != 0, adding a constant, and any
-op not known to keep zeros. A masked channel is then exactly zero wherever a
-layer mixes channels, so removing it changes nothing.
+The trace is also a program: `run` executes the flat model's graph step by
+step, with any layer swapped for another (a cascade view's own BatchNorm, the
+slim model's narrower conv) and a mask multiplied in after every op that can
+turn a zero channel non-zero (*mask points*): normalization layers, convs and
+dense layers unless a BatchNorm alone reads them (the mask then sits after
+that BatchNorm, where the method's score gradient is taken), biased depthwise
+convs, activations with f(0) != 0, adding a constant, and any op not known to
+keep zeros. A masked channel is then exactly zero wherever a layer mixes
+channels, so removing it changes nothing.
 
-Tracing only reads the model; it builds nothing and changes nothing.
+Tracing only reads the model; it changes nothing.
 """
 
 import dataclasses
@@ -38,6 +44,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import keras
 import numpy as np
 import tensorflow as tf
+
+from hsd_tf import flatten as flatten_lib
 
 # Layers that act on each channel alone: a channel's label passes through.
 PER_CHANNEL = (
@@ -49,6 +57,13 @@ PER_CHANNEL = (
     keras.layers.UpSampling2D, keras.layers.Rescaling, keras.layers.Normalization, keras.layers.Identity,
     keras.layers.InputLayer,
 )
+# Spatial preprocessing and augmentation: each channel alone, and a zero channel stays zero.
+SPATIAL = (
+    keras.layers.Resizing, keras.layers.CenterCrop, keras.layers.RandomCrop, keras.layers.RandomFlip,
+    keras.layers.RandomRotation, keras.layers.RandomZoom, keras.layers.RandomTranslation,
+)
+# Augmentation that acts on each channel alone but may turn a zero channel non-zero.
+AUGMENTING = (keras.layers.RandomContrast, keras.layers.RandomBrightness)
 MERGING = (keras.layers.Add, keras.layers.Multiply, keras.layers.Subtract, keras.layers.Average,
            keras.layers.Maximum, keras.layers.Minimum)
 CONVS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D, keras.layers.SeparableConv2D,
@@ -68,7 +83,7 @@ ZERO_KEEPING = (
     keras.layers.AveragePooling2D, keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D,
     keras.layers.ZeroPadding2D, keras.layers.Cropping2D, keras.layers.UpSampling2D, keras.layers.Identity,
     keras.layers.Flatten, keras.layers.Reshape, keras.layers.Concatenate, keras.layers.InputLayer,
-) + MERGING
+) + MERGING + SPATIAL
 ZERO_KEEPING_ACTIVATIONS = frozenset((
     "relu", "relu6", "leaky_relu", "elu", "selu", "tanh", "silu", "swish", "gelu", "hard_silu", "hard_swish",
     "linear", "mish", "softsign",
@@ -122,7 +137,8 @@ class WeightedLayer:
     Attributes:
         name: The layer.
         kind: "conv", "depthwise" (including a conv with one group per input
-            channel), "grouped" (an unpruned grouped conv), "separable", "transpose" or "dense".
+            channel), "grouped" (an unpruned grouped conv), "separable", "transpose", "dense", or
+            "opaque" (a layer kept whole whose kernels the tracer does not follow one by one).
         kernel: Kernel positions (kh x kw; 1 for dense layers).
         multiplier: Output channels per input channel of depthwise and separable kernels; a grouped
             conv's groups.
@@ -130,6 +146,8 @@ class WeightedLayer:
         output_size: Spatial size of the output, per image.
         inputs: Placement of each input channel.
         outputs: Placement of each output channel.
+        fixed_params: An opaque layer's kernel weights (every conv and dense kernel inside it).
+        fixed_macs: An opaque layer's MACs per image, counted from its TensorFlow graph.
     """
 
     name: str
@@ -140,6 +158,8 @@ class WeightedLayer:
     output_size: Tuple[int, ...]
     inputs: Tuple[Placement, ...]
     outputs: Tuple[Placement, ...]
+    fixed_params: int = 0
+    fixed_macs: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,6 +207,8 @@ class Trace:
             three block outputs).
         hint_layers: The layers producing the hints.
         unpruned: Layers whose inputs and outputs the user keeps whole.
+        model: The flat model traced (`hsd_tf.flatten`): the layers the program calls.
+        origin: Flat layer name -> its path in the model given ("backbone/block_1/conv").
     """
 
     groups: Tuple[MaskGroup, ...]
@@ -201,6 +223,8 @@ class Trace:
     hints: Tuple[int, ...] = ()
     hint_layers: Tuple[str, ...] = ()
     unpruned: Tuple[str, ...] = ()
+    model: Optional[keras.Model] = None
+    origin: Dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def group_names(self) -> Tuple[str, ...]:
@@ -234,6 +258,17 @@ class Trace:
         for step in self.steps:
             result.setdefault(step.operation.name, step)
         return result
+
+
+def identity_at_inference(op) -> bool:
+    """Keras' random augmentation layers (all but RandomCrop, which crops at inference too) act only in training.
+
+    The exported students leave them out (`hsd_tf.slimming`): they would
+    compute nothing, and the TFLite converter refuses some of their ops.
+    """
+    kind = type(op)
+    return (isinstance(op, keras.layers.Layer) and kind.__module__.startswith("keras.src.layers.preprocessing")
+            and kind.__name__.startswith("Random") and kind is not keras.layers.RandomCrop)
 
 
 def flat_masks(group_masks: Sequence) -> tf.Tensor:
@@ -324,106 +359,164 @@ class _Labels:
             self.frozen[self.find(label)] = True
 
 
-def trace(model: keras.Model, unpruned_layers: Sequence[str] = ()) -> Trace:
-    """Mask groups, stems, normalization layers, head and program of a functional or Sequential model.
+def trace(model: keras.Model, unpruned_layers: Sequence[str] = (), input_shape: Optional[Sequence[int]] = None
+          ) -> Trace:
+    """Mask groups, stems, normalization layers, head and program of any Keras model.
+
+    The model is first made one flat graph at a fixed input size
+    (`hsd_tf.flatten`): nested models and composite layers are inlined, so the
+    trace, its program and every name in it are the flat model's.
 
     Args:
-        model: A built functional or Sequential Keras model.
+        model: A built functional, Sequential or subclassed Keras model.
         unpruned_layers: Names of layers to leave whole: their input and output
             channels are not pruned, and a layer the tracer cannot follow
             channel by channel (a Lambda, a grouped conv) is accepted when named.
+            A nested model or composite layer named here leaves everything inside it whole.
+        input_shape: The input's shape without the batch axis, for a model whose
+            own input has unknown dimensions (or a subclassed model).
 
     Returns:
         A `Trace`.
 
     Raises:
-        UnsupportedLayerError: A layer whose channels the tracer cannot follow,
-            or a name in `unpruned_layers` that is no layer of the model.
+        UnsupportedLayerError: Layers whose channels the tracer cannot follow
+            (all of them, in one message), a name in `unpruned_layers` that is no
+            layer of the model, or a model that cannot be flattened.
     """
-    tracer = _Tracer(set(unpruned_layers))
-    graph = _functional(model)
-    input_keys = [tracer.key(0, x) for x in graph.inputs]
-    for key, x in zip(input_keys, graph.inputs):
-        tracer.labels_of[key] = tracer.labels.new(int(x.shape[-1]), frozen=True)
-        tracer.input_labels += tracer.labels_of[key]
-    output_keys = tracer.run(graph, 0)
-    for key in output_keys:
-        tracer.labels.freeze(tracer.labels_of[key])
-    missing = set(unpruned_layers) - tracer.layer_names
+    try:
+        flat = flatten_lib.flatten(model, input_shape)
+    except flatten_lib.FlattenError as error:
+        raise UnsupportedLayerError(str(error)) from None
+    held = {name: set(inner) for name, inner in flat.holders.items()}
+    known = set(flat.origin) | set(held) | {path.rsplit("/", 1)[-1] for path in flat.origin.values()}
+    missing = set(unpruned_layers) - known
     if missing:
         raise UnknownLayersError(
             f"unpruned_layers names layers the model does not have. Received: {sorted(missing)}")
-    return tracer.finish(input_keys, tuple(tuple(x.shape[1:]) for x in graph.inputs), output_keys)
+    by_original = {}
+    for flat_name, path in flat.origin.items():
+        by_original.setdefault(path.rsplit("/", 1)[-1], set()).add(flat_name)
+    unpruned = set()
+    for name in unpruned_layers:
+        unpruned |= {name} | held.get(name, set()) | by_original.get(name, set())
+    tracer = _Tracer(unpruned & set(flat.origin), flat.origin)
+    graph = flatten_lib.graph_of(flat.model)
+    input_keys = [tracer.key(x) for x in graph.inputs]
+    for key, x in zip(input_keys, graph.inputs):
+        tracer.labels_of[key] = tracer.labels.new(int(x.shape[-1]), frozen=True)
+        tracer.input_labels += tracer.labels_of[key]
+    tracer.run(graph)
+    output_keys = [tracer.key(x) for x in graph.outputs]
+    for key in output_keys:
+        tracer.labels.freeze(tracer.labels_of[key])
+    if tracer.unsupported:
+        raise _unsupported(tracer.unsupported)
+    return tracer.finish(flat.model, flat.origin, input_keys, tuple(tuple(x.shape[1:]) for x in graph.inputs),
+                         output_keys)
 
 
 class _Tracer:
-    """Labels every tensor of a graph, inlining nested models, and records the program."""
+    """Labels every tensor of a flat graph and records the program."""
 
-    def __init__(self, unpruned: set):
+    def __init__(self, unpruned: set, origin: Dict[str, str]):
         self.unpruned = unpruned
+        self.origin = origin
         self.labels = _Labels()
         self.labels_of: Dict[int, List[int]] = {}  # tensor key -> its channels' labels
-        self.keys: Dict[Tuple[int, int], int] = {}  # (scope, id(KerasTensor)) -> tensor key
-        self.scopes = 0
+        self.keys: Dict[int, int] = {}  # id(KerasTensor) -> tensor key
         self.steps: List[dict] = []
         self.stems: List[str] = []
         self.normalizations: List[str] = []
         self.head: List[str] = []
         self.order: List[str] = []  # producers in order of appearance
         self.produced: Dict[int, List[int]] = {}  # id(layer) -> its output labels
+        self.first_inputs: Dict[int, List[List[int]]] = {}  # id(layer) -> the input labels of its first call
         self.weighted: List[tuple] = []
-        self.layer_names: set = set()
         self.input_labels: List[int] = []
+        self.unsupported: List[Tuple[object, str]] = []
 
-    def key(self, scope: int, tensor) -> int:
-        return self.keys.setdefault((scope, id(tensor)), len(self.keys))
+    def key(self, tensor) -> int:
+        return self.keys.setdefault(id(tensor), len(self.keys))
 
-    def run(self, graph, scope: int) -> List[int]:
-        """Labels every tensor of `graph` (its inputs already keyed in `scope`); returns its output keys."""
+    def run(self, graph) -> None:
+        """Labels every tensor of `graph` (its inputs already labelled)."""
         for depth in sorted(graph._nodes_by_depth, reverse=True):  # pylint: disable=protected-access
             for node in graph._nodes_by_depth[depth]:  # pylint: disable=protected-access
                 if not node.operation or node.is_input:
                     continue
-                in_keys = [self.key(scope, x) for x in node.input_tensors]
-                op = node.operation
-                if isinstance(op, keras.Model):
-                    inner = _functional(op)
-                    self.scopes += 1
-                    inner_scope = self.scopes
-                    for x, key in zip(inner.inputs, in_keys):
-                        self.keys[(inner_scope, id(x))] = key
-                    for x, key in zip(node.outputs, self.run(inner, inner_scope)):
-                        self.keys[(scope, id(x))] = key
-                    continue
-                self.layer_names.add(op.name)
-                out_keys = [self.key(scope, x) for x in node.outputs]
-                results = self.operation(node, [self.labels_of[k] for k in in_keys])
+                in_keys = [self.key(x) for x in node.input_tensors]
+                out_keys = [self.key(x) for x in node.outputs]
+                inputs = [self.labels_of[k] for k in in_keys]
+                self.same_inputs_every_call(node.operation, inputs)
+                results = self.operation(node, inputs)
                 for key, result in zip(out_keys, results):
                     self.labels_of[key] = result
-                self.steps.append({"operation": op, "node": node, "inputs": tuple(in_keys),
+                self.steps.append({"operation": node.operation, "node": node, "inputs": tuple(in_keys),
                                    "outputs": tuple(out_keys)})
-        return [self.key(scope, x) for x in graph.outputs]
+
+    def same_inputs_every_call(self, op, inputs) -> None:
+        """A layer called again must keep the same input channels as at its first call.
+
+        One slim layer serves every call, with one set of kept input rows (a
+        conv's kernel, a BatchNorm's statistics, a Reshape's width), so the
+        channels that reach it at each call are merged position by position.
+        A layer without weights that keeps each channel apart (a ReLU reused on
+        two branches) needs nothing: its slim copy fits any width.
+        """
+        if not isinstance(op, keras.layers.Layer) or not (op.weights or isinstance(op, keras.layers.Reshape)):
+            return
+        first = self.first_inputs.setdefault(id(op), inputs)
+        if first is inputs:
+            return
+        for a, b in zip(first, inputs):
+            if len(a) == len(b):
+                for x, y in zip(a, b):
+                    self.labels.union(x, y)
 
     def operation(self, node, inputs) -> List[List[int]]:
-        """Output label lists of one graph node."""
+        """Output label lists of one graph node.
+
+        A layer the tracer cannot follow is kept whole when every channel it
+        reads is unprunable anyway (preprocessing on the image, an op after a
+        stem); otherwise it is recorded as unsupported and the trace goes on,
+        so that one error can name every such layer.
+        """
         op = node.operation
         name = op.name
         if isinstance(op, NORMALIZATIONS) and name not in self.normalizations:
             self.normalizations.append(name)
         if name in self.unpruned:
-            for labels in inputs:
-                self.labels.freeze(labels)
-            if isinstance(op, keras.layers.Conv2D) and op.groups not in (1, len(inputs[0])):
-                outputs = self.labels.new(op.filters, frozen=True)
-                self.record_weighted(node, "grouped", inputs[0], outputs)
-                return [outputs]
-            if not isinstance(op, CONVS + (keras.layers.Dense, keras.layers.DepthwiseConv2D)):
-                return [self.labels.new(int(x.shape[-1]), frozen=True) for x in node.outputs]
+            return self.kept_whole(node, inputs)
+        try:
+            return self.supported(node, inputs)
+        except _Unfollowable as why:
+            if all(self.labels.frozen[self.labels.find(label)] for labels in inputs for label in labels):
+                return self.kept_whole(node, inputs)
+            self.unsupported.append((name, type(op).__name__, self.origin.get(name, name), str(why)))
+            return [self.labels.new(_channels(x), frozen=True) for x in node.outputs]
+
+    def kept_whole(self, node, inputs) -> List[List[int]]:
+        """An unpruned layer: its input and output channels stay whole; its kernels still count."""
+        op = node.operation
+        for labels in inputs:
+            self.labels.freeze(labels)
+        if isinstance(op, keras.layers.Conv2D) and op.groups not in (1, len(inputs[0])):
+            outputs = self.labels.new(op.filters, frozen=True)
+            self.record_weighted(node, "grouped", inputs[0], outputs)
+            return [outputs]
+        if isinstance(op, CONVS + (keras.layers.Dense, keras.layers.DepthwiseConv2D)):
             results = self.supported(node, inputs)
             for labels in results:
                 self.labels.freeze(labels)
             return results
-        return self.supported(node, inputs)
+        input_roots = {self.labels.find(label) for label in self.input_labels}
+        on_input = all(self.labels.find(label) in input_roots for labels in inputs for label in labels)
+        outputs = [self.labels.new(_channels(x), frozen=True) for x in node.outputs]
+        if on_input:  # preprocessing of the image: a conv reading its result is a stem
+            self.input_labels += [label for labels in outputs for label in labels]
+        self.record_opaque(node)
+        return outputs
 
     def supported(self, node, inputs) -> List[List[int]]:
         """Output label lists of a node the tracer follows channel by channel."""
@@ -431,7 +524,7 @@ class _Tracer:
         name = op.name
         if isinstance(op, keras.layers.Conv2D) and getattr(op, "groups", 1) != 1:
             if op.groups != len(inputs[0]):
-                raise _unsupported(op, f"a grouped convolution ({op.groups} groups of "
+                raise _Unfollowable(f"a grouped convolution ({op.groups} groups of "
                                        f"{len(inputs[0]) // op.groups} channels) ties blocks of channels together")
             # One group per input channel is a depthwise convolution (ConvNeXt's): output o reads input o // m.
             outputs = [label for label in inputs[0] for _ in range(op.filters // op.groups)]
@@ -460,7 +553,7 @@ class _Tracer:
             # Statistics over several channels: a masked channel would change its neighbours' output.
             self.labels.freeze(inputs[0])
             return [inputs[0]]
-        if isinstance(op, PER_CHANNEL):
+        if isinstance(op, PER_CHANNEL + SPATIAL + AUGMENTING):
             return [inputs[0]]
         if isinstance(op, MERGING):
             return [self.merge(inputs)]
@@ -475,7 +568,7 @@ class _Tracer:
             shape = tuple(op.target_shape)
             if shape[-1] == len(inputs[0]) and all(d == 1 for d in shape[:-1]):
                 return [inputs[0]]  # an SE block's (1, 1, C): the channels stay where they were
-            raise _unsupported(op, f"a Reshape to {shape} moves channels off the last axis")
+            raise _Unfollowable(f"a Reshape to {shape} moves channels off the last axis")
         if type(op).__module__.startswith("keras.src.applications."):
             if type(op).__name__ in APPLICATION_PER_CHANNEL:
                 return [inputs[0]]
@@ -483,7 +576,7 @@ class _Tracer:
                 return [self.merge(inputs)]
         if not isinstance(op, keras.layers.Layer) and type(op).__name__ in ELEMENTWISE_OPS:
             return [self.merge(inputs) if len(inputs) > 1 else inputs[0]]
-        raise _unsupported(op, "its channels cannot be followed")
+        raise _Unfollowable("its channels cannot be followed")
 
     def merge(self, inputs) -> List[int]:
         """Element-wise merge: the i-th channels of all inputs become one (broadcast inputs of width 1 aside)."""
@@ -503,7 +596,14 @@ class _Tracer:
         self.weighted.append((op.name, kind, kernel, multiplier, math.prod(int(d) for d in spatial),
                               tuple(int(d) for d in node.outputs[0].shape[1:-1]), list(inputs), list(outputs)))
 
-    def finish(self, input_keys, input_shapes, output_keys) -> Trace:
+    def record_opaque(self, node) -> None:
+        """Counts the kernels and MACs of a layer kept whole as it is (nothing inside it is pruned)."""
+        params = kernel_weights(node.operation) if isinstance(node.operation, keras.layers.Layer) else 0
+        if params:
+            shape = tuple(int(d) for d in node.outputs[0].shape[1:-1])
+            self.weighted.append((node.operation.name, "opaque", 1, 1, 1, shape, [], [], params, _graph_macs(node)))
+
+    def finish(self, model, origin, input_keys, input_shapes, output_keys) -> Trace:
         """Groups the prunable channels and places every channel of the program."""
         labels = self.labels
         order = {name: i for i, name in enumerate(self.order)}
@@ -519,8 +619,11 @@ class _Tracer:
         widths: Dict[Tuple[str, ...], int] = {}
         for members in members_of.values():
             widths[members] = widths.get(members, 0) + 1
-        groups = sorted((MaskGroup(members[0], members, width) for members, width in widths.items()),
-                        key=lambda g: order[g.members[0]])
+        firsts = [members[0] for members in widths]
+        # Named after the first member; "+"-joined members where two groups share it (a conv whose channels a
+        # merge ties to two others, in two slices).
+        groups = sorted((MaskGroup(members[0] if firsts.count(members[0]) == 1 else "+".join(members), members, width)
+                         for members, width in widths.items()), key=lambda g: (order[g.members[0]], g.members))
         index = {group.members: i for i, group in enumerate(groups)}
         channel: Dict[int, Tuple[int, int]] = {}  # root -> (group, channel), channels in order of appearance
         filled = [0] * len(groups)
@@ -545,13 +648,13 @@ class _Tracer:
                 mask = flat_indices(channels_out, [g.width for g in groups])
             steps.append(Step(step["operation"], step["node"], step["inputs"], step["outputs"], channels_in,
                               channels_out, mask))
-        weighted = tuple(WeightedLayer(name, kind, kernel, multiplier, positions, size, place(ins), place(outs))
-                         for name, kind, kernel, multiplier, positions, size, ins, outs in self.weighted)
+        weighted = tuple(WeightedLayer(name, kind, kernel, multiplier, positions, size, place(ins), place(outs), *fixed)
+                         for name, kind, kernel, multiplier, positions, size, ins, outs, *fixed in self.weighted)
         hints = _hint_steps(steps, input_keys)
         return Trace(tuple(groups), tuple(self.stems), tuple(self.normalizations), tuple(self.head), weighted,
                      tuple(steps), tuple(input_keys), input_shapes, tuple(output_keys),
                      tuple(steps[i].outputs[0] for i in hints), tuple(steps[i].operation.name for i in hints),
-                     tuple(sorted(self.unpruned)))
+                     tuple(sorted(self.unpruned)), model, origin)
 
 
 def _needs_mask(step: dict, consumers: Sequence) -> bool:
@@ -622,22 +725,80 @@ def layers_by_name(model: keras.Model) -> Dict[str, keras.layers.Layer]:
     return result
 
 
-def _functional(model):
-    """The functional graph of a model (a Sequential model keeps one inside)."""
-    if isinstance(model, keras.Sequential):
-        if not model.built:
-            raise UnsupportedLayerError(
-                f"Sequential model {model.name!r} is not built; call it once or give it an Input.")
-        return model._functional  # pylint: disable=protected-access
-    if not hasattr(model, "_nodes_by_depth"):
-        raise UnsupportedLayerError(
-            f"Model {model.name!r} ({type(model).__name__}) is subclassed; only functional and Sequential "
-            "models have a graph to trace. Rebuild it with the functional API.")
-    return model
+KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
 
 
-def _unsupported(op, why: str) -> UnsupportedLayerError:
+def kernel_weights(layer: keras.layers.Layer) -> int:
+    """Weights of every conv and dense kernel of a layer or model, its sublayers' included, each counted once.
+
+    The paper's count: kernels only, no biases, no normalization. The costs of a
+    dense traced model add up to this (`tests/costs_test.py`).
+    """
+    kernels = {id(w): math.prod(w.shape) for sub in layer._flatten_layers(include_self=True)  # pylint: disable=protected-access
+               for w in sub.weights if w.name in KERNEL_NAMES}
+    return int(sum(kernels.values()))
+
+
+# TensorFlow ops that multiply-accumulate: every output element costs the product of the contracted sizes.
+_CONTRACTING_OPS = frozenset(("Conv2D", "Conv3D", "DepthwiseConv2dNative", "Conv2DBackpropInput", "MatMul",
+                              "BatchMatMulV2", "BatchMatMulV3", "Einsum"))
+
+
+def _graph_macs(node) -> int:
+    """MACs per image of one call of a layer, from the contracting ops of its TensorFlow graph at batch 1."""
+    op = node.operation
+
+    def call(*values):
+        args, kwargs = node.arguments.fill_in({id(x): v for x, v in zip(node.input_tensors, values)})
+        if "training" in getattr(op, "_call_context_args", ()):
+            kwargs["training"] = False
+        return op(*args, **kwargs)
+
+    specs = [tf.TensorSpec((1,) + tuple(x.shape[1:]), x.dtype) for x in node.input_tensors]
+    graph = tf.function(call).get_concrete_function(*specs).graph
+    return int(sum(_op_macs(o) for o in graph.get_operations() if o.type in _CONTRACTING_OPS))
+
+
+def _op_macs(op) -> int:
+    """MACs of one contracting TensorFlow op: output elements x the size of what each output sums over."""
+    shape = lambda t: [int(d) for d in t.shape]  # noqa: E731
+    if op.type == "Conv2DBackpropInput":  # a transposed conv: every input element meets the whole kernel
+        kh, kw, out_channels, _ = shape(op.inputs[1])
+        return math.prod(shape(op.inputs[2])) * kh * kw * out_channels
+    out = math.prod(shape(op.outputs[0]))
+    if op.type in ("Conv2D", "Conv3D"):
+        return out * math.prod(shape(op.inputs[1])[:-1])
+    if op.type == "DepthwiseConv2dNative":
+        return out * math.prod(shape(op.inputs[1])[:-2])
+    if op.type == "MatMul":
+        return out * shape(op.inputs[0])[0 if op.get_attr("transpose_a") else 1]
+    if op.type.startswith("BatchMatMul"):
+        return out * shape(op.inputs[0])[-2 if op.get_attr("adj_x") else -1]
+    equation = op.get_attr("equation").decode().replace(" ", "")
+    operands, result = equation.split("->")
+    sizes = {}
+    for labels, tensor in zip(operands.split(","), op.inputs):
+        dims = shape(tensor)
+        labels = labels.replace("...", "." * (len(dims) - len(labels.replace("...", ""))))
+        sizes.update((label, d) for label, d in zip(labels, dims) if label != ".")
+    return out * math.prod(d for label, d in sizes.items() if label not in result)
+
+
+class _Unfollowable(Exception):
+    """Raised inside the tracer for an op whose channels it cannot follow; the message says why."""
+
+
+def _channels(tensor) -> int:
+    return int(tensor.shape[-1]) if len(tensor.shape) > 1 else 1
+
+
+def _unsupported(found: Sequence[Tuple[str, str, str, str]]) -> UnsupportedLayerError:
+    """One error naming every layer the tracer could not follow: (name, type, path, why) each."""
+    described = "; ".join(f"{name!r} ({kind}{', at ' + path if path != name else ''}): {why}"
+                          for name, kind, path, why in found)
+    names = ",".join(name for name, _, _, _ in found)
+    it, them = ("it", "its") if len(found) == 1 else ("them", "their")
     return UnsupportedLayerError(
-        f"Cannot trace layer {op.name!r} ({type(op).__name__}): {why}. List it in unpruned_layers "
-        f"(--unpruned_layers={op.name}) to keep its inputs and outputs whole, or rebuild the model with "
+        f"Cannot trace layer{'s' * (len(found) > 1)} {described}. List {it} in unpruned_layers "
+        f"(--unpruned_layers={names}) to keep {them} inputs and outputs whole, or rebuild the model with "
         "supported layers.")

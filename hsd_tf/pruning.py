@@ -61,7 +61,8 @@ def prune(model: keras.Model, train, validation, test=None, *, prune_ratio: floa
         ValueError: An unknown or bad setting, or data that does not fit the model.
     """
     model = architectures.without_softmax(model)
-    graph.trace(model, unpruned_layers)  # an unsupported layer is reported as itself, before anything runs
+    if getattr(model, "inputs", None):  # a subclassed model is checked once traced, below
+        architectures.check_classifier(model)
     known = {f.name for f in dataclasses.fields(Config)} - {"mode", "dataset", "arch", "teacher", "image_size",
                                                              "data_dir", "val_fraction", "max_train_examples"}
     unknown = sorted(set(settings) - known)
@@ -70,9 +71,15 @@ def prune(model: keras.Model, train, validation, test=None, *, prune_ratio: floa
     config = Config(dataset="custom", arch=f"python:{model.name}", prune_ratio=prune_ratio, num_ta=num_ta,
                     model_dir=model_dir or os.path.join("runs", model.name), unpruned_layers=list(unpruned_layers),
                     **settings)
-    data = data_lib.from_datasets(train, validation, test, batch_size=config.batch_size,
-                                  input_shape=tuple(model.inputs[0].shape[1:]),
-                                  num_classes=int(model.outputs[0].shape[-1]), seed=config.seed)
-    report = training.train_and_evaluate(config, model=model, data=data)
-    student = keras.saving.load_model(report["views"][0]["exports"]["keras"]["path"], compile=False)
+    model_inputs = getattr(model, "inputs", None)
+    input_shape = tuple(model_inputs[0].shape[1:]) if model_inputs else None
+    # An unsupported layer is reported as itself, before anything runs (the data give the sizes a model leaves open).
+    traced = graph.trace(model, unpruned_layers) if input_shape and None not in input_shape else None
+    data = data_lib.from_datasets(train, validation, test, batch_size=config.batch_size, input_shape=input_shape,
+                                  num_classes=int(model.outputs[0].shape[-1]) if model_inputs else 0,
+                                  seed=config.seed)
+    traced = traced or graph.trace(model, unpruned_layers, data.input_shape)
+    architectures.check_classifier(traced.model)
+    data = dataclasses.replace(data, num_classes=int(traced.model.outputs[0].shape[-1]))
+    report, student = training.prune_model(config, model, data)
     return PruneResult(student, report)

@@ -13,10 +13,11 @@ go to `<model_dir>/results.json`; TensorBoard logs to `<model_dir>/logs/<phase>`
 optimizers live in their own modules (`hsd_tf/callbacks.py`, `hsd_tf/checkpoints.py`, `hsd_tf/optimizers.py`).
 """
 
+import contextlib
 import json
 import os
 import time
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import keras
 import numpy as np
@@ -26,9 +27,10 @@ from hsd_tf import architectures, costs, graph, masks, slimming, strategy
 from hsd_tf import data as data_lib
 from hsd_tf import export as export_lib
 from hsd_tf import teacher as teacher_lib
-from hsd_tf.cascade import Cascade
+from hsd_tf.cascade import PHASES, Cascade
 from hsd_tf.callbacks import MaskChangeLog, StopOnNonFiniteLoss, TeacherLadder
-from hsd_tf.checkpoints import (EpochBackup, discard_backup, load_weights, read_checkpoint, save_weights,
+from hsd_tf.checkpoints import (EpochBackup, RunInterrupted, discard_backup, load_weights, model_dir_lock,
+                                read_checkpoint, save_weights,
                                 write_json)
 from hsd_tf.config import Config, ConfigError
 from hsd_tf.optimizers import score_optimizer, weight_optimizer
@@ -41,11 +43,12 @@ TEACHER_CHECKPOINT = "teacher.weights.h5"
 def train_and_evaluate(config: Config, model: Optional[keras.Model] = None, data=None) -> dict:
     """Runs (or resumes) every phase and writes results.json.
 
-    Every process reads `config.model_dir`; only the chief writes it. Under
-    `--strategy=multi_worker` the other workers run the same steps (they
-    take part in every collective) but write into `<model_dir>/workers/<task>`,
-    and resume from the chief's checkpoints, so the model_dir must be on
-    storage that every worker sees.
+    Every process reads `config.model_dir`; only the chief writes it, holding
+    its lock (`checkpoints.model_dir_lock`) so that no second run writes it
+    meanwhile. Under `--strategy=multi_worker` the other workers run the same
+    steps (they take part in every collective) but write into
+    `<model_dir>/workers/<task>`, and resume from the chief's checkpoints, so
+    the model_dir must be on storage that every worker sees.
 
     Args:
         config: The run's `Config`.
@@ -55,7 +58,27 @@ def train_and_evaluate(config: Config, model: Optional[keras.Model] = None, data
 
     Returns:
         The results dictionary written to `<model_dir>/results.json`.
+
+    Raises:
+        ConfigError: A bad setting, model, or model_dir (another run holds it), before anything is written.
+        TrainingError: Training cannot go on, or the slim student does not compute what the masked one did.
+        export.ExportError: Some files could not be exported or failed verification; everything else is written.
+        checkpoints.RunInterrupted: Ctrl-C; the message says where the run stopped and how to resume.
     """
+    return _run(config, model, data, rebuild_student=False)[0]
+
+
+def prune_model(config: Config, model: keras.Model, data) -> Tuple[dict, keras.Model]:
+    """`train_and_evaluate` on a given model and data, also returning the slim student itself.
+
+    The student is the model this run built, not a reload of its `.keras` file
+    (which Keras refuses to load by default when the model holds a Lambda); a
+    run found finished rebuilds it from its last checkpoint, without training.
+    """
+    return _run(config, model, data, rebuild_student=True)
+
+
+def _run(config: Config, model, data, rebuild_student: bool):
     config.validate()
     start = time.time()
     try:
@@ -63,15 +86,39 @@ def train_and_evaluate(config: Config, model: Optional[keras.Model] = None, data
     except ValueError as error:
         raise ConfigError("strategy", config.strategy, str(error)) from None
     config.check_replicas(distribution.num_replicas_in_sync)
-    check_model(config, model)
+    input_shape = data.input_shape if data is not None else data_lib.describe(config.dataset, config.image_size)[0]
+    check_model(config, model, input_shape)
     config.check_model_dir()
-    results_path = os.path.join(config.model_dir, "results.json")
-    if config.mode == "train" and _finished(results_path, config):
-        with open(results_path) as f:
-            return json.load(f)
     is_chief, task = strategy.worker(distribution)
+    lock = model_dir_lock(config.model_dir, _refuse(config)) if is_chief else contextlib.nullcontext()
+    with lock:
+        results_path = os.path.join(config.model_dir, "results.json")
+        if config.mode == "train" and _finished(results_path, config):
+            with open(results_path) as f:
+                results = json.load(f)
+            return results, _finished_student(config, model, input_shape) if rebuild_student else None
+        try:
+            return _train_export_and_report(config, distribution, model, data, is_chief, task, start)
+        except RunInterrupted:
+            raise
+        except KeyboardInterrupt:
+            raise RunInterrupted(f"Interrupted; every finished phase and epoch is saved in {config.model_dir}. "
+                                 "Re-run the same command to resume from there.") from None
+
+
+def _refuse(config: Config):
+    def refuse(holder: str):
+        raise ConfigError("model_dir", config.model_dir,
+                          f"another hsd_tf run{' (process ' + holder + ')' if holder else ''} is writing this folder; "
+                          "wait for it to end, or use another --model_dir")
+    return refuse
+
+
+def _train_export_and_report(config: Config, distribution, given_model, given_data, is_chief: bool, task: str,
+                             start: float):
     out_dir = config.model_dir if is_chief else os.path.join(config.model_dir, "workers", task)
     if is_chief:
+        _announce_resume(config, trains_teacher=given_model is None and not config.teacher)
         config.save()
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
@@ -81,22 +128,27 @@ def train_and_evaluate(config: Config, model: Optional[keras.Model] = None, data
     keras.config.set_dtype_policy("float32" if config.mixed_precision == "float32" else f"mixed_{config.mixed_precision}")
     try:
         with distribution.scope():
-            results, cascade, snapshot, dense_teacher, data = _train_and_evaluate(config, out_dir, model, data)
+            results, cascade, snapshot, dense_teacher, data = _train_and_evaluate(config, out_dir, given_model,
+                                                                                 given_data)
     finally:
         keras.config.set_dtype_policy(policy)
     # Slim models are plain float32 single-device models, built outside the
     # strategy, so exporting involves no collective and the chief does it alone.
     # The slim student's .keras file is written whatever --export says: it is what the run made.
+    failures, student = [], None
     if is_chief:
-        models = [(results["views"][0], slimming.slim_view(cascade, 0, name="student"))]
-        if config.export_views == "all":
-            models += [(results["views"][i], slimming.slim_view(snapshot, i, name=cascade.view_names[i]))
-                       for i in range(1, len(cascade.views))]
-            models.append((results["teacher"], slimming.slim_model(graph.trace(dense_teacher), {}, name="teacher")))
-        _export(config, models, data)
+        models = _checked_slim_models(config, results, cascade, snapshot, dense_teacher, data)
+        student = models[0][1]
+        try:
+            failures = _export(config, models, data, results)
+        except KeyboardInterrupt:
+            raise RunInterrupted(f"Interrupted while exporting; training is finished and saved in {config.model_dir}. "
+                                 "Re-run the same command to export again.") from None
     results["wall_seconds_this_invocation"] = round(time.time() - start, 1)
     write_json(os.path.join(out_dir, "results.json"), results)
-    return results
+    if failures:
+        raise export_lib.ExportError(failures, results)
+    return results, student
 
 
 def _train_and_evaluate(config: Config, out_dir: str, given_model=None, given_data=None):
@@ -106,8 +158,8 @@ def _train_and_evaluate(config: Config, out_dir: str, given_model=None, given_da
         dense_teacher = _teacher(config, out_dir, model, data)
     else:  # a float32 copy made in the strategy's scope, flattened: the user's model stays as it is
         data = given_data
-        model = dense_teacher = slimming.slim_model(graph.trace(given_model, config.unpruned_layers), {},
-                                                    name="teacher")
+        model = dense_teacher = slimming.slim_model(
+            graph.trace(given_model, config.unpruned_layers, data.input_shape), {}, name="teacher")
     validation = data.val if data.val is not None else data.test
     teacher_val = teacher_lib.accuracy(dense_teacher, validation)
     if config.verbose:
@@ -121,7 +173,8 @@ def _train_and_evaluate(config: Config, out_dir: str, given_model=None, given_da
         macs_fractions=config.macs_fractions(), round_to=config.round_to, kd_weight=config.kd_weight,
         temperature=config.temperature, hint_weight=config.hint_weight,
         max_layer_prune_ratio=config.max_layer_prune_ratio, min_layer_filters=config.min_layer_filters,
-        mask_hysteresis=config.mask_hysteresis, unpruned_layers=config.unpruned_layers, name="cascade",
+        mask_hysteresis=config.mask_hysteresis, unpruned_layers=config.unpruned_layers,
+        input_shape=data.input_shape, name="cascade",
     )
     if not os.path.exists(_phase_path(config.model_dir, "joint")):
         cascade.initialize_from(dense_teacher)
@@ -171,19 +224,27 @@ def _train_and_evaluate(config: Config, out_dir: str, given_model=None, given_da
     return results, cascade, snapshot, dense_teacher, data
 
 
-def check_model(config: Config, model: Optional[keras.Model] = None) -> graph.Trace:
+def check_model(config: Config, model: Optional[keras.Model] = None, input_shape=None) -> graph.Trace:
     """Builds and traces `--arch` for the dataset (or traces `model`), checks `--teacher` against it and
     a folder dataset's files, all before any training and before anything is written.
+
+    Args:
+        config: The run's settings.
+        model: The model to prune instead of `--arch`.
+        input_shape: One image's shape, where the model's own input leaves sizes open
+            (default: the dataset's, `hsd_tf.data.describe`).
 
     Returns:
         The model's trace.
 
     Raises:
-        ConfigError: A model that cannot be built or traced, has nothing to
-            prune, or per-layer floors that alone exceed some view's filter budget.
+        ConfigError: A model that cannot be built or traced, is no image classifier, has
+            nothing to prune, or per-layer floors that alone exceed some view's filter budget.
     """
+    if input_shape is None:
+        input_shape = data_lib.describe(config.dataset, config.image_size)[0]
     if model is None:
-        input_shape, num_classes = data_lib.describe(config.dataset, config.image_size)
+        num_classes = data_lib.describe(config.dataset, config.image_size)[1]
         try:
             model = architectures.get(config.arch, input_shape, num_classes, config.width_multiplier)
         except ValueError as error:
@@ -196,10 +257,14 @@ def check_model(config: Config, model: Optional[keras.Model] = None) -> graph.Tr
         if config.dataset.startswith("folder:") and config.mode == "train":
             data_lib.folder_files(config.dataset[len("folder:"):])
     try:
-        model_trace = graph.trace(model, config.unpruned_layers)
+        model_trace = graph.trace(model, config.unpruned_layers, input_shape)
     except graph.UnsupportedLayerError as error:
         flag = "unpruned_layers" if isinstance(error, graph.UnknownLayersError) else "arch"
         raise ConfigError(flag, getattr(config, flag), str(error).rstrip(".")) from None
+    try:
+        architectures.check_classifier(model_trace.model)
+    except ValueError as error:
+        raise ConfigError("arch", config.arch, str(error).rstrip(".")) from None
     if not model_trace.groups:
         raise ConfigError("arch", config.arch, "the model has no prunable channels (every conv's output reaches the "
                           "output or is listed in --unpruned_layers)")
@@ -226,6 +291,25 @@ def check_model(config: Config, model: Optional[keras.Model] = None) -> graph.Tr
     return model_trace
 
 
+def _announce_resume(config: Config, trains_teacher: bool) -> None:
+    """One line when a run picks up work already in its folder: which phases are done, where the next resumes."""
+    if config.mode == "export":
+        print(f"Exporting again from the finished run in {config.model_dir}.", flush=True)
+        return
+    phases = (("teacher",) if trains_teacher else ()) + PHASES
+    done = [phase for phase in phases if os.path.exists(
+        os.path.join(config.model_dir, phase, TEACHER_CHECKPOINT if phase == "teacher" else CHECKPOINT))]
+    started = [(phase, EpochBackup.latest(os.path.join(config.model_dir, phase, "backup"))[0])
+               for phase in phases if phase not in done]
+    if not done and not any(epochs for _, epochs in started):
+        return
+    finished = f"{', '.join(done)} finished" if done else "no phase finished"
+    phase, epochs = started[0] if started else (None, 0)
+    next_step = (f"; {phase} resumes after epoch {epochs}" if epochs else f"; {phase} starts from its first epoch"
+                 if phase else "; only the export is left")
+    print(f"Resuming the run in {config.model_dir}: {finished}{next_step}.", flush=True)
+
+
 def _finished(results_path: str, config: Config) -> bool:
     """Whether a previous invocation already wrote everything this one asks for."""
     if not os.path.exists(results_path):
@@ -233,19 +317,79 @@ def _finished(results_path: str, config: Config) -> bool:
     with open(results_path) as f:
         results = json.load(f)
     entries = results["views"] + [results["teacher"]] if config.export_views == "all" else results["views"][:1]
-    return all(set(config.export) <= set(entry.get("exports", {})) for entry in entries)
+    return all(set(config.export) | {"keras"} <= {fmt for fmt, exported in entry.get("exports", {}).items()
+                                                  if "error" not in exported} for entry in entries)
 
 
-def _export(config: Config, models, data) -> None:
-    """Saves each slim model (.keras), exports it in the --export formats, and verifies every file on the test split."""
+def _checked_slim_models(config: Config, results, cascade, snapshot, dense_teacher, data) -> list:
+    """[(results entry, slim model)] of every view to export, each checked against what it was trained as.
+
+    The models to deploy: augmentation layers left out. The check
+    (`slimming.check_slim`) runs on a test batch in every run, so a slim model
+    that does not compute what its masked view did stops the run before
+    anything is exported.
+    """
+    images = next(iter(data.test))[0]
+    views = results["views"]
+    models = [(views[0], slimming.slim_view(cascade, 0, name="student", inference=True), cascade, 0)]
+    if config.export_views == "all":
+        models += [(views[i], slimming.slim_view(snapshot, i, name=cascade.view_names[i], inference=True), snapshot, i)
+                   for i in range(1, len(cascade.views))]
+        teacher_trace = graph.trace(dense_teacher, config.unpruned_layers, data.input_shape)
+        models.append((results["teacher"], slimming.slim_model(teacher_trace, {}, name="teacher", inference=True),
+                       None, None))
+    for entry, model, source, index in models:
+        reference = (dense_teacher(images, training=False) if source is None
+                     else slimming.masked_logits(source, index, images))
+        slimming.check_slim(model, reference, images)
+    return [(entry, model) for entry, model, _, _ in models]
+
+
+def _export(config: Config, models, data, results) -> List[str]:
+    """Saves each slim model (.keras), then writes and verifies every --export format of it, each on its own.
+
+    results.json is written once the .keras files are, and again as each file
+    is done, so a failure (or a crash) in a conversion loses nothing before it.
+
+    Returns:
+        One line per file that could not be made or failed verification.
+    """
     directory = os.path.join(config.model_dir, "export")
-    sample = export_lib.representative_sample(data.train_from(0, 1)) if "tflite_int8" in config.export else None
+    results_path = os.path.join(config.model_dir, "results.json")
     os.makedirs(directory, exist_ok=True)
+    failures, references = [], []
     for entry, model in models:
-        model.save(os.path.join(directory, f"{model.name}.keras"))
-        paths = export_lib.export_model(model, directory, config.export, sample) if config.export else {}
-        entry["exports"] = export_lib.verify(paths, model, data.test)
-        entry["exports"]["keras"]["path"] = os.path.join(directory, f"{model.name}.keras")
+        path = os.path.join(directory, f"{model.name}.keras")
+        references.append(export_lib.Reference(model, data.test))
+        entry["exports"] = {"keras": {"path": path, "accuracy": references[-1].accuracy}}
+        try:
+            model.save(path)
+        except Exception as error:  # pylint: disable=broad-except  (reported, the other formats still made)
+            entry["exports"]["keras"]["error"] = f"could not be saved: {export_lib.why(error)}"
+            failures.append(f"{model.name} keras: {entry['exports']['keras']['error']}")
+    write_json(results_path, results)
+    sample = export_lib.representative_sample(data.train_from(0, 1)) if "tflite_int8" in config.export else None
+    for (entry, model), reference in zip(models, references):
+        def record(fmt, exported, entry=entry, name=model.name):
+            entry["exports"][fmt] = exported
+            write_json(results_path, results)
+            if "error" in exported:
+                failures.append(f"{name} {fmt}: {exported['error']}")
+
+        export_lib.export_and_verify(model, directory, config.export, data.test, sample, record, reference)
+    return failures
+
+
+def _finished_student(config: Config, model: keras.Model, input_shape) -> keras.Model:
+    """The slim student of a finished run, rebuilt from its last checkpoint (no training, no file read back)."""
+    cascade = Cascade(
+        model, None if config.macs_budget else config.prune_ratios(), macs_fractions=config.macs_fractions(),
+        round_to=config.round_to, max_layer_prune_ratio=config.max_layer_prune_ratio,
+        min_layer_filters=config.min_layer_filters, mask_hysteresis=config.mask_hysteresis,
+        unpruned_layers=config.unpruned_layers, input_shape=input_shape, name="cascade",
+    )
+    load_weights(cascade, _phase_path(config.model_dir, "finetune"))
+    return slimming.slim_view(cascade, 0, frozen=True, name="student", inference=True)
 
 
 def data_and_model(config: Config):
@@ -309,9 +453,14 @@ def _run_phase(config, out_dir, cascade, phase, epochs, data, validation, callba
         _fit(cascade, config, out_dir, phase, epochs, data, validation, callbacks)
     if phase == "joint":
         cascade.freeze_masks()
-        if config.recalibration_batches:
-            cascade.recalibrate_batch_norm(images for images, _ in data.train_from(0, 1).take(
-                min(config.recalibration_batches, data.steps_per_epoch)))
+    # Every view's BatchNorm statistics are recomputed under its final mask after the last phase that trains it:
+    # moving averages taken while masks and kernels changed (or with Keras' momentum 0.99 over a short phase)
+    # can be far from its weights (a student at 8.9% in inference mode and 47.5% on batch statistics).
+    trained = {"joint": True, "frozen": epochs > 0, "finetune": epochs > 0}[phase]
+    if trained and config.recalibration_batches:
+        views = [0] if phase == "finetune" else range(len(cascade.views))
+        cascade.recalibrate_batch_norm((images for images, _ in data.train_from(0, 1).take(
+            min(config.recalibration_batches, data.steps_per_epoch))), views)
     save_weights(cascade, _phase_path(out_dir, phase))
     discard_backup(out_dir, phase)
 
@@ -346,12 +495,19 @@ def _fit(model, config, out_dir, phase, epochs, data, validation, callbacks=()) 
         if not model.optimizer.built:  # the teacher's optimizer builds lazily; its state must load too
             model.optimizer.build(model.trainable_variables)
         load_weights(model, path)
-    model.fit(
-        data.train_from(first_epoch, epochs), epochs=epochs, initial_epoch=first_epoch,
-        steps_per_epoch=data.steps_per_epoch, validation_data=validation, verbose=config.verbose,
-        shuffle=False,  # train_from already shuffles, per epoch and reproducibly
-        callbacks=[StopOnNonFiniteLoss(phase, backup), *callbacks, EpochBackup(backup)]
-        + ([keras.callbacks.TensorBoard(os.path.join(out_dir, "logs", phase))] if config.tensorboard else []),
-    )
+    try:
+        model.fit(
+            data.train_from(first_epoch, epochs), epochs=epochs, initial_epoch=first_epoch,
+            steps_per_epoch=data.steps_per_epoch, validation_data=validation, verbose=config.verbose,
+            shuffle=False,  # train_from already shuffles, per epoch and reproducibly
+            callbacks=[StopOnNonFiniteLoss(phase, backup), *callbacks, EpochBackup(backup)]
+            + ([keras.callbacks.TensorBoard(os.path.join(out_dir, "logs", phase))] if config.tensorboard else []),
+        )
+    except KeyboardInterrupt:
+        done, _ = EpochBackup.latest(backup)
+        raise RunInterrupted(
+            f"Interrupted in the {phase} phase after {done} of {epochs} epochs (epoch {done + 1}, under way, will be "
+            f"redone); everything before is saved in {config.model_dir}. Re-run the same command to resume from "
+            "there.") from None
 
 

@@ -27,3 +27,12 @@ def test_settings_refuse_what_they_can_judge_alone(bad, flag):
     with pytest.raises(ConfigError, match="Received") as error:
         Config(**bad).validate()
     assert error.value.flag == flag
+
+
+def test_a_run_with_unpruned_layers_can_be_run_again(tmp_path):
+    """Layer names stay names when a run's stored identity is compared (they were once turned into floats)."""
+    first = Config(model_dir=str(tmp_path), unpruned_layers=["conv_b", "odd"], ta_ratios=[0.3, 0.0])
+    first.save()
+    Config(model_dir=str(tmp_path), unpruned_layers=["conv_b", "odd"], ta_ratios=[0.3, 0]).check_model_dir()
+    with pytest.raises(ConfigError, match="holds a run with unpruned_layers=\\['conv_b', 'odd'\\]"):
+        Config(model_dir=str(tmp_path), unpruned_layers=["conv_b"], ta_ratios=[0.3, 0.0]).check_model_dir()

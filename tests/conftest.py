@@ -180,6 +180,33 @@ def pattern_called_twice() -> keras.Model:
     return keras.Model(x, keras.layers.Dense(NUM_CLASSES, name="fc")(keras.layers.Flatten()(y)), name="called_twice")
 
 
+def pattern_shared_on_two_branches() -> keras.Model:
+    """One conv and one BatchNorm called on two branches that different convs make: one slim layer reads both."""
+    x = keras.Input(INPUT_SHAPE)
+    stem = keras.layers.Conv2D(4, 3, padding="same", name="stem")(x)
+    a = keras.layers.ReLU()(_bn(keras.layers.Conv2D(6, 3, padding="same", name="a")(stem), "a_bn"))
+    b = keras.layers.ReLU()(_bn(keras.layers.Conv2D(6, 1, name="b")(stem), "b_bn"))
+    shared = keras.layers.Conv2D(5, 3, padding="same", name="shared")
+    shared_bn = keras.layers.BatchNormalization(name="shared_bn")
+    y = keras.layers.Concatenate()([keras.layers.ReLU()(shared_bn(shared(a))), keras.layers.ReLU()(shared_bn(shared(b)))])
+    y = keras.layers.Conv2D(3, 1, name="c")(y)
+    return keras.Model(x, keras.layers.Dense(NUM_CLASSES, name="fc")(keras.layers.Flatten()(y)), name="shared_branches")
+
+
+def pattern_shared_on_uneven_branches() -> keras.Model:
+    """A shared conv reads one conv's 6 channels on one branch, a concatenation of 2 and 4 on the other."""
+    x = keras.Input(INPUT_SHAPE)
+    stem = keras.layers.Conv2D(4, 3, padding="same", name="stem")(x)
+    a = keras.layers.ReLU()(_bn(keras.layers.Conv2D(6, 3, padding="same", name="a")(stem), "a_bn"))
+    a = keras.layers.Identity()(keras.layers.Dropout(0.1)(a))  # a deeper branch: `a` comes first in the model's order
+    b = keras.layers.Concatenate()([keras.layers.Conv2D(2, 1, name="b1")(stem), keras.layers.Conv2D(4, 1, name="b2")(stem)])
+    b = keras.layers.ReLU()(_bn(b, "b_bn"))
+    shared = keras.layers.Conv2D(5, 3, padding="same", name="shared")
+    y = keras.layers.Concatenate()([shared(a), shared(b)])
+    y = keras.layers.Conv2D(3, 1, name="c")(keras.layers.ReLU()(_bn(y, "y_bn")))
+    return keras.Model(x, keras.layers.Dense(NUM_CLASSES, name="fc")(keras.layers.Flatten()(y)), name="uneven")
+
+
 def branchy_cnn(input_shape=(32, 32, 3), num_classes=10) -> keras.Model:
     """A CNN of one's own: concatenated conv and depthwise branches, SE blocks, residual adds, a softmax.
 
@@ -212,6 +239,7 @@ PATTERNS = {
     "nested": pattern_nested,
     "raw_ops": pattern_raw_ops,
     "called_twice": pattern_called_twice,
+    "shared_on_two_branches": pattern_shared_on_two_branches,
 }
 
 

@@ -3,10 +3,11 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from hsd_tf import architectures, costs, graph, slimming
 
-from conftest import PATTERNS, kernel_params
+from conftest import PATTERNS, kernel_params, pattern_shared_on_uneven_branches
 
 
 def _groups(trace):
@@ -91,6 +92,17 @@ def test_a_layer_called_twice_produces_the_same_channels():
     assert _groups(trace) == {(frozenset({"shared"}), 5), (frozenset({"c"}), 3)}
 
 
+def test_a_layer_called_on_two_branches_reads_the_same_channels_from_both():
+    """One slim conv serves both calls: the channels of the two convs feeding it are kept or dropped together."""
+    trace = graph.trace(PATTERNS["shared_on_two_branches"]())
+    assert _groups(trace) == {(frozenset({"a", "b"}), 6), (frozenset({"shared"}), 5), (frozenset({"c"}), 3)}
+    # Channels of one conv tied to two others, slice by slice: two groups, named by all their members.
+    trace = graph.trace(pattern_shared_on_uneven_branches())
+    assert _groups(trace) == {(frozenset({"a", "b1"}), 2), (frozenset({"a", "b2"}), 4), (frozenset({"shared"}), 5),
+                              (frozenset({"c"}), 3)}
+    assert trace.group_names[:2] == ("a+b1", "a+b2")
+
+
 def test_channels_reaching_the_output_or_merged_with_the_input_are_not_prunable():
     x = _input()
     y = keras.layers.Conv2D(3, 3, padding="same", name="stem")(x)
@@ -104,12 +116,29 @@ def test_channels_reaching_the_output_or_merged_with_the_input_are_not_prunable(
     assert trace.stems == ("stem", "reads_image")
 
 
-def test_an_unsupported_layer_is_named_with_its_type():
+def test_every_unsupported_layer_is_named_with_its_type_in_one_error():
     x = _input()
     y = keras.layers.Conv2D(4, 3, name="stem")(x)
+    y = keras.layers.Conv2D(5, 3, name="prunable")(y)
     y = keras.layers.Lambda(lambda t: t * 2.0, name="doubler")(y)
-    with pytest.raises(graph.UnsupportedLayerError, match=r"'doubler' \(Lambda\)"):
+    y = keras.layers.Conv2D(6, 1, name="second")(y)
+    y = keras.layers.Lambda(lambda t: t * 3.0, name="tripler")(y)
+    y = keras.layers.Dense(2)(keras.layers.Flatten()(y))
+    with pytest.raises(graph.UnsupportedLayerError, match=r"layers 'doubler' \(Lambda\).*'tripler' \(Lambda\)"
+                       r".*--unpruned_layers=doubler,tripler"):
         graph.trace(keras.Model(x, y))
+
+
+def test_a_layer_it_cannot_follow_on_unprunable_channels_is_kept_whole():
+    """Preprocessing on the image, or an op right after a stem, reads nothing prunable: nothing to follow."""
+    x = _input()
+    y = keras.layers.Lambda(lambda t: t[..., ::-1], name="to_bgr")(x)  # on the image: the next conv is a stem
+    y = keras.layers.Conv2D(4, 3, name="stem")(y)
+    y = keras.layers.Lambda(lambda t: t * 2.0, name="after_stem")(y)
+    y = keras.layers.Conv2D(5, 3, name="prunable")(y)
+    y = keras.layers.Dense(2)(keras.layers.Flatten()(y))
+    trace = graph.trace(keras.Model(x, y))
+    assert _groups(trace) == {(frozenset({"prunable"}), 5)} and trace.stems == ("stem",)
 
 
 def test_keras_applications_resnet50_traces_to_our_hand_written_resnet50_groups():
@@ -177,16 +206,95 @@ def test_a_sequential_model_is_traced():
                                                   3 * 3 * 3 * 4 * 36 + 3 * 3 * 4 * 6 * 16 + 96 * 8 + 8 * 2)
 
 
-def test_a_subclassed_model_is_refused_with_the_way_out():
-    class Subclassed(keras.Model):
-        def __init__(self):
-            super().__init__(name="mine")
-            self.conv = keras.layers.Conv2D(4, 3)
+class _Subclassed(keras.Model):
+    def __init__(self, tensorflow_op=False):
+        super().__init__(name="mine")
+        self.stem = keras.layers.Conv2D(4, 3, name="stem")
+        self.conv = keras.layers.Conv2D(5, 3, name="conv")
+        self.bn = keras.layers.BatchNormalization(name="bn")
+        self.fc = keras.layers.Dense(2, name="fc")
+        self.tensorflow_op = tensorflow_op
 
-        def call(self, inputs):
-            return self.conv(inputs)
+    def call(self, inputs, training=None):
+        y = self.bn(self.conv(self.stem(inputs)), training=training)
+        if self.tensorflow_op:  # a TensorFlow op on a symbolic tensor: no graph to record
+            y = tf.nn.relu(y)
+        return self.fc(keras.layers.Flatten()(keras.ops.relu(y)))
 
-    model = Subclassed()
+
+def test_a_subclassed_model_is_traced_at_the_given_input_size():
+    model = _Subclassed()
+    model(keras.ops.zeros((1, 8, 8, 3)))
+    with pytest.raises(graph.UnsupportedLayerError, match="'mine'.*subclassed.*no input shape.*--image_size"):
+        graph.trace(model)
+    trace = graph.trace(model, input_shape=(8, 8, 3))
+    assert _groups(trace) == {(frozenset({"conv"}), 5)} and trace.normalizations == ("bn",)
+    images = np.random.RandomState(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(trace.model(images), model(images), rtol=1e-5, atol=1e-5)
+
+
+def test_a_subclassed_model_whose_call_is_not_keras_is_refused_with_the_way_out():
+    model = _Subclassed(tensorflow_op=True)
     model(keras.ops.zeros((1, 8, 8, 3)))
     with pytest.raises(graph.UnsupportedLayerError, match="'mine'.*subclassed.*functional API"):
+        graph.trace(model, input_shape=(8, 8, 3))
+
+
+def test_a_base_model_without_input_size_inside_a_model_is_traced_at_the_models_size():
+    """A keras.applications base built without input_shape, called on Input((32, 32, 3)), has None inside."""
+    base = keras.applications.MobileNetV2(weights=None, include_top=False, alpha=0.35)
+    assert base.inputs[0].shape[1:3] == (None, None)
+    x = keras.Input((32, 32, 3))
+    model = keras.Model(x, keras.layers.Dense(5)(keras.layers.GlobalAveragePooling2D()(base(x))))
+    trace = graph.trace(model)
+    assert trace.input_shapes == ((32, 32, 3),) and len(trace.groups) > 10
+    assert costs.count(trace)["params"] == graph.kernel_weights(model)
+    images = np.random.RandomState(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(trace.model(images, training=False), model(images, training=False), rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_a_model_with_open_input_sizes_is_traced_at_the_size_given():
+    x = keras.Input((None, None, 3))
+    y = keras.layers.Conv2D(6, 3, name="a")(keras.layers.Conv2D(4, 3, name="stem")(x))
+    model = keras.Model(x, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(y)))
+    with pytest.raises(graph.UnsupportedLayerError, match=r"shape \(None, None, 3\).*give the image size"):
         graph.trace(model)
+    trace = graph.trace(model, input_shape=(12, 12, 3))
+    assert trace.input_shapes == ((12, 12, 3),)
+    assert {layer["name"]: layer["macs"] for layer in costs.count(trace)["layers"]}["a"] == 3 * 3 * 4 * 6 * 8 * 8
+
+
+class _RenamingBlock(keras.layers.Layer):
+    """A composite layer that renames itself as keras_hub's DepthwiseConvBlock does ("name_0"), so a rebuilt copy
+    would be "name_0_0": its sublayers are named after the renamed name."""
+
+    def __init__(self, filters, name=None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.filters = filters
+        self.name = name = f"{name}_0"
+        self.conv = keras.layers.Conv2D(filters, 3, padding="same", name=f"{name}_conv")
+        self.bn = keras.layers.BatchNormalization(name=f"{name}_bn")
+        self.reverse = keras.layers.Lambda(lambda t: t[..., ::-1], name=f"{name}_reverse")
+
+    def call(self, x, training=None):
+        return self.reverse(keras.ops.relu(self.bn(self.conv(x), training=training)))
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters}
+
+
+def test_a_composite_layer_is_inlined_and_its_layers_keep_the_users_names():
+    x = keras.Input((8, 8, 3))
+    y = keras.layers.Conv2D(4, 3, padding="same", name="stem")(x)
+    y = _RenamingBlock(6, name="block")(y)
+    y = keras.layers.Conv2D(5, 1, name="after")(y)
+    model = keras.Model(x, keras.layers.Dense(2, name="fc")(keras.layers.Flatten()(y)))
+    with pytest.raises(graph.UnsupportedLayerError, match=r"'block_0_reverse' \(Lambda, at block_0/block_0_reverse\)"
+                                                          r".*--unpruned_layers=block_0_reverse"):
+        graph.trace(model)
+    for unpruned in (["block_0_reverse"], ["block_0"]):  # the layer itself, or the composite holding it
+        trace = graph.trace(model, unpruned_layers=unpruned)
+        assert trace.group_names == ("after",) and trace.normalizations == ("block_0_bn",)
+        assert {"block_0_conv", "block_0_bn"} <= set(trace.layers())
+    assert _groups(graph.trace(model, unpruned_layers=["block_0_reverse"])) == {(frozenset({"after"}), 5)}

@@ -47,9 +47,14 @@ def test_profile_prints_table_and_writes_json(tmp_path):
     assert "student: prune ratio 0.6, keeps 1664 of 4160 prunable filters" in result.stdout
 
 
+# The float formats: quantized files of a model trained for two epochs flip near ties (tests/export_test.py
+# checks them on a trained one).
+E2E = TINY + ["--export=savedmodel,tflite"]
+
+
 def test_end_to_end_then_resume_only_reports(tmp_path):
     model_dir = str(tmp_path / "run")
-    result = run_main(*TINY, f"--model_dir={model_dir}")
+    result = run_main(*E2E, f"--model_dir={model_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     with open(os.path.join(model_dir, "results.json")) as f:
         results = json.load(f)
@@ -79,25 +84,24 @@ def test_end_to_end_then_resume_only_reports(tmp_path):
     assert {"learning_rate", "score_learning_rate", "kept_fraction_per_layer"} <= cascade_tags
     assert "teacher_rung" in _scalar_tags(os.path.join(model_dir, "logs", "finetune", "cascade"))
     exports = student["exports"]
-    assert set(exports) == {"keras", "savedmodel", "tflite", "tflite_dynamic", "tflite_int8"}
+    assert set(exports) == {"keras", "savedmodel", "tflite"}
     assert exports["keras"]["accuracy"] == pytest.approx(student["accuracy"], abs=1e-6)
     assert exports["savedmodel"]["agreement"] == 1.0
     assert exports["tflite"]["agreement"] >= 0.99
-    assert exports["tflite_int8"]["agreement"] >= 0.8
-    for fmt in ("tflite", "tflite_dynamic", "tflite_int8"):
-        assert os.path.getsize(exports[fmt]["path"]) == exports[fmt]["bytes"] > 0
-    assert exports["tflite_int8"]["bytes"] < exports["tflite"]["bytes"]
+    assert os.path.getsize(exports["tflite"]["path"]) == exports["tflite"]["bytes"] > 0
     assert "student" in result.stdout and "tflite acc" in result.stdout and "min layer" in result.stdout
     checkpoints = {p: os.path.getmtime(os.path.join(model_dir, p, "cascade.weights.h5"))
                    for p in ("joint", "frozen", "finetune")}
 
-    again = run_main(*TINY, f"--model_dir={model_dir}")
+    again = run_main(*E2E, f"--model_dir={model_dir}")
     assert again.returncode == 0, again.stderr[-3000:]
     for phase, mtime in checkpoints.items():
         assert os.path.getmtime(os.path.join(model_dir, phase, "cascade.weights.h5")) == mtime
     with open(os.path.join(model_dir, "results.json")) as f:
         resumed = json.load(f)
     assert resumed["views"] == results["views"]
+
+    _a_failed_export_keeps_everything_else_and_exits_non_zero(model_dir)
 
     reexport = run_main(*TINY, "--mode=export", "--export=tflite", f"--model_dir={model_dir}")
     assert reexport.returncode == 0, reexport.stderr[-3000:]
@@ -106,6 +110,38 @@ def test_end_to_end_then_resume_only_reports(tmp_path):
 
     conflict = run_main(*TINY, "--num_ta=2", f"--model_dir={model_dir}")
     assert conflict.returncode == 2 and "num_ta" in conflict.stderr and "Traceback" not in conflict.stderr
+
+
+def _a_failed_export_keeps_everything_else_and_exits_non_zero(model_dir):
+    """A converter error and a LiteRT abort (stand-ins) while exporting a finished run again: one line each,
+    exit 1, results.json written with every other file."""
+    probe = f"""
+import runpy, sys
+from hsd_tf import export
+convert, command = export._convert, export.child_command
+def failing(saved_model, fmt, images):
+    if fmt == "tflite_dynamic":
+        raise RuntimeError("<unknown>:0: error: 'tf.Stand' op is neither a custom op nor a flex op\\nmore")
+    return convert(saved_model, fmt, images)
+export._convert = failing
+export.child_command = lambda path: [sys.executable, "-c", "import os; os.abort()"] if "_int8" in path else command(path)
+sys.argv = ["main.py"] + {TINY + ["--mode=export", f"--model_dir={model_dir}"]!r}
+runpy.run_path("main.py", run_name="__main__")
+"""
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stderr.splitlines() == [
+        "error: --export: student tflite_dynamic: conversion failed: 'tf.Stand' op is neither a custom op nor a "
+        "flex op",
+        "error: --export: student tflite_int8: could not be run: LiteRT stopped with SIGABRT while running the file",
+    ]
+    with open(os.path.join(model_dir, "results.json")) as f:
+        exports = json.load(f)["views"][0]["exports"]
+    assert set(exports) == {"keras", "savedmodel", "tflite", "tflite_dynamic", "tflite_int8"}
+    for fmt in ("keras", "savedmodel", "tflite"):
+        assert "error" not in exports[fmt] and os.path.exists(exports[fmt]["path"])
+    assert "student tflite_int8:    failed (below)" in result.stdout
 
 
 def test_a_non_finite_loss_stops_the_run_with_one_line(tmp_path):
@@ -129,8 +165,8 @@ def test_an_untraceable_model_is_one_line_with_the_way_out(tmp_path):
     import keras  # pylint: disable=import-outside-toplevel
 
     x = keras.Input((32, 32, 3))
-    y = keras.layers.Conv2D(4, 3, name="c")(x)
-    y = keras.layers.Conv2D(4, 3, groups=2, name="grouped")(y)
+    y = keras.layers.Conv2D(4, 3, name="c")(keras.layers.Conv2D(4, 3, name="stem")(x))
+    y = keras.layers.Conv2D(4, 3, groups=2, name="grouped")(y)  # reads c's prunable channels
     y = keras.layers.Dense(10)(keras.layers.Flatten()(keras.layers.Conv2D(4, 3, name="d")(y)))
     path = str(tmp_path / "grouped.keras")
     keras.Model(x, y).save(path)

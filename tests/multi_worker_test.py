@@ -59,6 +59,6 @@ def test_two_workers_train_to_the_end_and_agree_on_the_masks(tmp_path):
     assert sum(map(len, student["kept_channels"].values())) == student["filters_kept"] == student["filters_total"] // 2
     assert chief == other  # accuracies too: one model, evaluated in lockstep
     # Only the chief wrote the model_dir.
-    assert sorted(os.listdir(model_dir)) == ["config.json", "export", "finetune", "frozen", "joint", "logs",
+    assert sorted(os.listdir(model_dir)) == [".lock", "config.json", "export", "finetune", "frozen", "joint", "logs",
                                             "results.json", "teacher", "workers"]
     assert os.listdir(model_dir / "export") == ["student.keras"]

@@ -1,12 +1,15 @@
 """hsd_tf.prune: any trained Keras model and the user's own data in, the slim student and its report out."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import hsd_tf
-from hsd_tf import graph
+from hsd_tf import graph, slimming
+from hsd_tf.checkpoints import TrainingError
 
 from testing import randomize
 from conftest import INPUT_SHAPE, NUM_CLASSES, pattern_se
@@ -46,8 +49,118 @@ def test_prune_refuses_bad_settings_and_unsupported_layers_at_once(tmp_path):
     with pytest.raises(ValueError, match=r"Received: \['joint_epoch'\]"):
         hsd_tf.prune(pattern_se(), data, data, model_dir=str(tmp_path), joint_epoch=1)
     x = keras.Input(INPUT_SHAPE)
-    y = keras.layers.Lambda(lambda t: t[..., ::-1], name="flip")(keras.layers.Conv2D(4, 3, name="c")(x))
+    y = keras.layers.Conv2D(4, 3, name="c")(keras.layers.Conv2D(4, 3, name="stem")(x))
+    y = keras.layers.Lambda(lambda t: t[..., ::-1], name="flip")(y)
+    y = keras.layers.Dense(NUM_CLASSES)(keras.layers.Flatten()(y))
     with pytest.raises(graph.UnsupportedLayerError, match="'flip'"):
         hsd_tf.prune(keras.Model(x, y), data, data, model_dir=str(tmp_path))
     with pytest.raises(ValueError, match="train.s images have 2 axes; the model reads 3"):
         hsd_tf.prune(pattern_se(), (data[0][:, 0], data[1]), data, model_dir=str(tmp_path), **QUICK)
+
+
+def _lambda_model():
+    x = keras.Input(INPUT_SHAPE)
+    y = keras.layers.ReLU()(keras.layers.BatchNormalization()(keras.layers.Conv2D(6, 3, name="stem")(x)))
+    y = keras.layers.ReLU()(keras.layers.BatchNormalization()(keras.layers.Conv2D(8, 3, name="body")(y)))
+    y = keras.layers.Lambda(lambda t: t * 2.0, name="double")(y)
+    y = keras.layers.ReLU()(keras.layers.BatchNormalization()(keras.layers.Conv2D(5, 1, name="after")(y)))
+    return keras.Model(x, keras.layers.Dense(NUM_CLASSES)(keras.layers.Flatten()(y)))
+
+
+def test_a_model_with_a_lambda_left_unpruned_returns_its_student_and_runs_again(tmp_path):
+    """Keras will not load a saved Lambda without safe_mode=False: the student is the one built, never reloaded."""
+    model = randomize(_lambda_model())
+    data = _examples(64, 0)
+    settings = dict(prune_ratio=0.5, num_ta=1, model_dir=str(tmp_path / "run"), unpruned_layers=["double"], **QUICK)
+    student, report = hsd_tf.prune(model, data, _examples(24, 1), **settings)
+    assert student.get_layer("after").filters < 5
+    with pytest.raises(ValueError, match="safe_mode"):
+        keras.saving.load_model(report["views"][0]["exports"]["keras"]["path"])
+    again, report_again = hsd_tf.prune(model, data, _examples(24, 1), **settings)  # finished: rebuilt, not reloaded
+    assert report_again["views"] == report["views"]
+    images = _examples(8, 3)[0]
+    np.testing.assert_allclose(again(images), student(images), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind, found", [
+    ("two inputs", "2 inputs"),
+    ("segmentation", "an output of shape (8, 8, 4), not one logit per class"),
+    ("autoencoder", "an output of shape (8, 8, 3), not one logit per class"),
+    ("sequence", "an input of shape (16, 3), not an image"),
+])
+def test_a_model_outside_the_method_is_refused_before_anything_runs(kind, found, tmp_path):
+    conv = lambda filters: keras.layers.Conv2D(filters, 3, padding="same")  # noqa: E731
+    x = keras.Input(INPUT_SHAPE)
+    if kind == "two inputs":
+        extra = keras.Input((4,))
+        y = keras.layers.GlobalAveragePooling2D()(conv(4)(conv(4)(x)))
+        model = keras.Model([x, extra], keras.layers.Dense(NUM_CLASSES)(keras.layers.Concatenate()([y, extra])))
+    elif kind == "segmentation":
+        model = keras.Model(x, conv(NUM_CLASSES)(conv(6)(conv(4)(x))))
+    elif kind == "autoencoder":
+        model = keras.Model(x, conv(3)(keras.layers.UpSampling2D()(keras.layers.MaxPooling2D()(conv(6)(conv(4)(x))))))
+    else:
+        x = keras.Input((16, 3))
+        y = keras.layers.Conv1D(6, 3)(keras.layers.Conv1D(4, 3)(x))
+        model = keras.Model(x, keras.layers.Dense(NUM_CLASSES)(keras.layers.GlobalAveragePooling1D()(y)))
+    data = _examples(32, 0)
+    with pytest.raises(ValueError) as error:
+        hsd_tf.prune(model, data, data, model_dir=str(tmp_path / "run"), **QUICK)
+    message = str(error.value)
+    assert message.startswith("hsd_tf prunes image classifiers: one image input (height, width, channels), class "
+                              "logits out;") and found in message and "\n" not in message
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_the_slim_student_is_checked_against_its_masked_view_in_every_run(tmp_path, monkeypatch):
+    """A slim model that computes something else stops the run with one line before anything is exported."""
+    slim_view = slimming.slim_view
+
+    def broken(cascade, index, **kwargs):  # a slim student whose first conv reads its inputs in reverse
+        model = slim_view(cascade, index, **kwargs)
+        layer = model.get_layer("body")
+        kernel, *rest = layer.get_weights()
+        layer.set_weights([kernel[:, :, ::-1]] + rest)
+        return model
+
+    monkeypatch.setattr(slimming, "slim_view", broken)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError) as error:
+        hsd_tf.prune(randomize(pattern_se()), _examples(64, 0), _examples(24, 1), prune_ratio=0.5, num_ta=1,
+                     model_dir=str(run), **QUICK)
+    assert str(error.value).startswith("the slim student does not compute what its masked view computed")
+    assert "\n" not in str(error.value)
+    assert os.path.exists(run / "finetune" / "cascade.weights.h5") and not os.path.exists(run / "export")
+
+
+def _momentum_099_model():
+    """BatchNorm at Keras' default momentum 0.99, as most users' models have it."""
+    x = keras.Input((8, 8, 1))
+    y = x
+    for filters in (16, 32, 32):
+        y = keras.layers.ReLU()(keras.layers.BatchNormalization()(keras.layers.Conv2D(filters, 3, padding="same")(y)))
+    return keras.Model(x, keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(y)))
+
+
+@pytest.mark.parametrize("recalibration_batches", [0, 20])
+def test_every_exported_student_has_batchnorm_statistics_of_its_final_weights(recalibration_batches, tmp_path):
+    """After fine-tuning, a momentum-0.99 student's moving statistics lag its weights unless recalibrated."""
+    from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
+
+    images, labels = load_digits(return_X_y=True)
+    images = (images / 16).reshape(-1, 8, 8, 1).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = _momentum_099_model()
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(images[:1300], labels[:1300], epochs=3, batch_size=32, verbose=0)
+    student, _ = hsd_tf.prune(model, (images[:1300], labels[:1300]), (images[1300:1500], labels[1300:1500]),
+                              prune_ratio=0.6, num_ta=1, model_dir=str(tmp_path / "run"), joint_epochs=2,
+                              finetune_epochs=3, batch_size=32, learning_rate=0.05, export=[], tensorboard=False,
+                              verbose=0, recalibration_batches=recalibration_batches)
+    test = images[1500:], labels[1500:]
+    inference = np.mean(np.argmax(student(test[0], training=False), -1) == test[1])
+    batch_statistics = np.mean(np.argmax(student(test[0], training=True), -1) == test[1])
+    if recalibration_batches:
+        assert inference >= batch_statistics - 0.03, (inference, batch_statistics)
+    else:  # the failure recalibration prevents, seen on this very model
+        assert inference < batch_statistics - 0.1, (inference, batch_statistics)

@@ -9,7 +9,8 @@ from hsd_tf.cascade import Cascade
 from hsd_tf.masks import l1_scores
 
 from testing import make_cascade, randomize
-from conftest import INPUT_SHAPE, PATTERNS, TOPOLOGIES, kernel_params, tiny_chain
+from conftest import (INPUT_SHAPE, PATTERNS, TOPOLOGIES, kernel_params, pattern_shared_on_uneven_branches,
+                      tiny_chain)
 
 
 def _set_masks(cascade, index, masks):
@@ -46,6 +47,37 @@ def test_slim_logits_equal_masked_logits(topology, extreme, batch):
         cost = cascade.view_costs()[0]
         assert kernel_params(slim) == cost["params"] == costs.profile(slim)["params"]
         assert costs.profile(slim)["macs"] == cost["macs"]
+
+
+@pytest.mark.parametrize("extreme", [False, True])
+@pytest.mark.parametrize("pattern", [PATTERNS["shared_on_two_branches"], pattern_shared_on_uneven_branches])
+def test_a_layer_shared_by_two_branches_slims_to_what_its_masked_view_computes(pattern, extreme, batch):
+    """The branches' convs score differently (b's kernels are 10x a's), yet keep the same channels, as they must:
+    one conv on each branch (same widths), or one conv against a concatenation of two (2 + 4 channels)."""
+    images, labels = batch
+    model = randomize(pattern())
+    for layer in model.layers:
+        if layer.name.startswith("b") and layer.weights:
+            layer.set_weights([w * 10 for w in layer.get_weights()])
+    cascade, _ = make_cascade(model, [0.5, 0.0])
+    cascade.train_on_batch(images, labels)
+    rng = np.random.RandomState(1)
+    for trial in range(3):
+        masks = _random_masks(cascade.trace, rng, extreme)
+        _set_masks(cascade, 0, masks)
+        slim = slimming.slim_view(cascade, 0)
+        b_filters = sum(slim.get_layer(name).filters for name in ("b", "b1", "b2") if name in _names(slim))
+        assert slim.get_layer("a").filters == b_filters == sum(m.sum() for g, m in zip(cascade.trace.groups, masks)
+                                                                if "a" in g.members)
+        np.testing.assert_allclose(slim(images).numpy(), cascade.view_forward(0, images, training=False)[0].numpy(),
+                                   rtol=1e-4, atol=1e-4)
+    slim = slimming.slim_view(cascade, 0, frozen=False)  # the masks of the scores: top-k over the merged group
+    np.testing.assert_allclose(slim(images).numpy(), cascade.view_forward(0, images, frozen=False)[0].numpy(),
+                               rtol=1e-4, atol=1e-4)
+
+
+def _names(model):
+    return {layer.name for layer in model.layers}
 
 
 def test_slim_top_view_is_the_full_network(batch):

@@ -7,7 +7,6 @@ import sys
 import keras
 import numpy as np
 
-from hsd_tf import graph
 from hsd_tf.cascade import Cascade
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +25,9 @@ def run_main(*args, timeout=600):
 def randomize(model, seed=0):
     """Random weights and BatchNorm statistics, so no test passes by symmetry."""
     rng = np.random.RandomState(seed)
-    for layer in graph.layers_by_name(model).values():
+    leaves = [layer for layer in model._flatten_layers(include_self=False)  # pylint: disable=protected-access
+              if not list(layer._flatten_layers(include_self=False, recursive=False))]  # pylint: disable=protected-access
+    for layer in leaves:
         if isinstance(layer, keras.layers.BatchNormalization):
             gamma, beta, mean, var = layer.get_weights()
             layer.set_weights([

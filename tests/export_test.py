@@ -1,0 +1,119 @@
+"""Export: every format written and verified on its own; a failing converter or runtime loses nothing else."""
+
+import os
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn.datasets import load_digits
+
+from hsd_tf import export, graph, slimming
+
+FORMATS = list(export.FORMATS)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """A small CNN trained on scikit-learn's 8x8 digits (over 90% on the held-out images), and that split."""
+    images, labels = load_digits(return_X_y=True)
+    images = (images / 16).reshape(-1, 8, 8, 1).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(16, 3, padding="same"),
+                              keras.layers.BatchNormalization(), keras.layers.ReLU(), keras.layers.MaxPooling2D(),
+                              keras.layers.Conv2D(32, 3, padding="same"), keras.layers.ReLU(),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)], name="digits_cnn")
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.fit(images[:1400], labels[:1400], epochs=40, batch_size=64, verbose=0)
+    test = tf.data.Dataset.from_tensor_slices((images[1400:], labels[1400:])).batch(100)
+    return model, test, images[:200]
+
+
+def test_every_format_is_written_and_verified_on_a_trained_model(digits, tmp_path):
+    model, test, calibration = digits
+    entries = export.export_and_verify(model, str(tmp_path), FORMATS, test, calibration)
+    assert set(entries) == set(FORMATS) and not [e["error"] for e in entries.values() if "error" in e]
+    keras_accuracy = export.Reference(model, test).accuracy
+    assert keras_accuracy > 0.9
+    assert entries["savedmodel"]["agreement"] == 1.0 and entries["tflite"]["agreement"] >= 0.99
+    for fmt in FORMATS:
+        assert abs(entries[fmt]["accuracy"] - keras_accuracy) <= 0.01
+    assert entries["tflite_int8"]["bytes"] < entries["tflite_dynamic"]["bytes"] < entries["tflite"]["bytes"]
+
+
+def test_a_converter_error_fails_that_format_and_keeps_the_others(digits, tmp_path, monkeypatch):
+    model, test, calibration = digits
+    convert = export._convert  # pylint: disable=protected-access
+
+    def failing(saved_model, fmt, images):
+        if fmt == "tflite_dynamic":  # the converter's own shape of error: MLIR diagnostics, many lines
+            raise RuntimeError("<unknown>:0: error: loc(fused[\"StatelessRandomUniformV2:\"]): 'tf.StatelessRandom"
+                               "UniformV2' op is neither a custom op nor a flex op\n<unknown>:0: note: see current "
+                               "operation\n" + "noise\n" * 150)
+        return convert(saved_model, fmt, images)
+
+    monkeypatch.setattr(export, "_convert", failing)
+    entries = export.export_and_verify(model, str(tmp_path), FORMATS, test, calibration)
+    assert entries["tflite_dynamic"] == {"error": "conversion failed: loc(fused[\"StatelessRandomUniformV2:\"]): "
+                                                  "'tf.StatelessRandomUniformV2' op is neither a custom op nor a flex op"}
+    assert not os.path.exists(tmp_path / "digits_cnn_dynamic.tflite")
+    for fmt in ("savedmodel", "tflite", "tflite_int8"):
+        assert "error" not in entries[fmt] and os.path.exists(entries[fmt]["path"])
+
+
+def test_a_runtime_that_aborts_fails_that_file_and_keeps_the_others(digits, tmp_path, monkeypatch):
+    """LiteRT aborting on a file (a keras_hub ResNetV2's int8 file did) takes down only the child running it."""
+    model, test, calibration = digits
+    command = export.child_command
+    monkeypatch.setattr(export, "child_command", lambda path: [sys.executable, "-c", "import os; os.abort()"]
+                        if path.endswith("_int8.tflite") else command(path))
+    entries = export.export_and_verify(model, str(tmp_path), FORMATS, test, calibration)
+    assert entries["tflite_int8"]["error"].startswith("could not be run: LiteRT stopped with SIGABRT")
+    assert os.path.exists(entries["tflite_int8"]["path"])
+    for fmt in ("savedmodel", "tflite", "tflite_dynamic"):
+        assert "error" not in entries[fmt]
+
+
+def test_a_file_computing_another_function_fails_verification(digits, tmp_path):
+    model, test, _ = digits
+    other = keras.models.clone_model(model)  # same architecture, untrained weights
+    paths = export.export_model(other, str(tmp_path), ["savedmodel", "tflite"])
+    report = export.verify(paths, model, test)
+    for fmt in ("savedmodel", "tflite"):
+        assert report[fmt]["agreement"] < 0.5
+        assert report[fmt]["error"].startswith("failed verification: accuracy") and "(needs 99%)" in report[fmt]["error"]
+
+
+def test_the_savedmodel_runs_in_inference_mode_even_with_a_resizing_layer(tmp_path):
+    """Keras' model.export runs BatchNorm on batch statistics when a Resizing layer is inside; ours does not."""
+    x = keras.Input((16, 16, 3))
+    y = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3)(keras.layers.Resizing(8, 8)(x)))
+    model = keras.Model(x, keras.layers.Dense(3)(keras.layers.Flatten()(y)))
+    rng = np.random.RandomState(0)
+    model.layers[3].set_weights([np.ones(4), np.zeros(4), rng.normal(3, 1, 4), rng.uniform(0.01, 0.1, 4)])
+    images = rng.normal(size=(64, 16, 16, 3)).astype("float32")
+    test = tf.data.Dataset.from_tensor_slices((images, np.zeros(64, np.int32))).batch(32)
+    paths = export.export_model(model, str(tmp_path), ["savedmodel", "tflite"])
+    loaded = tf.saved_model.load(paths["savedmodel"])
+    np.testing.assert_allclose(loaded.serve(tf.constant(images[:32])).numpy(), model(images[:32], training=False),
+                               rtol=1e-4, atol=1e-4)
+    report = export.verify(paths, model, test)
+    assert report["savedmodel"]["agreement"] == report["tflite"]["agreement"] == 1.0
+
+
+def test_augmentation_layers_are_left_out_of_the_model_to_deploy(tmp_path):
+    x = keras.Input((16, 16, 3))
+    y = keras.layers.RandomRotation(0.1)(keras.layers.RandomFlip()(x))
+    y = keras.layers.Conv2D(4, 3, name="stem")(keras.layers.RandomContrast(0.2)(y))
+    y = keras.layers.ReLU()(keras.layers.BatchNormalization()(keras.layers.Conv2D(6, 3, name="body")(y)))
+    model = keras.Model(x, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(y)))
+    trace = graph.trace(model)
+    assert trace.group_names == ("body",)
+    deployed = slimming.slim_model(trace, {}, inference=True)
+    assert not [layer for layer in deployed.layers if type(layer).__name__.startswith("Random")]
+    images = np.random.RandomState(0).normal(size=(8, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(deployed(images, training=False), model(images, training=False), rtol=1e-5, atol=1e-5)
+    test = tf.data.Dataset.from_tensor_slices((images, np.zeros(8, np.int32))).batch(8)
+    entries = export.export_and_verify(deployed, str(tmp_path), ["savedmodel", "tflite"], test)
+    assert entries["tflite"]["agreement"] == 1.0 and "error" not in entries["tflite"]
