@@ -11,7 +11,8 @@ autoencoder, a Conv1D model), which must be refused.
 
 Per model, with random BatchNorm statistics and biases so that a masked channel would show if it
 leaked: the mask groups; params of the dense model against the sum of its conv and dense kernels; params
-and MACs of a student keeping 50% of the prunable filters (L1-initialised masks); one cascade training step
+and MACs of a student keeping 50% of the prunable filters (L1-initialised masks, the command line's
+per-layer floor: at least 2 filters and 4% of each layer); one cascade training step
 (student at prune ratio 0.5 and the full top view, SGD, batch 8); the student's slim model against its
 masked view on the same images, max |masked - slim| / max |masked logit|; then the slim student exported
 to float32 and int8 TFLite, each run with LiteRT in a child process on the images: the float file must
@@ -172,7 +173,7 @@ def hub_models() -> dict:
         "densenet": (m.DenseNetImageClassifier, lambda: m.DenseNetBackbone(
             stackwise_num_repeats=[2, 4, 6, 4], compression_ratio=0.5, growth_rate=8, image_shape=open_size)),
         "vgg": (m.VGGImageClassifier, lambda: m.VGGBackbone(
-            stackwise_num_repeats=[2, 2, 3], stackwise_num_filters=[16, 32, 64], image_shape=open_size)),
+            stackwise_num_repeats=[2, 2, 3], stackwise_num_filters=[16, 32, 64], image_shape=open_size)),  # 7x7 head
         "xception": (m.XceptionImageClassifier, lambda: m.XceptionBackbone(
             stackwise_conv_filters=[[32, 64], [128, 128], [256, 256]], stackwise_pooling=[False, True, False],
             image_shape=open_size)),
@@ -190,16 +191,12 @@ def hub_models() -> dict:
             layerwise_num_heads=[1, 2], layerwise_sr_ratios=[8, 4], max_drop_path_rate=0.1,
             layerwise_patch_sizes=[7, 3], layerwise_strides=[4, 2])),
     }
+    sizes = {"vgg": 64, "hgnetv2": 64}  # VGG's head is a 7x7 conv; HGNetV2 needs 64 pixels to reach its last stage
+    heads = {"vgg": {"pooling_hidden_dim": 128}}
     return {f"hub.{name}": (f"keras_hub {task.__name__}, random weights",
-                            lambda task=task, backbone=backbone: (_hub_task(task, backbone()), (32, 32, 3)))
+                            lambda task=task, backbone=backbone, side=sizes.get(name, 32), head=heads.get(name, {}): (
+                                task(backbone=backbone(), num_classes=10, preprocessor=None, **head), (side, side, 3)))
             for name, (task, backbone) in backbones.items()}
-
-
-def _hub_task(task, backbone):
-    try:
-        return task(backbone=backbone, num_classes=10)
-    except TypeError:  # some tasks take their head's width as well
-        return task(backbone=backbone, num_classes=10, head_filters=32)
 
 
 def outside_models(keras) -> dict:
@@ -259,12 +256,14 @@ def measure(name: str, what: str, build) -> dict:
 
     from hsd_tf import architectures, costs, export, graph, slimming  # pylint: disable=import-outside-toplevel
     from hsd_tf.cascade import Cascade  # pylint: disable=import-outside-toplevel
+    from hsd_tf.config import Config  # pylint: disable=import-outside-toplevel
 
     keras.utils.set_random_seed(0)
     model, shape = build()
     row = {"model": name, "what": what, "input": "x".join(map(str, shape))}
     try:  # what hsd_tf.prune and the command line check before anything trains
         model = architectures.without_softmax(model)
+        architectures.check_classifier(model)
         traced = graph.trace(model, input_shape=shape)
         architectures.check_classifier(traced.model)
         if not traced.groups:
@@ -275,7 +274,9 @@ def measure(name: str, what: str, build) -> dict:
     rng = np.random.RandomState(0)
     images = rng.normal(size=(FLAGS.batch_size,) + shape).astype("float32")
     labels = rng.randint(0, 10, size=FLAGS.batch_size).astype("int32")
-    cascade = Cascade(model, [0.5, 0.0], teacher=model, input_shape=shape)
+    defaults = Config()  # the command line's per-layer floor
+    cascade = Cascade(model, [0.5, 0.0], teacher=model, input_shape=shape, min_layer_filters=defaults.min_layer_filters,
+                      max_layer_prune_ratio=defaults.max_layer_prune_ratio)
     cascade.initialize_from(model)
     cascade.compile(optimizer=keras.optimizers.SGD(0.01), score_optimizer=keras.optimizers.SGD(0.01))
     start = time.perf_counter()
@@ -324,7 +325,10 @@ def main(argv):
     rows = []
     for name in names:
         start = time.perf_counter()
-        row = measure(name, *models[name])
+        try:
+            row = measure(name, *models[name])
+        except Exception as error:  # pylint: disable=broad-except  (a crash is a finding: it goes in the table)
+            row = {"model": name, "what": models[name][0], "input": "", "refused": f"CRASH {error!r}"[:400]}
         if "refused" not in row:
             assert row["slim_params_counted"] == row["params_50"], row  # the slim model is what the count says
         print(f"{name} ({time.perf_counter() - start:.0f} s): {row}", flush=True)

@@ -30,6 +30,7 @@ symbolic call recorded.
 
 import dataclasses
 import inspect
+import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import keras
@@ -190,7 +191,13 @@ class _Flattener:
                 elif isinstance(op, keras.Model) or is_composite(op):
                     outputs = self.composite(op, args, kwargs, tensors, path)
                 else:
-                    outputs = keras.tree.flatten(self.leaf(op, path)(*args, **kwargs))
+                    try:
+                        outputs = keras.tree.flatten(self.leaf(op, path)(*args, **kwargs))
+                    except Exception as error:  # pylint: disable=broad-except  (a model that cannot run at this size)
+                        shapes = ", ".join(str(tuple(t.shape[1:])) for t in tensors)
+                        raise FlattenError(
+                            f"layer {op.name!r} ({type(op).__name__}, at {'/'.join(path + (op.name,))}) cannot run "
+                            f"on inputs of shape {shapes} at this image size: {one_line(error)}") from None
                 for x, value in zip(node.outputs, outputs):
                     values[id(x)] = value
         return [values[id(x)] for x in graph.outputs]
@@ -253,12 +260,12 @@ def rebuilt(layer: keras.layers.Layer, **changes) -> keras.layers.Layer:
     from the rest.
 
     Raises:
-        TypeError, ValueError: The class cannot be rebuilt from its config at all.
+        Exception: Whatever the class raises when it cannot be rebuilt from its config at all.
     """
     config = {**layer.get_config(), **changes}
     try:
         return layer.__class__.from_config(config)
-    except (TypeError, ValueError):
+    except Exception:  # pylint: disable=broad-except  (whatever a constructor raises on entries it refuses)
         parameters = inspect.signature(layer.__class__.__init__).parameters
         accepted = set(parameters)
         if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
@@ -277,7 +284,7 @@ class _Clone:
         self.original = original
         try:
             self.layer = rebuilt(original, name=name)
-        except (TypeError, ValueError):
+        except Exception:  # pylint: disable=broad-except
             self.layer = original
         self.called = False
 
@@ -288,10 +295,19 @@ class _Clone:
         try:
             outputs = self.layer(*args, **kwargs)
             self.layer.set_weights(self.original.get_weights())
-        except (TypeError, ValueError):
+        except Exception:  # pylint: disable=broad-except  (a rebuilt copy that differs: use the layer itself)
             self.layer = self.original
             outputs = self.layer(*args, **kwargs)
         return outputs
+
+
+def one_line(error: BaseException) -> str:
+    """The informative line of an error: Keras' "Exception encountered when calling ..." frame and its argument
+    listing and terminal colours left out."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    lines = [line.strip() for line in text.splitlines() if line.strip()
+             and not line.strip().startswith(("Exception encountered when calling", "Arguments received", "•"))]
+    return (lines[0] if lines else type(error).__name__)[:300]
 
 
 def _same_function(op, graph, args, kwargs, tensors) -> bool:

@@ -449,7 +449,13 @@ class _Tracer:
                 out_keys = [self.key(x) for x in node.outputs]
                 inputs = [self.labels_of[k] for k in in_keys]
                 self.same_inputs_every_call(node.operation, inputs)
-                results = self.operation(node, inputs)
+                try:
+                    results = self.operation(node, inputs)
+                except Exception as error:  # pylint: disable=broad-except  (one line, never a traceback)
+                    op = node.operation
+                    raise UnsupportedLayerError(
+                        f"Cannot trace layer {op.name!r} ({type(op).__name__}, at "
+                        f"{self.origin.get(op.name, op.name)}): {flatten_lib.one_line(error)}") from None
                 for key, result in zip(out_keys, results):
                     self.labels_of[key] = result
                 self.steps.append({"operation": node.operation, "node": node, "inputs": tuple(in_keys),

@@ -30,8 +30,7 @@ from hsd_tf import teacher as teacher_lib
 from hsd_tf.cascade import PHASES, Cascade
 from hsd_tf.callbacks import MaskChangeLog, StopOnNonFiniteLoss, TeacherLadder
 from hsd_tf.checkpoints import (EpochBackup, RunInterrupted, discard_backup, load_weights, model_dir_lock,
-                                read_checkpoint, save_weights,
-                                write_json)
+                                read_checkpoint, save_weights, write_json)
 from hsd_tf.config import Config, ConfigError
 from hsd_tf.optimizers import score_optimizer, weight_optimizer
 from hsd_tf.summaries import CascadeSummaries

@@ -53,6 +53,8 @@ CASES = [
     ("width of a Keras application", ["--arch=keras.applications.MobileNetV2", "--width_multiplier=0.5"],
      "arch='keras.applications.MobileNetV2'"),
     ("unknown unpruned layer", ["--unpruned_layers=nope"], "unpruned_layers=['nope']"),
+    ("a model of two inputs", ["--arch={two_inputs}"], "hsd_tf prunes image classifiers: one image input"),
+    ("a segmentation model", ["--arch={segmentation}"], "an output of shape (32, 32, 11), not one logit per class"),
     # flagfiles
     ("missing flagfile", ["--flagfile=flags/nope.cfg"], "flagfile='flags/nope.cfg'"),
     ("flagfile is a folder", ["--flagfile=flags"], "flagfile='flags'"),
@@ -142,6 +144,15 @@ def assets(tmp_path_factory):
     paths["no_test"] = _image_folder(str(root / "no_test"), {"a": 2, "b": 2}, splits=("train",))
     paths["other_classes"] = _image_folder(str(root / "other_classes"), {"a": 2, "b": 2})
     os.rename(os.path.join(paths["other_classes"], "test", "b"), os.path.join(paths["other_classes"], "test", "c"))
+    import keras  # pylint: disable=import-outside-toplevel
+
+    images, extra = keras.Input((32, 32, 3)), keras.Input((4,))
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(images))
+    keras.Model([images, extra], keras.layers.Dense(10)(keras.layers.Concatenate()([features, extra]))).save(
+        str(root / "two_inputs.keras"))
+    keras.Model(images, keras.layers.Conv2D(11, 3, padding="same")(keras.layers.Conv2D(4, 3, padding="same")(images))
+                ).save(str(root / "segmentation.keras"))
+    paths["two_inputs"], paths["segmentation"] = str(root / "two_inputs.keras"), str(root / "segmentation.keras")
     paths["unfinished"] = str(root / "unfinished")
     os.makedirs(paths["unfinished"])
     (root / "unfinished" / "config.json").write_text("{}")

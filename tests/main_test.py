@@ -179,6 +179,18 @@ def test_an_untraceable_model_is_one_line_with_the_way_out(tmp_path):
     assert "unpruned layers: grouped" in result.stdout
 
 
+def test_a_saved_model_with_open_input_sizes_is_profiled_at_the_datasets_size(tmp_path):
+    import keras  # pylint: disable=import-outside-toplevel
+
+    x = keras.Input((None, None, 3))
+    y = keras.layers.Conv2D(6, 3, name="a")(keras.layers.Conv2D(4, 3, name="stem")(x))
+    path = str(tmp_path / "open.keras")
+    keras.Model(x, keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(y))).save(path)
+    result = run_main("--mode=profile", "--dataset=digits", f"--arch={path}")
+    assert result.returncode == 0, result.stderr
+    assert f"{3 * 3 * 4 * 6 * 28 * 28:,}" in result.stdout  # conv a at digits' 32x32, less two 3x3 valid borders
+
+
 def test_a_saved_model_of_ones_own_is_pruned_and_exported(tmp_path):
     from conftest import branchy_cnn  # pylint: disable=import-outside-toplevel
 
