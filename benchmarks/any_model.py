@@ -267,7 +267,7 @@ def measure(name: str, what: str, build) -> dict:
         traced = graph.trace(model, input_shape=shape)
         architectures.check_classifier(traced.model)
         if not traced.groups:
-            raise ValueError("the model has no prunable channels")
+            raise ValueError(traced.nothing_prunable())
     except ValueError as error:
         return dict(row, refused=str(error))
     randomize_statistics(model)

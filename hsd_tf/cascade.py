@@ -189,8 +189,8 @@ class Cascade(keras.Model):
             validate_macs_fractions(macs_fractions)
         trace = graph.trace(model, unpruned_layers, input_shape)
         if not trace.groups:
-            raise ValueError(f"Model {model.name!r} has no prunable channels: no conv whose filters can go "
-                             f"without changing the output's shape. Received: unpruned_layers={list(unpruned_layers)}")
+            raise ValueError(f"Model {model.name!r}: {trace.nothing_prunable()}. "
+                             f"Received: unpruned_layers={list(unpruned_layers)}")
         # The flat model's names: a composite layer named by the user stands for every layer inside it.
         self.unpruned_layers = list(trace.unpruned)
         # Not tracked: the source model's weights are not the cascade's. The flat model (`hsd_tf.flatten`)
@@ -611,7 +611,8 @@ def clone_layer(layer: keras.layers.Layer, name: str) -> keras.layers.Layer:
     with. A BatchNormalization is synchronized across replicas when there are
     several, as the built-in architectures' are. A Lambda layer is shared
     as it is: it holds no weights, and Keras refuses to rebuild a Python
-    function from a config.
+    function from a config; so is any other weightless layer that cannot be
+    rebuilt.
 
     Raises:
         graph.UnsupportedLayerError: A layer that cannot be rebuilt from its
@@ -624,7 +625,9 @@ def clone_layer(layer: keras.layers.Layer, name: str) -> keras.layers.Layer:
         changes["synchronized"] = True
     try:
         return flatten.rebuilt(layer, **changes)
-    except (TypeError, ValueError) as error:
+    except Exception as error:  # pylint: disable=broad-except  (whatever the class raises)
+        if not layer.weights:  # nothing to train: the layer itself serves every view
+            return layer
         raise graph.UnsupportedLayerError(
             f"Layer {layer.name!r} ({type(layer).__name__}) cannot be rebuilt from its config "
             f"({' '.join(str(error).split())[:200]}); hsd_tf trains copies of a model's layers, never the layers "

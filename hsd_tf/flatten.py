@@ -53,11 +53,13 @@ class Flat:
         origin: Flat layer or op name -> its path in the original model ("backbone/block_1/conv").
         holders: Name of every nested model or composite layer of the original -> the flat layer
             and op names inside it.
+        opaque: Composite layers that stay leaves -> why they could not be inlined.
     """
 
     model: keras.Model
     origin: Dict[str, str]
     holders: Dict[str, Tuple[str, ...]]
+    opaque: Dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def flatten(model: keras.Model, input_shape: Optional[Sequence[int]] = None) -> Flat:
@@ -90,7 +92,7 @@ def flatten(model: keras.Model, input_shape: Optional[Sequence[int]] = None) -> 
         outputs = flattener.walk(graph, inputs, ())
     flat = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs if len(outputs) > 1 else outputs[0],
                        name=model.name)
-    return Flat(flat, flattener.origin, {k: tuple(v) for k, v in flattener.holders.items()})
+    return Flat(flat, flattener.origin, {k: tuple(v) for k, v in flattener.holders.items()}, flattener.opaque)
 
 
 def graph_of(model):
@@ -173,6 +175,7 @@ class _Flattener:
         self.names: set = set()
         self.origin: Dict[str, str] = {}
         self.holders: Dict[str, List[str]] = {}
+        self.opaque: Dict[str, str] = {}
 
     def walk(self, graph, inputs: Sequence, path: Tuple[str, ...]) -> list:
         """Runs `graph` on `inputs` (new KerasTensors); returns its outputs in the flat model."""
@@ -210,13 +213,15 @@ class _Flattener:
             lambda v: swap.get(id(v), v) if isinstance(v, keras.KerasTensor) else v, (args, kwargs))
         if "training" in inspect.signature(op.call).parameters and "training" not in inner_kwargs:
             inner_kwargs = {**inner_kwargs, "training": False}
+        why = "its graph computes something else than the layer"
         try:
             outputs = op.call(*inner_args, **inner_kwargs)
             graph = keras.Model(fresh, keras.tree.flatten(outputs))
             matches = _same_function(op, graph, args, kwargs, tensors)
-        except Exception:  # pylint: disable=broad-except  (any failure means: not a graph we can inline)
-            matches = False
+        except Exception as error:  # pylint: disable=broad-except  (any failure means: not a graph we can inline)
+            matches, why = False, one_line(error)
         if not matches:
+            self.opaque[op.name] = f"{type(op).__name__}: {why}"
             if force:
                 raise FlattenError(f"Model {op.name!r} ({type(op).__name__}) is subclassed and its call cannot be "
                                    "recorded as a graph of Keras layers and ops; rebuild it with the functional API.")
@@ -262,7 +267,7 @@ def rebuilt(layer: keras.layers.Layer, **changes) -> keras.layers.Layer:
     Raises:
         Exception: Whatever the class raises when it cannot be rebuilt from its config at all.
     """
-    config = {**layer.get_config(), **changes}
+    config = {**layer.get_config(), **changes}  # raises NotImplementedError for a layer that has no config
     try:
         return layer.__class__.from_config(config)
     except Exception:  # pylint: disable=broad-except  (whatever a constructor raises on entries it refuses)
@@ -284,6 +289,7 @@ class _Clone:
         self.original = original
         try:
             self.layer = rebuilt(original, name=name)
+            self.layer.name = name  # a config whose constructor drops the name: the flat model's names are these
         except Exception:  # pylint: disable=broad-except
             self.layer = original
         self.called = False

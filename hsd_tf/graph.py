@@ -97,6 +97,14 @@ ZERO_KEEPING_WITHOUT_CONSTANT = frozenset(("Add", "Subtract", "Maximum", "Minimu
 ACTIVATIONS = (keras.layers.ReLU, keras.layers.Activation, keras.layers.ELU, keras.layers.LeakyReLU,
                keras.layers.PReLU)
 
+# keras.ops calls that move or reduce values along axes (`_axis_op_channels`): they follow channels when the
+# channel axis is left alone, a split or a slice of it divides or selects them. All keep a zero channel zero
+# (a Pad only with zeros, `_needs_mask`).
+AXIS_OPS = frozenset((
+    "Mean", "Sum", "Max", "Min", "Var", "Std", "Median", "Reshape", "ExpandDims", "Squeeze", "Transpose",
+    "GetItem", "Split", "Pad", "Concatenate", "Cast", "Resize", "MaxPool", "AveragePool",
+))
+
 # Layers private to keras.applications modules, by class name: ConvNeXt's per-channel
 # LayerScale, and InceptionResNetV2's `x + scale * branch`.
 APPLICATION_PER_CHANNEL = frozenset(("LayerScale",))
@@ -209,7 +217,14 @@ class Trace:
         unpruned: Layers whose inputs and outputs the user keeps whole.
         model: The flat model traced (`hsd_tf.flatten`): the layers the program calls.
         origin: Flat layer name -> its path in the model given ("backbone/block_1/conv").
+        opaque: Composite layers kept as they are (not inlined) -> why (`hsd_tf.flatten`).
     """
+
+    def nothing_prunable(self) -> str:
+        """Why a model has no prunable channels, in words (the layers kept opaque, if any)."""
+        kept = "; ".join(f"{name!r} ({why[:160]})" for name, why in self.opaque.items())
+        return ("the model has no prunable channels (every conv's output reaches the output, a layer that mixes "
+                "channels or is kept whole)" + (f"; layers kept whole as they are: {kept}" if kept else ""))
 
     groups: Tuple[MaskGroup, ...]
     stems: Tuple[str, ...]
@@ -225,6 +240,7 @@ class Trace:
     unpruned: Tuple[str, ...] = ()
     model: Optional[keras.Model] = None
     origin: Dict[str, str] = dataclasses.field(default_factory=dict)
+    opaque: Dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def group_names(self) -> Tuple[str, ...]:
@@ -283,7 +299,7 @@ def flat_indices(placements: Sequence[Placement], group_widths: Sequence[int]) -
 
 
 def run(model_trace: Trace, inputs: Sequence, layer_for: Optional[Callable] = None, group_masks=None,
-        training=None):
+        training=None, op_for: Optional[Callable] = None):
     """Runs the traced model's program.
 
     Args:
@@ -295,6 +311,8 @@ def run(model_trace: Trace, inputs: Sequence, layer_for: Optional[Callable] = No
         group_masks: One mask vector per group (float, possibly carrying a
             gradient); multiplied in at every mask point. None: no masks.
         training: Passed to every layer that takes `training`.
+        op_for: Maps each step to the keras op to call in its place (default:
+            its own); a slim model's channel split splits at its kept counts.
 
     Returns:
         (outputs, hints): lists of the output values and of the hint features.
@@ -307,6 +325,8 @@ def run(model_trace: Trace, inputs: Sequence, layer_for: Optional[Callable] = No
         op = step.operation
         if layer_for is not None and isinstance(op, keras.layers.Layer):
             op = layer_for(op)
+        elif op_for is not None and not isinstance(op, keras.layers.Layer):
+            op = op_for(step)
         if training is not None and "training" in getattr(op, "_call_context_args", ()):
             kwargs["training"] = training
         results = keras.tree.flatten(op(*args, **kwargs))
@@ -400,7 +420,7 @@ def trace(model: keras.Model, unpruned_layers: Sequence[str] = (), input_shape: 
     unpruned = set()
     for name in unpruned_layers:
         unpruned |= {name} | held.get(name, set()) | by_original.get(name, set())
-    tracer = _Tracer(unpruned & set(flat.origin), flat.origin)
+    tracer = _Tracer(unpruned & set(flat.origin), flat.origin, flat.opaque)
     graph = flatten_lib.graph_of(flat.model)
     input_keys = [tracer.key(x) for x in graph.inputs]
     for key, x in zip(input_keys, graph.inputs):
@@ -412,16 +432,16 @@ def trace(model: keras.Model, unpruned_layers: Sequence[str] = (), input_shape: 
         tracer.labels.freeze(tracer.labels_of[key])
     if tracer.unsupported:
         raise _unsupported(tracer.unsupported)
-    return tracer.finish(flat.model, flat.origin, input_keys, tuple(tuple(x.shape[1:]) for x in graph.inputs),
-                         output_keys)
+    return tracer.finish(flat, input_keys, tuple(tuple(x.shape[1:]) for x in graph.inputs), output_keys)
 
 
 class _Tracer:
     """Labels every tensor of a flat graph and records the program."""
 
-    def __init__(self, unpruned: set, origin: Dict[str, str]):
+    def __init__(self, unpruned: set, origin: Dict[str, str], opaque: Dict[str, str]):
         self.unpruned = unpruned
         self.origin = origin
+        self.opaque = opaque
         self.labels = _Labels()
         self.labels_of: Dict[int, List[int]] = {}  # tensor key -> its channels' labels
         self.keys: Dict[int, int] = {}  # id(KerasTensor) -> tensor key
@@ -571,10 +591,11 @@ class _Tracer:
         if isinstance(op, keras.layers.Flatten):
             return [inputs[0] * math.prod(int(d) for d in node.input_tensors[0].shape[1:-1])]
         if isinstance(op, keras.layers.Reshape):
-            shape = tuple(op.target_shape)
-            if shape[-1] == len(inputs[0]) and all(d == 1 for d in shape[:-1]):
-                return [inputs[0]]  # an SE block's (1, 1, C): the channels stay where they were
-            raise _Unfollowable(f"a Reshape to {shape} moves channels off the last axis")
+            # Row-major order: a reshape that keeps the last axis's size leaves every value in its channel
+            # (an SE block's (1, 1, C), a transformer's (H * W, C) tokens).
+            if _last_dim(node.outputs[0]) == len(inputs[0]):
+                return [inputs[0]]
+            raise _Unfollowable(f"a Reshape to {tuple(op.target_shape)} moves channels off the last axis")
         if type(op).__module__.startswith("keras.src.applications."):
             if type(op).__name__ in APPLICATION_PER_CHANNEL:
                 return [inputs[0]]
@@ -582,6 +603,13 @@ class _Tracer:
                 return [self.merge(inputs)]
         if not isinstance(op, keras.layers.Layer) and type(op).__name__ in ELEMENTWISE_OPS:
             return [self.merge(inputs) if len(inputs) > 1 else inputs[0]]
+        if not isinstance(op, keras.layers.Layer) and type(op).__name__ in AXIS_OPS:
+            rank = len(node.input_tensors[0].shape)
+            if type(op).__name__ == "Concatenate" and op.axis % rank != rank - 1:
+                return [self.merge(inputs)]  # along tokens or space: the same channels at every position
+            return _axis_op_channels(node, inputs)
+        if isinstance(op, keras.layers.Layer) and _acts_per_channel(node):
+            return [inputs[0]]
         raise _Unfollowable("its channels cannot be followed")
 
     def merge(self, inputs) -> List[int]:
@@ -605,11 +633,15 @@ class _Tracer:
     def record_opaque(self, node) -> None:
         """Counts the kernels and MACs of a layer kept whole as it is (nothing inside it is pruned)."""
         params = kernel_weights(node.operation) if isinstance(node.operation, keras.layers.Layer) else 0
+        if params and any(None in tuple(x.shape[1:]) for x in list(node.input_tensors) + list(node.outputs)):
+            why = self.opaque.get(self.origin.get(node.operation.name, "").rsplit("/", 1)[-1])
+            raise ValueError("its inputs or outputs have sizes unknown at a fixed image size, so its MACs cannot be "
+                             "counted" + (f"; it stays a layer of its own because {why}" if why else ""))
         if params:
             shape = tuple(int(d) for d in node.outputs[0].shape[1:-1])
             self.weighted.append((node.operation.name, "opaque", 1, 1, 1, shape, [], [], params, _graph_macs(node)))
 
-    def finish(self, model, origin, input_keys, input_shapes, output_keys) -> Trace:
+    def finish(self, flat, input_keys, input_shapes, output_keys) -> Trace:
         """Groups the prunable channels and places every channel of the program."""
         labels = self.labels
         order = {name: i for i, name in enumerate(self.order)}
@@ -660,7 +692,7 @@ class _Tracer:
         return Trace(tuple(groups), tuple(self.stems), tuple(self.normalizations), tuple(self.head), weighted,
                      tuple(steps), tuple(input_keys), input_shapes, tuple(output_keys),
                      tuple(steps[i].outputs[0] for i in hints), tuple(steps[i].operation.name for i in hints),
-                     tuple(sorted(self.unpruned)), model, origin)
+                     tuple(sorted(self.unpruned)), flat.model, flat.origin, flat.opaque)
 
 
 def _needs_mask(step: dict, consumers: Sequence) -> bool:
@@ -681,6 +713,8 @@ def _needs_mask(step: dict, consumers: Sequence) -> bool:
         name = type(op).__name__
         if name in ZERO_KEEPING_OPS:
             return False
+        if name in AXIS_OPS:
+            return name == "Pad" and np.any(np.asarray(_pad_value(step["node"])) != 0)
         if name in ZERO_KEEPING_WITHOUT_CONSTANT:
             return len(step["node"].input_tensors) < len(keras.tree.flatten(step["node"].arguments.args))
     return True
@@ -790,11 +824,115 @@ def _op_macs(op) -> int:
     return out * math.prod(d for label, d in sizes.items() if label not in result)
 
 
+def _last_dim(tensor) -> Optional[int]:
+    return tensor.shape[-1] if len(tensor.shape) > 1 else None
+
+
+def _axis_op_channels(node, inputs) -> List[List[int]]:
+    """Output labels of a keras.ops call that moves or reduces values along axes (`AXIS_OPS`).
+
+    The channel axis is the last. It is left alone when the op's axes exclude it
+    (a mean over height and width, padding of the spatial axes, a class token's
+    `x[:, 0]`); a split along it divides its labels, a slice selects them, a
+    concatenation along it joins them. Anything else that touches it is unfollowable.
+    """
+    op = node.operation
+    kind = type(op).__name__
+    x = node.input_tensors[0]
+    rank = len(x.shape)
+    channel = rank - 1
+
+    def axes(value):
+        value = [value] if isinstance(value, int) else list(range(rank)) if value is None else list(value)
+        return {a % rank for a in value}
+
+    if kind == "Concatenate":  # along the channel axis (along another, `_Tracer.supported` merges)
+        return [[label for labels in inputs for label in labels]]
+    if kind == "Split":
+        outputs = node.outputs
+        if op.axis % rank == channel:
+            sizes = [int(t.shape[-1]) for t in outputs]
+            starts = np.cumsum([0] + sizes)
+            return [inputs[0][a:b] for a, b in zip(starts[:-1], starts[1:])]
+        return [inputs[0] for _ in outputs]
+    if kind == "GetItem":
+        key = node.arguments.args[1] if len(node.arguments.args) > 1 else node.arguments.kwargs["key"]
+        if _channel_key(key, rank) is None:
+            return [inputs[0]]
+        # A slice's bounds are positions: once channels are removed they would select others.
+        raise _Unfollowable(f"indexing {key!r} selects channels by position")
+    if kind in ("Mean", "Sum", "Max", "Min", "Var", "Std", "Median"):
+        touched = channel in axes(op.axis)
+    elif kind == "Transpose":
+        touched = op.axes is None or list(op.axes)[-1] % rank != channel
+    elif kind == "Pad":
+        widths = list(op.pad_width) if len(op.pad_width) > 1 else list(op.pad_width) * rank
+        touched = tuple(widths[channel]) != (0, 0)
+        if not np.all(np.isfinite(_pad_value(node))):  # a masked channel times 0 would be NaN at the border
+            raise _Unfollowable(f"it pads with {_pad_value(node)}")
+    elif kind in ("Squeeze", "ExpandDims"):
+        touched = channel in axes(op.axis) if kind == "Squeeze" else False
+    else:  # Reshape, Cast, Resize, MaxPool, AveragePool: the channels of the output are those of the input
+        touched = False
+    if touched or _last_dim(node.outputs[0]) != len(inputs[0]):
+        raise _Unfollowable(f"{kind} acts along the channel axis")
+    return [inputs[0] for _ in node.outputs]
+
+
+def _pad_value(node):
+    value = node.arguments.kwargs.get("constant_values")
+    return 0 if value is None else value
+
+
+def _channel_key(key, rank):
+    """What an index `key` does to the last axis of a rank-`rank` tensor: None (nothing), else the key's part."""
+    key = key if isinstance(key, tuple) else (key,)
+    if any(k is None for k in key):
+        raise _Unfollowable(f"indexing {key!r} adds axes")
+    if Ellipsis in key:
+        after = key[key.index(Ellipsis) + 1:]
+        return after[-1] if after else None
+    return key[rank - 1] if len(key) >= rank else None
+
+
+def _acts_per_channel(node) -> bool:
+    """Whether a layer the tracer does not know acts on each channel alone, checked on random inputs.
+
+    Only for a layer with one input and one output of the same shape whose weights
+    are all scalars (HGNetV2's learnable affine `scale * x + bias`, a Lambda
+    `2 * t + 1`): changing one input channel must change that output channel and no
+    other, for up to 16 channels spread over the axis. A layer that mixes channels
+    the probe misses would still be caught before training, by slimming to random
+    masks (`hsd_tf.slimming.rehearse`).
+    """
+    op = node.operation
+    if len(node.input_tensors) != 1 or len(node.outputs) != 1 or any(math.prod(w.shape) > 1 for w in op.weights):
+        return False
+    shape = tuple(node.input_tensors[0].shape[1:])
+    if shape != tuple(node.outputs[0].shape[1:]) or not shape or None in shape:
+        return False
+    rng = np.random.RandomState(0)
+    x = rng.normal(size=(2,) + shape).astype("float32")
+    base = np.asarray(op(x, training=False) if "training" in getattr(op, "_call_context_args", ()) else op(x))
+    channels = shape[-1]
+    probed = set(np.linspace(0, channels - 1, min(channels, 8)).astype(int).tolist())
+    for channel in sorted(probed | set(rng.randint(0, channels, size=min(channels, 8)).tolist())):
+        changed = x.copy()
+        changed[..., channel] = rng.normal(size=changed[..., channel].shape)
+        out = np.asarray(op(changed))
+        moved = np.abs(out - base).reshape(-1, channels).max(axis=0) > 1e-6 * max(np.abs(base).max(), 1.0)
+        if moved.sum() > 1 or (moved.any() and not moved[channel]):
+            return False
+    return True
+
+
 class _Unfollowable(Exception):
     """Raised inside the tracer for an op whose channels it cannot follow; the message says why."""
 
 
 def _channels(tensor) -> int:
+    if len(tensor.shape) > 1 and tensor.shape[-1] is None:
+        raise ValueError(f"its output has an unknown number of channels (shape {tuple(tensor.shape)})")
     return int(tensor.shape[-1]) if len(tensor.shape) > 1 else 1
 
 

@@ -265,8 +265,12 @@ def check_model(config: Config, model: Optional[keras.Model] = None, input_shape
     except ValueError as error:
         raise ConfigError("arch", config.arch, str(error).rstrip(".")) from None
     if not model_trace.groups:
-        raise ConfigError("arch", config.arch, "the model has no prunable channels (every conv's output reaches the "
-                          "output or is listed in --unpruned_layers)")
+        raise ConfigError("arch", config.arch, model_trace.nothing_prunable())
+    try:
+        slimming.rehearse(model_trace)
+    except slimming.SlimmingError as error:
+        raise ConfigError("arch", config.arch, f"hsd_tf cannot prune this model exactly: slimmed to random masks "
+                                               f"before training, {error}") from None
     floors = masks.layer_floors(model_trace.group_widths, config.max_layer_prune_ratio, config.min_layer_filters)
     if config.round_to > 1:
         floors = masks.rounded_floors(floors, model_trace.group_widths, config.round_to)
@@ -340,7 +344,12 @@ def _checked_slim_models(config: Config, results, cascade, snapshot, dense_teach
     for entry, model, source, index in models:
         reference = (dense_teacher(images, training=False) if source is None
                      else slimming.masked_logits(source, index, images))
-        slimming.check_slim(model, reference, images)
+        try:
+            slimming.check_slim(model, reference, images)
+        except slimming.SlimmingError as error:
+            raise slimming.SlimmingError(
+                f"{error}, so nothing was exported; the trained checkpoints are kept. This is a bug in hsd_tf's "
+                "slimming of this model: please report it with the model.") from None
     return [(entry, model) for entry, model, _, _ in models]
 
 

@@ -207,6 +207,50 @@ def pattern_shared_on_uneven_branches() -> keras.Model:
     return keras.Model(x, keras.layers.Dense(NUM_CLASSES, name="fc")(keras.layers.Flatten()(y)), name="uneven")
 
 
+def pattern_channel_split() -> keras.Model:
+    """CSPNet's split of the channel axis in two halves, one half through a conv, then joined again."""
+    x = keras.Input(INPUT_SHAPE)
+    stem = keras.layers.Conv2D(4, 3, padding="same", name="stem")(x)
+    y = keras.layers.ReLU()(_bn(keras.layers.Conv2D(8, 1, name="wide")(stem), "wide_bn"))
+    a, b = keras.ops.split(y, 2, axis=-1)
+    a = keras.layers.ReLU()(_bn(keras.layers.Conv2D(4, 3, padding="same", name="a")(a), "a_bn"))
+    y = keras.layers.Conv2D(3, 1, name="c")(keras.layers.Concatenate()([a, b]))
+    return keras.Model(x, keras.layers.Dense(NUM_CLASSES, name="fc")(keras.layers.Flatten()(y)), name="split")
+
+
+def pattern_axis_ops() -> keras.Model:
+    """keras.ops on non-channel axes: MobileNet's SE mean, ResNetV2's pad, a transformer's tokens and class token."""
+    x = keras.Input(INPUT_SHAPE)
+    stem = keras.layers.Conv2D(4, 3, padding="same", name="stem")(x)
+    y = keras.layers.ReLU()(_bn(keras.layers.Conv2D(6, 3, padding="same", name="body")(stem), "body_bn"))
+    se = keras.ops.mean(y, axis=(1, 2), keepdims=True)
+    se = keras.layers.Conv2D(2, 1, activation="relu", name="se_reduce")(se)
+    y = y * keras.layers.Conv2D(6, 1, activation="sigmoid", name="se_expand")(se)
+    y = keras.ops.pad(y, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    y = keras.layers.Conv2D(5, 3, name="after_pad")(y)
+    tokens = keras.ops.reshape(y, (-1, 64, 5))
+    return keras.Model(x, keras.layers.Dense(NUM_CLASSES, name="fc")(tokens[:, 0]), name="axis_ops")
+
+
+class ScaleShift(keras.layers.Layer):
+    """A layer with scalar weights of its own, `scale * x + shift` (HGNetV2's learnable affine block)."""
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(), initializer="ones", name="scale")
+        self.shift = self.add_weight(shape=(), initializer="zeros", name="shift")
+
+    def call(self, x):
+        return self.scale * x + self.shift
+
+
+def pattern_scalar_affine() -> keras.Model:
+    x = keras.Input(INPUT_SHAPE)
+    y = keras.layers.Conv2D(4, 3, padding="same", name="stem")(x)
+    y = ScaleShift(name="affine")(_bn(keras.layers.Conv2D(6, 3, padding="same", name="body")(y), "body_bn"))
+    y = keras.layers.Conv2D(5, 1, name="after")(keras.layers.ReLU()(y))
+    return keras.Model(x, keras.layers.Dense(NUM_CLASSES, name="fc")(keras.layers.Flatten()(y)), name="scalar_affine")
+
+
 def branchy_cnn(input_shape=(32, 32, 3), num_classes=10) -> keras.Model:
     """A CNN of one's own: concatenated conv and depthwise branches, SE blocks, residual adds, a softmax.
 
@@ -240,6 +284,9 @@ PATTERNS = {
     "raw_ops": pattern_raw_ops,
     "called_twice": pattern_called_twice,
     "shared_on_two_branches": pattern_shared_on_two_branches,
+    "channel_split": pattern_channel_split,
+    "axis_ops": pattern_axis_ops,
+    "scalar_affine": pattern_scalar_affine,
 }
 
 

@@ -103,6 +103,31 @@ def test_a_layer_called_on_two_branches_reads_the_same_channels_from_both():
     assert trace.group_names[:2] == ("a+b1", "a+b2")
 
 
+def test_keras_ops_on_other_axes_pass_channels_and_a_split_of_the_channel_axis_divides_them():
+    trace = graph.trace(PATTERNS["axis_ops"]())
+    assert _groups(trace) == {(frozenset({"body", "se_expand"}), 6), (frozenset({"se_reduce"}), 2),
+                              (frozenset({"after_pad"}), 5)}
+    trace = graph.trace(PATTERNS["channel_split"]())
+    assert _groups(trace) == {(frozenset({"wide"}), 8), (frozenset({"a"}), 4), (frozenset({"c"}), 3)}
+    wide = trace.group_names.index("wide")
+    split = next(step for step in trace.steps if type(step.operation).__name__ == "Split")
+    assert split.channels_in == tuple((wide, i) for i in range(8))
+
+
+def test_a_layer_with_scalar_weights_acting_on_each_channel_passes_them():
+    trace = graph.trace(PATTERNS["scalar_affine"]())
+    assert _groups(trace) == {(frozenset({"body"}), 6), (frozenset({"after"}), 5)}
+    assert "affine" in trace.mask_points()  # scale * 0 + shift is not 0: masked after it
+
+
+def test_indexing_the_channel_axis_is_refused_where_channels_are_prunable():
+    x = _input()
+    y = keras.layers.Conv2D(6, 3, name="prunable")(keras.layers.Conv2D(4, 3, name="stem")(x))
+    y = keras.layers.Dense(2)(keras.layers.Flatten()(y[..., :3]))
+    with pytest.raises(graph.UnsupportedLayerError, match="selects channels by position"):
+        graph.trace(keras.Model(x, y))
+
+
 def test_channels_reaching_the_output_or_merged_with_the_input_are_not_prunable():
     x = _input()
     y = keras.layers.Conv2D(3, 3, padding="same", name="stem")(x)
@@ -120,13 +145,21 @@ def test_every_unsupported_layer_is_named_with_its_type_in_one_error():
     x = _input()
     y = keras.layers.Conv2D(4, 3, name="stem")(x)
     y = keras.layers.Conv2D(5, 3, name="prunable")(y)
-    y = keras.layers.Lambda(lambda t: t * 2.0, name="doubler")(y)
+    y = keras.layers.Lambda(lambda t: t[..., ::-1], name="reverse")(y)  # moves channels
     y = keras.layers.Conv2D(6, 1, name="second")(y)
-    y = keras.layers.Lambda(lambda t: t * 3.0, name="tripler")(y)
+    y = keras.layers.Lambda(lambda t: t - keras.ops.mean(t, axis=-1, keepdims=True), name="center")(y)  # mixes them
     y = keras.layers.Dense(2)(keras.layers.Flatten()(y))
-    with pytest.raises(graph.UnsupportedLayerError, match=r"layers 'doubler' \(Lambda\).*'tripler' \(Lambda\)"
-                       r".*--unpruned_layers=doubler,tripler"):
+    with pytest.raises(graph.UnsupportedLayerError, match=r"layers 'reverse' \(Lambda\).*'center' \(Lambda\)"
+                       r".*--unpruned_layers=reverse,center"):
         graph.trace(keras.Model(x, y))
+
+
+def test_a_lambda_acting_on_each_channel_alone_is_followed():
+    x = _input()
+    y = keras.layers.Conv2D(5, 3, name="prunable")(keras.layers.Conv2D(4, 3, name="stem")(x))
+    y = keras.layers.Lambda(lambda t: t * 2.0 + 1.0, name="affine")(y)
+    trace = graph.trace(keras.Model(x, keras.layers.Dense(2)(keras.layers.Flatten()(y))))
+    assert _groups(trace) == {(frozenset({"prunable"}), 5)} and "affine" in trace.mask_points()
 
 
 def test_a_layer_it_cannot_follow_on_unprunable_channels_is_kept_whole():

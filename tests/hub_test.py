@@ -16,39 +16,68 @@ SHAPE = (32, 32, 3)
 OPEN = (None, None, 3)
 
 
-def _backbone(family):
+def _classifier(family):
+    """A small keras_hub classifier of each family, its backbone reading `(None, None, 3)` images when it can."""
     m = keras_hub.models
-    if family == "resnet_v1":
-        return m.ResNetImageClassifier, m.ResNetBackbone(
-            input_conv_filters=[64], input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 64],
-            stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 2], block_type="bottleneck_block",
-            image_shape=OPEN)
-    if family == "resnet_vd":
-        return m.ResNetImageClassifier, m.ResNetBackbone(
-            input_conv_filters=[16, 16, 64], input_conv_kernel_sizes=[3, 3, 3], stackwise_num_filters=[64, 64],
-            stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 2], block_type="bottleneck_block_vd",
-            image_shape=OPEN)
+    if family.startswith("resnet"):
+        block, pre, stem = {"resnet_v1": ("bottleneck_block", False, [64]), "resnet_v2": ("basic_block", True, [64]),
+                            "resnet_vd": ("bottleneck_block_vd", False, [16, 16, 64])}[family]
+        backbone = m.ResNetBackbone(input_conv_filters=stem, input_conv_kernel_sizes=[3] * len(stem),
+                                    stackwise_num_filters=[64, 64], stackwise_num_blocks=[1, 1],
+                                    stackwise_num_strides=[1, 2], block_type=block, use_pre_activation=pre,
+                                    image_shape=OPEN)
+        return m.ResNetImageClassifier(backbone=backbone, num_classes=4)
+    if family == "mobilenet":  # squeeze-and-excitation with keras.ops.mean, blocks as subclassed layers
+        backbone = m.MobileNetBackbone(
+            stackwise_expansion=[[40], [64]], stackwise_num_blocks=[1, 1], stackwise_num_filters=[[16], [24]],
+            stackwise_kernel_size=[[3], [5]], stackwise_num_strides=[[2], [2]], stackwise_se_ratio=[[None], [0.25]],
+            stackwise_activation=[["relu"], ["hard_swish"], ["hard_swish"]], stackwise_padding=[[1], [2]],
+            output_num_filters=64, depthwise_filters=8, depthwise_stride=2, depthwise_residual=False,
+            squeeze_and_excite=0.5, last_layer_filter=48, image_shape=OPEN)
+        return m.MobileNetImageClassifier(backbone=backbone, num_classes=4)
     if family == "efficientnet_v2":  # fused blocks: subclassed layers of standard sublayers, inlined
-        return m.EfficientNetImageClassifier, m.EfficientNetBackbone(
+        backbone = m.EfficientNetBackbone(
             width_coefficient=0.25, depth_coefficient=0.25, stackwise_kernel_sizes=[3] * 4,
             stackwise_num_repeats=[1, 2, 2, 2], stackwise_input_filters=[24, 24, 48, 64],
             stackwise_output_filters=[24, 48, 64, 128], stackwise_expansion_ratios=[1, 4, 4, 4],
             stackwise_squeeze_and_excite_ratios=[0, 0, 0, 0.25], stackwise_strides=[1, 2, 2, 2],
             stackwise_block_types=["fused"] * 3 + ["unfused"], stackwise_force_input_filters=[0] * 4,
             stackwise_nores_option=[False] * 4, input_shape=OPEN)
+        return m.EfficientNetImageClassifier(backbone=backbone, num_classes=4)
+    if family == "cspnet":  # keras.ops.split of the channel axis
+        backbone = m.CSPNetBackbone(
+            stem_filters=16, stem_kernel_size=3, stem_strides=1, stackwise_strides=2, stackwise_depth=[1, 1],
+            stackwise_num_filters=[16, 24], image_shape=OPEN, down_growth=True, bottle_ratio=(0.5, 1.0),
+            block_ratio=(1.0, 0.5), expand_ratio=(2.0, 1.0), block_type="dark_block", stage_type="csp",
+            stem_padding="same")
+        return m.CSPNetImageClassifier(backbone=backbone, num_classes=4)
     if family == "densenet":
-        return m.DenseNetImageClassifier, m.DenseNetBackbone(stackwise_num_repeats=[2, 2], growth_rate=8,
-                                                             image_shape=OPEN)
+        return m.DenseNetImageClassifier(
+            backbone=m.DenseNetBackbone(stackwise_num_repeats=[2, 2], growth_rate=8, image_shape=OPEN), num_classes=4)
     if family == "xception":
-        return m.XceptionImageClassifier, m.XceptionBackbone(
-            stackwise_conv_filters=[[16, 32], [64, 64]], stackwise_pooling=[False, True], image_shape=OPEN)
+        backbone = m.XceptionBackbone(stackwise_conv_filters=[[16, 32], [64, 64]], stackwise_pooling=[False, True],
+                                      image_shape=OPEN)
+        return m.XceptionImageClassifier(backbone=backbone, num_classes=4)
+    if family == "hgnetv2":  # learnable affine blocks: scalar weights of their own, acting on each channel
+        backbone = m.HGNetV2Backbone(
+            embedding_size=16, stem_channels=[3, 8, 16], hidden_act="relu", use_learnable_affine_block=True,
+            image_shape=OPEN, depths=[1], hidden_sizes=[32], stackwise_stage_filters=[[16, 8, 32, 1, 1, 3]],
+            apply_downsample=[False], use_lightweight_conv_block=[True])
+        return m.HGNetV2ImageClassifier(backbone=backbone, preprocessor=None, num_classes=4)
+    if family == "vit":  # the MLP's hidden units are prunable; the residual stream passes LayerNorms
+        backbone = m.ViTBackbone(image_shape=SHAPE, patch_size=(8, 8), num_layers=2, hidden_dim=16, num_heads=2,
+                                 mlp_dim=32)
+        return m.ViTImageClassifier(backbone=backbone, num_classes=4)
     raise ValueError(family)
 
 
-@pytest.mark.parametrize("family", ["resnet_v1", "resnet_vd", "efficientnet_v2", "densenet", "xception"])
-def test_a_keras_hub_classifier_with_open_input_sizes_prunes_exactly(family):
-    task, backbone = _backbone(family)
-    model = randomize(task(backbone=backbone, num_classes=4))
+FAMILIES = ["resnet_v1", "resnet_v2", "resnet_vd", "mobilenet", "efficientnet_v2", "cspnet", "densenet", "xception",
+            "hgnetv2", "vit"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_keras_hub_classifier_prunes_exactly(family):
+    model = randomize(_classifier(family))
     rng = np.random.RandomState(0)
     images = rng.normal(size=(4,) + SHAPE).astype("float32")
     labels = rng.randint(0, 4, size=4).astype("int32")
@@ -62,18 +91,17 @@ def test_a_keras_hub_classifier_with_open_input_sizes_prunes_exactly(family):
     dense = costs.count(cascade.trace)
     assert dense["params"] == graph.kernel_weights(model)  # every kernel of the model, inside its blocks too
     assert costs.profile(slim)["params"] == cascade.view_costs(frozen=False)[0]["params"] < dense["params"]
+    if family == "vit":  # one group per block: its MLP's hidden units
+        assert [cascade.trace.origin[g.name].split("/")[-3:] for g in cascade.trace.groups] == [
+            ["transformer_block_1", "mlp", "dense_1"], ["transformer_block_2", "mlp", "dense_1"]]
 
 
-def test_a_keras_hub_layer_the_tracer_cannot_follow_is_named_in_one_line():
-    """MobileNet's squeeze-and-excitation takes a mean over the spatial axes with keras.ops (issue 19)."""
-    backbone = keras_hub.models.MobileNetBackbone(
-        stackwise_expansion=[[40], [64]], stackwise_num_blocks=[1, 1], stackwise_num_filters=[[16], [24]],
-        stackwise_kernel_size=[[3], [5]], stackwise_num_strides=[[2], [2]], stackwise_se_ratio=[[None], [0.25]],
-        stackwise_activation=[["relu"], ["hard_swish"], ["hard_swish"]], stackwise_padding=[[1], [2]],
-        output_num_filters=64, depthwise_filters=8, depthwise_stride=2, depthwise_residual=False,
-        squeeze_and_excite=0.5, last_layer_filter=48, image_shape=OPEN)
-    model = keras_hub.models.MobileNetImageClassifier(backbone=backbone, num_classes=4)
-    with pytest.raises(graph.UnsupportedLayerError) as error:
-        graph.trace(model, input_shape=SHAPE)
+def test_a_transformer_whose_blocks_cannot_be_recorded_is_refused_in_one_line():
+    """DeiT's encoder calls blocks that return None beside their output: it stays whole, and nothing is left."""
+    backbone = keras_hub.models.DeiTBackbone(image_shape=SHAPE, patch_size=8, num_layers=1, hidden_dim=16,
+                                             num_heads=2, intermediate_dim=32)
+    model = keras_hub.models.DeiTImageClassifier(backbone=backbone, num_classes=4)
+    with pytest.raises(ValueError) as error:
+        Cascade(model, [0.5, 0.0], input_shape=SHAPE)
     message = str(error.value)
-    assert "\n" not in message and "(Mean, at mobile_net_backbone/" in message and "--unpruned_layers=" in message
+    assert "\n" not in message and "no prunable channels" in message and "'deit_encoder' (DeiTEncoder" in message

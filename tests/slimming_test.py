@@ -153,6 +153,15 @@ def test_any_model_pattern_slims_to_what_its_masked_view_computes(pattern, batch
     assert not any(isinstance(layer, keras.Model) for layer in slim.layers)  # nested models are inlined
 
 
+def test_the_rehearsal_before_training_catches_a_slim_model_that_would_be_wrong(monkeypatch):
+    """Slimmed to random masks before any training: a split cut at the dense model's positions is caught."""
+    trace = graph.trace(randomize(PATTERNS["channel_split"]()))
+    assert slimming.rehearse(trace) < 1e-5
+    monkeypatch.setattr(slimming, "_slim_op", lambda step, keep: step.operation)  # the split of the dense model
+    with pytest.raises(slimming.SlimmingError, match="cannot be built or run|does not compute"):
+        slimming.rehearse(trace)
+
+
 UNTRACEABLE = {
     "Lambda": lambda: keras.layers.Lambda(lambda t: t[..., ::-1], name="odd"),  # moves channels
     "Conv2D": lambda: keras.layers.Conv2D(6, 3, padding="same", groups=2, name="odd"),  # ties blocks of 3
