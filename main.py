@@ -42,7 +42,16 @@ _HELP = {
                 "of a smaller layer), within the budget: widths that hardware kernels may run faster. 1: any.",
     "ta_ratios": "Prune ratios of the assistants from T1 up, ending at 0; default: even spacing.",
     "width_multiplier": "Scales every layer width of the built-in architectures, for small runs.",
-    "image_size": "Image side for folder: datasets (others use their native size).",
+    "image_size": "Image side for folder: datasets whose model leaves its input size open (a model with a fixed "
+                  "input size is fed at its own size and channels; other datasets use their native size).",
+    "preprocessing": "How pixel values reach the model: raw (0..255, for a model that rescales inside), unit "
+                     "([0, 1]), symmetric or tf ([-1, 1]), caffe, torch (keras.applications' conventions); auto: "
+                     "with a trained --teacher, the one under which it scores best on the validation split "
+                     "(printed), else the dataset's own normalisation.",
+    "augment": "Training augmentation: flip_crop (flips and shifted crops), crop (no flips: digits, text, medical "
+               "images), none; auto: the dataset's own (no flips on digits).",
+    "custom_objects": "Modules (or .py files) that define the custom layers of a --arch/--teacher .keras file; "
+                      "imported before it is loaded (keras_hub, for keras_hub models).",
     "data_dir": "tfds data directory; for imagenet2012, the folder holding the ILSVRC2012 archives.",
     "val_fraction": "Fraction of the training split held out to drive the fine-tuning teacher ladder.",
     "model_dir": "Where checkpoints, TensorBoard logs and results.json go; re-running resumes.",
@@ -99,7 +108,7 @@ def _define_flags():
         default, help_text = field.default, _HELP[field.name]
         if field.name == "ta_ratios":
             flags.DEFINE_list(field.name, None, help_text)
-        elif field.name == "unpruned_layers":
+        elif field.name in ("unpruned_layers", "custom_objects"):
             flags.DEFINE_list(field.name, [], help_text)
         elif field.name == "export":
             flags.DEFINE_list(field.name, config_lib.Config().export, help_text)
@@ -201,10 +210,10 @@ def _where(config, results) -> str:
 
 def _profile(config):
     """The dry run: costs, mask groups and per-view layers of --arch, with no training."""
-    from hsd_tf import costs, data, graph, masks, training  # pylint: disable=import-outside-toplevel
+    from hsd_tf import costs, graph, masks, training  # pylint: disable=import-outside-toplevel
 
-    input_shape, num_classes = data.describe(config.dataset, config.image_size)
     model_trace = training.check_model(config)
+    input_shape, num_classes = model_trace.input_shapes[0], int(model_trace.model.outputs[0].shape[-1])
     report = costs.count(model_trace)
     print(f"{config.arch} on {config.dataset} ({'x'.join(map(str, input_shape))}, {num_classes} classes, "
           f"width x{config.width_multiplier})")

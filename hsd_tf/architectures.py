@@ -14,7 +14,11 @@ The cascade trains on logits: a final softmax is dropped (the argmax is unchange
 """
 
 import functools
+import importlib
+import importlib.util
 import os
+import re
+import sys
 from typing import Optional, Sequence
 
 import keras
@@ -223,8 +227,56 @@ def get(name: str, input_shape, num_classes: int, width_multiplier: float = 1.0)
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = 0.9
         return model
-    model = keras.saving.load_model(name, compile=False)
+    model = load_saved(name)
     return check_fits(without_softmax(model), input_shape, num_classes, name)
+
+
+def load_saved(path: str) -> keras.Model:
+    """Loads a `.keras` model, or raises ValueError in one line naming a custom class that is not imported."""
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:  # pylint: disable=broad-except  (a truncated zip, a missing class: one line)
+        text = " ".join(str(error).split())
+        missing = re.search(r"Could not locate (?:class|function) '([\w.>]+)'", text)
+        if not missing:
+            raise ValueError(f"{path} cannot be loaded ({text[:200]})") from None
+        module = re.search(r"'module': '([\w.]+)', 'class_name': '" + re.escape(missing.group(1)) + "'", text)
+        where = module.group(1) if module else "the module that defines it"
+        raise ValueError(f"{path} uses the class {missing.group(1)!r}, which is not imported: pass "
+                         f"--custom_objects={where} (a module, or the .py file that defines it)") from None
+
+
+def input_shape_of(name: str):
+    """The input shape (no batch axis) of a saved `.keras` model named by `--arch`; None for the built ones."""
+    if not name.endswith(".keras"):
+        return None
+    model = load_saved(name)
+    return tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
+
+
+def import_custom_objects(modules: Sequence[str]) -> None:
+    """Imports the modules (or .py files) of `--custom_objects`, and registers every Keras layer class they define,
+    so that a `.keras` file using them loads.
+
+    Raises:
+        ValueError: A module that cannot be imported, naming it and why.
+    """
+    for module in modules:
+        try:
+            if module.endswith(".py"):
+                spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(module))[0], module)
+                loaded = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(loaded)
+            else:
+                if os.getcwd() not in sys.path:  # `python main.py` puts the script's folder on the path, not the cwd
+                    sys.path.insert(0, os.getcwd())
+                loaded = importlib.import_module(module)
+        except Exception as error:  # pylint: disable=broad-except  (the user's code: any failure is one line)
+            raise ValueError(f"{module} cannot be imported ({type(error).__name__}: "
+                             f"{' '.join(str(error).split())[:200]})") from None
+        keras.saving.get_custom_objects().update(
+            {name: value for name, value in vars(loaded).items()
+             if isinstance(value, type) and issubclass(value, keras.layers.Layer)})
 
 
 WHAT_HSD_PRUNES = "hsd_tf prunes image classifiers: one image input (height, width, channels), class logits out"

@@ -20,7 +20,10 @@ MIXED_PRECISION = ("float32", "bfloat16", "float16")
 # What must match between a run and the model_dir it resumes.
 IDENTITY_FIELDS = ("dataset", "arch", "num_ta", "prune_ratio", "ta_ratios", "width_multiplier", "image_size",
                    "max_layer_prune_ratio", "min_layer_filters", "max_train_examples", "unpruned_layers",
-                   "macs_budget", "round_to")
+                   "macs_budget", "round_to", "preprocessing", "augment")
+# `hsd_tf.data`'s choices, repeated here so that judging the settings loads no TensorFlow (tested to agree).
+PREPROCESSINGS = ("auto", "raw", "unit", "symmetric", "caffe", "torch", "tf")
+AUGMENTATIONS = ("auto", "flip_crop", "crop", "none")
 
 
 class ConfigError(ValueError):
@@ -46,6 +49,9 @@ class Config:
     width_multiplier: float = 1.0
     unpruned_layers: List[str] = dataclasses.field(default_factory=list)
     image_size: Optional[int] = None
+    preprocessing: str = "auto"
+    augment: str = "auto"
+    custom_objects: List[str] = dataclasses.field(default_factory=list)
     data_dir: Optional[str] = None
     val_fraction: float = 0.1
     model_dir: str = "runs/default"
@@ -158,6 +164,11 @@ class Config:
         for name in ("hint_weight", "weight_decay"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, getattr(self, name), "must be 0 or more")
+        _choice("preprocessing", self.preprocessing, PREPROCESSINGS)
+        _choice("augment", self.augment, AUGMENTATIONS)
+        for module in self.custom_objects:
+            if module.endswith(".py") and not os.path.isfile(module):
+                raise ConfigError("custom_objects", module, "file not found")
         _choice("score_optimizer", self.score_optimizer, SCORE_OPTIMIZERS)
         _choice("score_schedule", self.score_schedule, SCORE_SCHEDULES)
         try:

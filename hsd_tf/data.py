@@ -137,15 +137,31 @@ def native_image_size(name: str) -> Optional[int]:
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000, "digits": 10, "fashion_mnist": 10}
 
 
-def describe(name: str, image_size: Optional[int] = None) -> Tuple[Tuple[int, int, int], int]:
-    """(input_shape, num_classes) of a dataset without reading its images."""
+def describe(name: str, image_size: Optional[int] = None, model_shape=None) -> Tuple[Tuple[int, int, int], int]:
+    """(input_shape, num_classes) of a dataset without reading its images.
+
+    Args:
+        name: The dataset.
+        image_size: `--image_size`, for folders whose model leaves the size open.
+        model_shape: The model's input shape without the batch axis, if known:
+            a folder's images are read at its height, width and channels (a
+            28x28x1 model gets grey 28x28 images); sizes it leaves open are
+            `image_size` (default 32).
+    """
     validate_name(name)
-    size = native_image_size(name) or image_size or 32
     if name.startswith("folder:"):
         root = os.path.join(name[len("folder:"):], "train")
         classes = [d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))] if os.path.isdir(root) else []
-        return (size, size, 3), len(classes)
+        return folder_shape(image_size, model_shape), len(classes)
+    size = native_image_size(name)
     return (size, size, 3), NUM_CLASSES[name]
+
+
+def folder_shape(image_size: Optional[int], model_shape=None) -> Tuple[int, int, int]:
+    """The shape a folder's images are read at: the model's own where it fixes it, else `image_size` (32), RGB."""
+    model_shape = tuple(model_shape) if model_shape is not None and len(model_shape) == 3 else (None, None, None)
+    side = image_size or 32
+    return (model_shape[0] or side, model_shape[1] or side, model_shape[2] or 3)
 
 
 def load(
@@ -157,6 +173,9 @@ def load(
     seed: int = 0,
     eval_batch_size: Optional[int] = None,
     max_train_examples: int = 0,
+    preprocessing: str = "auto",
+    augment: str = "auto",
+    model_shape=None,
 ) -> Data:
     """Builds the train, validation and test pipelines of a dataset.
 
@@ -168,11 +187,19 @@ def load(
             manual archives (or their `downloads/manual` folder); for
             fashion_mnist, the folder of its four idx files.
         val_fraction: Fraction of the training split held out for validation.
-        image_size: Side of the square images for `folder:` datasets.
+        image_size: Side of the square images for `folder:` datasets whose model leaves the size open.
         seed: Shuffle and augmentation seed.
         eval_batch_size: Evaluation batch size (default: batch_size).
         max_train_examples: Keep only the first this many training examples
             (after the validation hold-out); 0 keeps all.
+        preprocessing: How pixel values reach the model (`PREPROCESSINGS`):
+            "auto" is the dataset's own normalisation (per-channel statistics on
+            CIFAR and Fashion-MNIST, [-1, 1] on digits and folders, Keras' caffe
+            on ImageNet); the others are the conventions models are trained with.
+        augment: "auto" (the dataset's own: flips and crops, no flips on digits),
+            "flip_crop", "crop" or "none".
+        model_shape: The model's input shape: a folder's images are read at its
+            size and channels (`describe`).
 
     Returns:
         A `Data`.
@@ -187,13 +214,15 @@ def load(
     elif name == "fashion_mnist":
         splits, num_classes, size = _fashion_mnist(data_dir, val_fraction)
     elif name.startswith("folder:"):
-        splits, num_classes, size = _folder(name[len("folder:"):], val_fraction, image_size or 32, seed)
+        shape = folder_shape(image_size, model_shape)
+        splits, num_classes, size = _folder(name[len("folder:"):], val_fraction, shape, seed)
     else:
         splits, num_classes, size = _tfds(name, data_dir, val_fraction)
+    shape = size if isinstance(size, tuple) else (size, size, 3)
     (train, train_examples), val, test = splits
     if 0 < max_train_examples < train_examples:
         train, train_examples = train.take(max_train_examples), max_train_examples
-    train_fn, eval_fn = _preprocessors(name, size)
+    train_fn, eval_fn = _preprocessors(name, shape, preprocessing, augment)
 
     def evaluation(ds):
         return ds.map(eval_fn, num_parallel_calls=AUTOTUNE, deterministic=True).batch(eval_batch_size).prefetch(AUTOTUNE)
@@ -209,7 +238,7 @@ def load(
         val=evaluation(val[0]) if val is not None else None,
         test=evaluation(test[0]),
         num_classes=num_classes,
-        input_shape=(size, size, 3),
+        input_shape=shape,
         train_examples=train_examples,
         steps_per_epoch=train_examples // batch_size,
         batch_size=batch_size,
@@ -453,7 +482,8 @@ IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a",
 
 
 def folder_files(path: str):
-    """Checks a folder dataset and lists it: (class names, {split: (file paths, labels)}).
+    """Checks a folder dataset and lists it: (class names, {split: (file paths, labels)}), splits train, test
+    and, when the folder is there, val.
 
     Every file with an image extension is opened and its first bytes checked
     against PNG, JPEG, GIF and BMP signatures, so a file that is not an image
@@ -466,7 +496,8 @@ def folder_files(path: str):
     """
     received = f"Received: dataset='folder:{path}'"
     classes = {}
-    for split in ("train", "test"):
+    present = ("train", "test") + (("val",) if os.path.isdir(os.path.join(path, "val")) else ())
+    for split in present:
         root = os.path.join(path, split)
         if not os.path.isdir(root):
             raise DatasetError(f"folder dataset needs {root}/<class>/<images>. {received}")
@@ -475,10 +506,12 @@ def folder_files(path: str):
             raise DatasetError(f"folder dataset needs at least two class folders in {root}, found {len(names)}. "
                                f"{received}")
         classes[split] = names
-    if classes["train"] != classes["test"]:
-        raise DatasetError(f"train and test class folders differ: {classes['train']} vs {classes['test']}. {received}")
+    for split in present[1:]:
+        if classes["train"] != classes[split]:
+            raise DatasetError(f"train and {split} class folders differ: {classes['train']} vs {classes[split]}. "
+                               f"{received}")
     splits, unreadable = {}, []
-    for split in ("train", "test"):
+    for split in present:
         paths, labels = [], []
         for label, name in enumerate(classes["train"]):
             folder = os.path.join(path, split, name)
@@ -498,36 +531,84 @@ def folder_files(path: str):
     return classes["train"], splits
 
 
-def _folder(path, val_fraction, size, seed):
-    """PATH/train/<class>/* and PATH/test/<class>/*, resized to size x size."""
+def _folder(path, val_fraction, shape, seed):
+    """PATH/train/<class>/*, PATH/test/<class>/* and, when there is one, PATH/val/<class>/* (the validation split;
+    else `val_fraction` of train), read at `shape` (height, width, channels) in [0, 1]."""
     class_names, splits = folder_files(path)
+    height, width, channels = shape
 
     def decode(file, label):
-        image = tf.io.decode_image(tf.io.read_file(file), channels=3, expand_animations=False)
-        image = tf.image.resize(tf.cast(image, tf.float32) / 255.0, (size, size))
+        image = tf.io.decode_image(tf.io.read_file(file), channels=channels, expand_animations=False)
+        image = tf.image.resize(tf.cast(image, tf.float32) / 255.0, (height, width))
         return image, label
-
-    train_paths, train_labels = splits["train"]
-    order = np.random.RandomState(seed).permutation(len(train_paths))
-    n_val = int(round(len(order) * val_fraction))
 
     def split(paths, labels):
         ds = tf.data.Dataset.from_tensor_slices((paths, labels)).map(decode, num_parallel_calls=AUTOTUNE)
         return ds, len(paths)
 
-    val = split(train_paths[order[:n_val]], train_labels[order[:n_val]]) if n_val else None
-    train = split(train_paths[order[n_val:]], train_labels[order[n_val:]])
+    train_paths, train_labels = splits["train"]
+    if "val" in splits:
+        val, train = split(*splits["val"]), split(train_paths, train_labels)
+    else:
+        order = np.random.RandomState(seed).permutation(len(train_paths))
+        n_val = int(round(len(order) * val_fraction))
+        val = split(train_paths[order[:n_val]], train_labels[order[:n_val]]) if n_val else None
+        train = split(train_paths[order[n_val:]], train_labels[order[n_val:]])
     test = split(*splits["test"])
-    return (train, val, test), len(class_names), size
+    return (train, val, test), len(class_names), shape
 
 
 # -------------------------------------------------------------- preprocessing
 
 
-def _preprocessors(name, size):
-    """(train_fn, eval_fn) mapping (image, label) to normalised float32 images."""
+PREPROCESSINGS = ("auto", "raw", "unit", "symmetric", "caffe", "torch", "tf")
+AUGMENTATIONS = ("auto", "flip_crop", "crop", "none")
+TORCH_MEAN, TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def convention(preprocessing: str, channels: int) -> Callable:
+    """Maps an image in [0, 1] (RGB, or grey) to what a model trained with `preprocessing` expects.
+
+    raw: 0..255 (for models that rescale inside, a `Rescaling(1/255)` layer);
+    unit: [0, 1]; symmetric and tf: [-1, 1] (keras.applications' "tf");
+    caffe: BGR 0..255 less the ImageNet means (keras.applications' "caffe");
+    torch: [0, 1] less the ImageNet means, over their standard deviations.
+    A grey image takes the means of the three channels' statistics.
+    """
+    def per_channel(values):
+        values = tf.constant(values, tf.float32)
+        return values if channels == 3 else tf.fill([channels], tf.reduce_mean(values))
+
+    if preprocessing == "raw":
+        return lambda image: image * 255.0
+    if preprocessing == "unit":
+        return tf.identity
+    if preprocessing in ("symmetric", "tf"):
+        return lambda image: image * 2.0 - 1.0
+    if preprocessing == "caffe":
+        mean = per_channel(CAFFE_BGR_MEAN[::-1])
+        bgr = (lambda image: tf.reverse(image, axis=[-1])) if channels == 3 else tf.identity
+        return lambda image: bgr(image * 255.0 - mean)
+    if preprocessing == "torch":
+        mean, std = per_channel(TORCH_MEAN), per_channel(TORCH_STD)
+        return lambda image: (image - mean) / std
+    raise ValueError(f"Unknown preprocessing; expected one of {', '.join(PREPROCESSINGS)}. "
+                     f"Received: preprocessing={preprocessing!r}")
+
+
+def _preprocessors(name, shape, preprocessing="auto", augment="auto"):
+    """(train_fn, eval_fn) mapping (image, label) to the model's float32 images.
+
+    Every dataset first gives images in [0, 1] at the model's shape; then
+    training images are augmented (`augment`) and both are normalised, with the
+    dataset's own statistics ("auto") or a named convention (`convention`).
+    """
+    height, width, channels = shape
     if name == "imagenet2012":
-        return _imagenet_train, _imagenet_eval
+        to_unit = lambda image: tf.cast(image, tf.float32) / 255.0  # noqa: E731
+        normalize = _caffe_unit if preprocessing == "auto" else convention(preprocessing, channels)
+        train = _imagenet_train(normalize, flip=augment in ("auto", "flip_crop"), crop=augment != "none")
+        return train, lambda image, label: (normalize(_imagenet_center(to_unit(image))), label)
     if name in CIFAR_STATS:
         mean, std = CIFAR_STATS[name]
         to_unit = lambda image: tf.cast(image, tf.float32) / 255.0  # noqa: E731
@@ -541,23 +622,29 @@ def _preprocessors(name, size):
         mean, std = (FASHION_MNIST_STATS[0],) * 3, (FASHION_MNIST_STATS[1],) * 3
         to_unit = _fashion_to_rgb32
         flip, pad = True, 2
-    else:  # folder: images already decoded to [0, 1]
-        mean, std = (0.5,) * 3, (0.5,) * 3
+    else:  # folder: images already decoded to [0, 1] at the model's shape
+        mean, std = (0.5,) * channels, (0.5,) * channels
         to_unit = tf.identity
-        flip, pad = True, max(1, size // 8)
-    mean = tf.constant(mean, tf.float32)
-    std = tf.constant(std, tf.float32)
+        flip, pad = True, max(1, min(height, width) // 8)
+    if augment != "auto":
+        flip, pad = augment == "flip_crop", pad if augment != "none" else 0
+    if preprocessing == "auto":
+        mean, std = tf.constant(mean, tf.float32), tf.constant(std, tf.float32)
+        normalize = lambda image: (image - mean) / std  # noqa: E731
+    else:
+        normalize = convention(preprocessing, channels)
 
     def eval_fn(image, label):
-        return (to_unit(image) - mean) / std, label
+        return normalize(to_unit(image)), label
 
     def train_fn(image, label, seed):
         image = to_unit(image)
         if flip:
             image = tf.image.stateless_random_flip_left_right(image, seed)
-        image = tf.image.resize_with_crop_or_pad(image, size + 2 * pad, size + 2 * pad)
-        image = tf.image.stateless_random_crop(image, (size, size, 3), seed + 1)
-        return (image - mean) / std, label
+        if pad:
+            image = tf.image.resize_with_crop_or_pad(image, height + 2 * pad, width + 2 * pad)
+            image = tf.image.stateless_random_crop(image, (height, width, channels), seed + 1)
+        return normalize(image), label
 
     return train_fn, eval_fn
 
@@ -573,25 +660,33 @@ def _fashion_to_rgb32(image):
     return tf.tile(image, (1, 1, 3))
 
 
-def _caffe(image):
-    return tf.reverse(tf.cast(image, tf.float32), axis=[-1]) - tf.constant(CAFFE_BGR_MEAN)
+def _caffe_unit(image):
+    """keras.applications' "caffe" preprocessing of an image in [0, 1]: BGR 0..255 less the ImageNet means."""
+    return tf.reverse(image * 255.0, axis=[-1]) - tf.constant(CAFFE_BGR_MEAN)
 
 
-def _imagenet_train(image, label, seed):
-    bbox = tf.constant([0.0, 0.0, 1.0, 1.0], shape=(1, 1, 4))
-    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image), bbox, seed, min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3),
-        area_range=(0.08, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True,
-    )
-    image = tf.slice(image, begin, crop_size)
-    image = tf.image.resize(image, (224, 224))
-    image = tf.image.stateless_random_flip_left_right(image, seed + 1)
-    return _caffe(image), label
+def _imagenet_train(normalize, flip=True, crop=True):
+    """Random-resized crops (or, without `crop`, the evaluation's centre crop) and flips, at 224x224."""
+    def train_fn(image, label, seed):
+        if crop:
+            bbox = tf.constant([0.0, 0.0, 1.0, 1.0], shape=(1, 1, 4))
+            begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+                tf.shape(image), bbox, seed, min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3),
+                area_range=(0.08, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True,
+            )
+            image = tf.image.resize(tf.slice(image, begin, crop_size), (224, 224)) / 255.0
+        else:
+            image = _imagenet_center(tf.cast(image, tf.float32) / 255.0)
+        if flip:
+            image = tf.image.stateless_random_flip_left_right(image, seed + 1)
+        return normalize(image), label
+
+    return train_fn
 
 
-def _imagenet_eval(image, label):
+def _imagenet_center(image):
+    """The evaluation view: the short side resized to 256, the centre 224x224."""
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     scale = 256.0 / tf.reduce_min(shape)
     image = tf.image.resize(image, tf.cast(tf.round(shape * scale), tf.int32))
-    image = tf.image.resize_with_crop_or_pad(image, 224, 224)
-    return _caffe(image), label
+    return tf.image.resize_with_crop_or_pad(image, 224, 224)

@@ -14,6 +14,8 @@ import os
 from typing import NamedTuple, Optional, Sequence
 
 import keras
+import numpy as np
+import tensorflow as tf
 
 from hsd_tf import architectures, graph
 from hsd_tf import data as data_lib
@@ -45,6 +47,9 @@ def prune(model: keras.Model, train, validation, test=None, *, prune_ratio: floa
             model expects. No augmentation is added.
         validation: Held-out examples of the same kind; they drive the teacher ladder.
         test: Examples the report's accuracies come from (default: validation).
+            A keras_hub task's `preprocessor` (its image converter: resizing,
+            scale, offset) is applied to all three, as the task's own `fit`
+            would; the exported student expects images so converted.
         prune_ratio: Fraction of prunable filters the student removes.
         num_ta: Teaching assistants between the student and the teacher.
         model_dir: Where the run keeps its checkpoints, logs, results and
@@ -71,6 +76,8 @@ def prune(model: keras.Model, train, validation, test=None, *, prune_ratio: floa
     config = Config(dataset="custom", arch=f"python:{model.name}", prune_ratio=prune_ratio, num_ta=num_ta,
                     model_dir=model_dir or os.path.join("runs", model.name), unpruned_layers=list(unpruned_layers),
                     **settings)
+    train, validation, test = (_through_preprocessor(model, examples, config.verbose and i == 0)
+                               for i, examples in enumerate((train, validation, test)))
     model_inputs = getattr(model, "inputs", None)
     input_shape = tuple(model_inputs[0].shape[1:]) if model_inputs else None
     # An unsupported layer is reported as itself, before anything runs (the data give the sizes a model leaves open).
@@ -83,3 +90,17 @@ def prune(model: keras.Model, train, validation, test=None, *, prune_ratio: floa
     data = dataclasses.replace(data, num_classes=int(traced.model.outputs[0].shape[-1]))
     report, student = training.prune_model(config, model, data)
     return PruneResult(student, report)
+
+
+def _through_preprocessor(model, examples, say: bool):
+    """`examples` with a keras_hub task's image converter applied to the images (unchanged for any other model)."""
+    preprocessor = getattr(model, "preprocessor", None)
+    if preprocessor is None or examples is None:
+        return examples
+    convert = getattr(preprocessor, "image_converter", None) or preprocessor
+    if say:
+        print(f"Applying the model's keras_hub preprocessor ({type(convert).__name__}) to the images, as its own "
+              "fit would; the student expects images so converted.", flush=True)
+    if isinstance(examples, (tuple, list)) and len(examples) == 2:
+        examples = tf.data.Dataset.from_tensor_slices((np.asarray(examples[0]), np.asarray(examples[1]))).batch(256)
+    return examples.map(lambda images, labels: (convert(images), labels))

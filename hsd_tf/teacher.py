@@ -1,7 +1,6 @@
 """The pre-trained teacher: load one, import Keras' ImageNet ResNet50, or train one."""
 
 import os
-import zipfile
 from typing import Optional
 
 import h5py
@@ -9,7 +8,7 @@ import keras
 import numpy as np
 from keras.src.utils import naming
 
-from hsd_tf import graph
+from hsd_tf import architectures, graph
 
 
 def load(path: str, model: keras.Model) -> keras.Model:
@@ -26,7 +25,7 @@ def load(path: str, model: keras.Model) -> keras.Model:
     if path.endswith(".weights.h5"):
         model.load_weights(path)
         return model
-    source = graph.layers_by_name(keras.saving.load_model(path, compile=False))
+    source = graph.layers_by_name(architectures.load_saved(path))
     for name, layer in graph.layers_by_name(model).items():
         if layer.weights:
             layer.set_weights(source[name].get_weights())
@@ -65,9 +64,11 @@ def check(path: str, model: keras.Model) -> None:
     if not path.endswith(".keras"):
         raise ValueError("expected a .keras model or a .weights.h5 file")
     try:
-        source = graph.layers_by_name(keras.saving.load_model(path, compile=False))
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
-        raise ValueError(f"cannot be read as a .keras model ({' '.join(str(error).split())[:200]})") from None
+        source = graph.layers_by_name(architectures.load_saved(path))
+    except ValueError as error:
+        if "--custom_objects" in str(error):
+            raise
+        raise ValueError(f"cannot be read as a .keras model ({str(error)[:200]})") from None
     for name, layer in graph.layers_by_name(model).items():
         if not layer.weights:
             continue
@@ -193,5 +194,6 @@ def near_chance_warning(val_accuracy: float, num_classes: int) -> Optional[str]:
         return None
     return (f"Warning: the teacher's validation accuracy is {val_accuracy:.4f}, near chance ({chance:.4f} for "
             f"{num_classes} classes). The cascade starts from its weights and its top view learns from it. "
-            "A model that scores well in training but not here often has stale BatchNorm moving statistics "
+            "A model that scores well in training but not here was often fed otherwise when it was trained "
+            "(--preprocessing: raw, unit, symmetric, caffe, torch) or has stale BatchNorm moving statistics "
             "(Keras' default momentum 0.99 needs thousands of steps): train it longer, or with momentum 0.9.")

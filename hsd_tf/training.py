@@ -85,8 +85,8 @@ def _run(config: Config, model, data, rebuild_student: bool):
     except ValueError as error:
         raise ConfigError("strategy", config.strategy, str(error)) from None
     config.check_replicas(distribution.num_replicas_in_sync)
-    input_shape = data.input_shape if data is not None else data_lib.describe(config.dataset, config.image_size)[0]
-    check_model(config, model, input_shape)
+    input_shape = data.input_shape if data is not None else None
+    input_shape = check_model(config, model, input_shape).input_shapes[0]
     config.check_model_dir()
     is_chief, task = strategy.worker(distribution)
     lock = model_dir_lock(config.model_dir, _refuse(config)) if is_chief else contextlib.nullcontext()
@@ -155,6 +155,8 @@ def _train_and_evaluate(config: Config, out_dir: str, given_model=None, given_da
     if given_model is None:
         data, model = data_and_model(config)
         dense_teacher = _teacher(config, out_dir, model, data)
+        if config.preprocessing == "auto" and config.teacher:
+            data = _preprocessing_for(config, dense_teacher, data)
     else:  # a float32 copy made in the strategy's scope, flattened: the user's model stays as it is
         data = given_data
         model = dense_teacher = slimming.slim_model(
@@ -223,6 +225,31 @@ def _train_and_evaluate(config: Config, out_dir: str, given_model=None, given_da
     return results, cascade, snapshot, dense_teacher, data
 
 
+def _preprocessing_for(config: Config, teacher: keras.Model, data):
+    """The data of the preprocessing under which the given, trained teacher scores best on the validation split.
+
+    A model made the way the Keras guides make one (a `Rescaling(1/255)` layer
+    inside) expects 0..255 pixels; one trained with keras.applications'
+    `preprocess_input`, its convention; a model of an earlier hsd_tf run, the
+    dataset's own normalisation. The console says which was chosen and why.
+    """
+    accuracies = {}
+    for preprocessing in CANDIDATE_PREPROCESSINGS:
+        candidate = data if preprocessing == config.preprocessing else load_data(config, data.input_shape, preprocessing)
+        accuracies[preprocessing] = teacher_lib.accuracy(teacher, candidate.val if candidate.val is not None
+                                                         else candidate.test)
+    best = max(accuracies, key=accuracies.get)  # ties: the earlier in CANDIDATE_PREPROCESSINGS
+    if config.verbose:
+        listed = ", ".join(f"{name} {accuracy:.4f}" for name, accuracy in accuracies.items())
+        print(f"Preprocessing: {best}, under which the teacher scores best on the validation split ({listed}); "
+              "--preprocessing=NAME chooses one.", flush=True)
+    return data if best == config.preprocessing else load_data(config, data.input_shape, best)
+
+
+# "auto" first: the dataset's own normalisation (an earlier hsd_tf run's teacher) wins ties; "tf" is "symmetric".
+CANDIDATE_PREPROCESSINGS = ("auto", "raw", "unit", "symmetric", "caffe", "torch")
+
+
 def check_model(config: Config, model: Optional[keras.Model] = None, input_shape=None) -> graph.Trace:
     """Builds and traces `--arch` for the dataset (or traces `model`), checks `--teacher` against it and
     a folder dataset's files, all before any training and before anything is written.
@@ -240,13 +267,29 @@ def check_model(config: Config, model: Optional[keras.Model] = None, input_shape
         ConfigError: A model that cannot be built or traced, is no image classifier, has
             nothing to prune, or per-layer floors that alone exceed some view's filter budget.
     """
-    if input_shape is None:
-        input_shape = data_lib.describe(config.dataset, config.image_size)[0]
+    try:
+        architectures.import_custom_objects(config.custom_objects)
+    except ValueError as error:
+        raise ConfigError("custom_objects", config.custom_objects, str(error)) from None
     if model is None:
-        num_classes = data_lib.describe(config.dataset, config.image_size)[1]
         try:
+            model_shape = architectures.input_shape_of(config.arch)
+            fixed = model_shape is not None and None not in model_shape[:2]
+            if config.image_size and fixed and config.dataset.startswith("folder:") and (
+                    config.image_size, config.image_size) != tuple(model_shape[:2]):
+                raise ConfigError("image_size", config.image_size,
+                                  f"the model reads {model_shape[0]}x{model_shape[1]} images; leave the flag out")
+            shape, num_classes = data_lib.describe(config.dataset, config.image_size, model_shape)
+            input_shape = input_shape or shape
             model = architectures.get(config.arch, input_shape, num_classes, config.width_multiplier)
+            if getattr(model, "preprocessor", None) is not None:
+                raise ValueError(
+                    f"the model carries a keras_hub preprocessor ({type(model.preprocessor).__name__}), which the "
+                    "command line does not apply: save the model with `model.preprocessor = None` and choose "
+                    "--preprocessing to match it, or prune it with hsd_tf.prune, which applies it")
         except ValueError as error:
+            if isinstance(error, ConfigError):
+                raise
             raise ConfigError("arch", config.arch, str(error).split(" Received:")[0].rstrip(".")) from None
         if config.teacher and config.teacher != "imagenet":
             try:
@@ -402,11 +445,17 @@ def _finished_student(config: Config, model: keras.Model, input_shape) -> keras.
 
 def data_and_model(config: Config):
     """(`hsd_tf.data.Data`, the full-width dense model of `--arch`) of a run."""
-    data = data_lib.load(
+    data = load_data(config, architectures.input_shape_of(config.arch))
+    return data, architectures.get(config.arch, data.input_shape, data.num_classes, config.width_multiplier)
+
+
+def load_data(config: Config, model_shape=None, preprocessing: Optional[str] = None):
+    """The `hsd_tf.data.Data` of `--dataset`, read at the model's input shape where it fixes one."""
+    return data_lib.load(
         config.dataset, config.batch_size, data_dir=config.data_dir, val_fraction=config.val_fraction,
         image_size=config.image_size, seed=config.seed, max_train_examples=config.max_train_examples,
+        preprocessing=preprocessing or config.preprocessing, augment=config.augment, model_shape=model_shape,
     )
-    return data, architectures.get(config.arch, data.input_shape, data.num_classes, config.width_multiplier)
 
 
 def pretrain_teacher(config: Config) -> str:

@@ -53,8 +53,8 @@ CASES = [
     ("width of a Keras application", ["--arch=keras.applications.MobileNetV2", "--width_multiplier=0.5"],
      "arch='keras.applications.MobileNetV2'"),
     ("unknown unpruned layer", ["--unpruned_layers=nope"], "unpruned_layers=['nope']"),
-    ("a model of two inputs", ["--arch={two_inputs}"], "hsd_tf prunes image classifiers: one image input"),
-    ("a segmentation model", ["--arch={segmentation}"], "an output of shape (32, 32, 11), not one logit per class"),
+    ("a model of two inputs", ["--arch={two_inputs}", "--width_multiplier=1"], "hsd_tf prunes image classifiers: one image input"),
+    ("a segmentation model", ["--arch={segmentation}", "--width_multiplier=1"], "an output of shape (32, 32, 11), not one logit per class"),
     # flagfiles
     ("missing flagfile", ["--flagfile=flags/nope.cfg"], "flagfile='flags/nope.cfg'"),
     ("flagfile is a folder", ["--flagfile=flags"], "flagfile='flags'"),

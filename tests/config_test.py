@@ -36,3 +36,9 @@ def test_a_run_with_unpruned_layers_can_be_run_again(tmp_path):
     Config(model_dir=str(tmp_path), unpruned_layers=["conv_b", "odd"], ta_ratios=[0.3, 0]).check_model_dir()
     with pytest.raises(ConfigError, match="holds a run with unpruned_layers=\\['conv_b', 'odd'\\]"):
         Config(model_dir=str(tmp_path), unpruned_layers=["conv_b"], ta_ratios=[0.3, 0.0]).check_model_dir()
+
+
+def test_the_settings_offer_the_preprocessing_and_augmentation_choices_of_the_data():
+    from hsd_tf import config, data  # pylint: disable=import-outside-toplevel
+
+    assert (config.PREPROCESSINGS, config.AUGMENTATIONS) == (data.PREPROCESSINGS, data.AUGMENTATIONS)

@@ -86,6 +86,41 @@ def test_folder_of_mixed_sizes_and_grey_and_colour_images_is_read_as_rgb_of_one_
     assert images.shape == (6, 16, 16, 3) and np.isfinite(images).all()
 
 
+def _flat_folder(root, value, splits=("train", "test"), size=(6, 6)):
+    """Two classes of 2 images whose every pixel is `value` (grey, so that every channel convention is checkable)."""
+    for split in splits:
+        for name in ("a", "b"):
+            os.makedirs(os.path.join(root, split, name), exist_ok=True)
+            for i in range(2):
+                pixels = np.full(size + (3,), value, np.uint8)
+                tf.io.write_file(os.path.join(root, split, name, f"{i}.png"), tf.io.encode_png(pixels))
+
+
+@pytest.mark.parametrize("preprocessing, expected", [
+    ("raw", [51.0] * 3), ("unit", [0.2] * 3), ("symmetric", [-0.6] * 3), ("tf", [-0.6] * 3),
+    ("caffe", [51 - 103.939, 51 - 116.779, 51 - 123.68]),  # BGR order, ImageNet means off
+    ("torch", [(0.2 - m) / s for m, s in zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]),
+    ("auto", [-0.6] * 3),  # a folder's own: [-1, 1]
+])
+def test_every_preprocessing_convention_on_a_folder(preprocessing, expected, tmp_path):
+    _flat_folder(str(tmp_path), 51)
+    folder = data.load(f"folder:{tmp_path}", 2, val_fraction=0.0, preprocessing=preprocessing, augment="none")
+    images = np.concatenate([x.numpy() for x, _ in folder.test])
+    np.testing.assert_allclose(images[0, 3, 3], expected, rtol=1e-5, atol=1e-4)
+    train = np.concatenate([x.numpy() for x, _ in folder.train_from(0, 1)])
+    np.testing.assert_allclose(train[0, 3, 3], expected, rtol=1e-5, atol=1e-4)  # augment=none: the same values
+
+
+def test_a_folder_is_read_at_the_models_size_and_channels_and_its_val_split_is_used(tmp_path):
+    _flat_folder(str(tmp_path), 51, splits=("train", "test", "val"))
+    os.remove(tmp_path / "val" / "b" / "1.png")
+    folder = data.load(f"folder:{tmp_path}", 2, val_fraction=0.25, model_shape=(28, 20, 1), image_size=16)
+    assert folder.input_shape == (28, 20, 1)
+    assert next(iter(folder.test))[0].shape == (2, 28, 20, 1)
+    assert folder.train_examples == 4 and sum(len(y) for _, y in folder.val) == 3  # val/ replaces the hold-out
+    assert data.describe(f"folder:{tmp_path}", 16, (None, None, 1)) == ((16, 16, 1), 2)
+
+
 def test_folder_with_one_class_is_refused(tmp_path):
     _write_folder(str(tmp_path), ["only"])
     with pytest.raises(data.DatasetError, match="at least two class folders"):

@@ -191,6 +191,46 @@ def test_a_saved_model_with_open_input_sizes_is_profiled_at_the_datasets_size(tm
     assert f"{3 * 3 * 4 * 6 * 28 * 28:,}" in result.stdout  # conv a at digits' 32x32, less two 3x3 valid borders
 
 
+CUSTOM_LAYERS = """
+import keras
+
+
+class MyBlock(keras.layers.Layer):
+    def __init__(self, filters=4, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.conv = keras.layers.Conv2D(filters, 3, padding="same")
+
+    def call(self, x):
+        return keras.ops.relu(self.conv(x))
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters}
+"""
+
+
+def test_a_saved_model_with_custom_layers_loads_with_their_module(tmp_path):
+    import importlib.util  # pylint: disable=import-outside-toplevel
+
+    import keras  # pylint: disable=import-outside-toplevel
+
+    module_path = tmp_path / "my_layers.py"
+    module_path.write_text(CUSTOM_LAYERS)
+    spec = importlib.util.spec_from_file_location("my_layers", module_path)
+    my_layers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(my_layers)
+    x = keras.Input((32, 32, 3))
+    y = my_layers.MyBlock(6, name="block")(keras.layers.Conv2D(4, 3, name="stem")(x))
+    path = str(tmp_path / "custom.keras")
+    keras.Model(x, keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(y))).save(path)
+    refused = run_main("--mode=profile", "--dataset=digits", f"--arch={path}")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "uses the class 'MyBlock', which is not imported: pass --custom_objects=my_layers" in refused.stderr
+    loaded = run_main("--mode=profile", "--dataset=digits", f"--arch={path}", f"--custom_objects={module_path}")
+    assert loaded.returncode == 0, loaded.stderr
+    assert "block_conv" in loaded.stdout or "conv2d" in loaded.stdout  # the block inlined: its conv is a group
+
+
 def test_a_saved_model_of_ones_own_is_pruned_and_exported(tmp_path):
     from conftest import branchy_cnn  # pylint: disable=import-outside-toplevel
 
