@@ -10,7 +10,8 @@ built without an input size), and models outside the method (two inputs, a segme
 autoencoder, a Conv1D model), which must be refused.
 
 Per model, with random BatchNorm statistics and biases so that a masked channel would show if it
-leaked: the mask groups; params of the dense model against the sum of its conv and dense kernels; params
+leaked: the mask groups; the stages (spatial sizes at which kernels larger than 1x1 run, the stem
+aside) where some layer's output channels are in a group; params of the dense model against the sum of its conv and dense kernels; params
 and MACs of a student keeping 50% of the prunable filters (L1-initialised masks, the command line's
 per-layer floor: at least 2 filters and 4% of each layer); one cascade training step
 (student at prune ratio 0.5 and the full top view, SGD, batch 8); the student's slim model against its
@@ -285,6 +286,13 @@ def measure(name: str, what: str, build) -> dict:
     slim = slimming.slim_view(cascade, 0, frozen=False, name="student", inference=True)
     masked = cascade.view_forward(0, images, training=False, frozen=False)[0].numpy()
     half = cascade.view_costs(frozen=False)[0]
+    # A stage: a spatial size at which the model applies kernels larger than 1x1, the stem (kept whole by the
+    # method) aside; it is pruned when some layer's output channels at that size are in a group.
+    trace = cascade.trace
+    stages = {w.output_size for w in trace.weighted
+              if len(w.output_size) == 2 and w.kernel > 1 and w.name not in trace.stems}
+    pruned_stages = {w.output_size for w in trace.weighted if any(p is not None for p in w.outputs)} & stages
+    row.update(stages=f"{len(pruned_stages)}/{len(stages)}" if stages else "-")
     row.update(groups=len(cascade.trace.groups), params=costs.count(cascade.trace)["params"],
                kernels=graph.kernel_weights(model), params_50=half["params"], macs=costs.count(cascade.trace)["macs"],
                macs_50=half["macs"], slim_params_counted=costs.profile(slim)["params"],
@@ -300,17 +308,18 @@ def measure(name: str, what: str, build) -> dict:
 
 
 def table(rows) -> str:
-    lines = ["| model | what | input | outcome | groups | params dense (= kernels?) | params 50% | MACs dense | "
-             "MACs 50% | max\\|masked − slim\\| / max\\|logit\\| | float32 TFLite | int8 TFLite |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | what | input | outcome | groups | stages pruned | params dense (= kernels?) | params 50% "
+             "(of dense) | MACs dense | MACs 50% | max\\|masked − slim\\| / max\\|logit\\| | float32 TFLite | "
+             "int8 TFLite |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "refused" in r:
             lines.append(f"| {r['model']} | {r['what']} | {r['input']} | refused: {r['refused']} "
-                         "| | | | | | | | |")
+                         "| | | | | | | | | |")
             continue
         same = "yes" if r["params"] == r["kernels"] else f"no: {r['kernels']:,}"
-        lines.append(f"| {r['model']} | {r['what']} | {r['input']} | pruned | {r['groups']} | {r['params']:,} ({same}) "
-                     f"| {r['params_50']:,} | {r['macs']:,} | {r['macs_50']:,} | {r['relative_error']:.1e} | "
+        lines.append(f"| {r['model']} | {r['what']} | {r['input']} | pruned | {r['groups']} | {r['stages']} | "
+                     f"{r['params']:,} ({same}) | {r['params_50']:,} ({r['params_50'] / r['params']:.2f}) | {r['macs']:,} | {r['macs_50']:,} | {r['relative_error']:.1e} | "
                      f"{r['tflite']} | {r['int8']} |")
     return "\n".join(lines)
 

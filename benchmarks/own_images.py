@@ -10,7 +10,7 @@ saves it, and measures it with its own `model.evaluate` on `test/`. Then it runs
 
     python main.py --arch=mine.keras --teacher=mine.keras --dataset=folder:DIR --prune_ratio=0.6 --num_ta=2
 
-with no preprocessing flag, and reports the preprocessing hsd_tf chose, the teacher's test accuracy as hsd_tf
+with no preprocessing or augmentation flag, and reports what hsd_tf chose, the teacher's test accuracy as hsd_tf
 measures it against the model's own `evaluate`, and the student's test accuracy.
 
   rgb          scikit-learn's 1,797 digits, 8x8 upsampled to 32x32 RGB; a CNN with `Rescaling(1/255)` inside.
@@ -37,8 +37,9 @@ from absl import app, flags  # noqa: E402
 flags.DEFINE_enum("case", "rgb", ["rgb", "grey", "application"], "Which user's model and folder.")
 flags.DEFINE_string("workdir", "/tmp/own_images", "Where the folder, the model and the run go.")
 flags.DEFINE_integer("user_epochs", 20, "Epochs of the user's own training.")
-flags.DEFINE_list("hsd_flags", ["--joint_epochs=8", "--finetune_epochs=10", "--batch_size=64", "--verbose=2",
+flags.DEFINE_list("hsd_flags", ["--joint_epochs=20", "--finetune_epochs=20", "--batch_size=64", "--verbose=2",
                                 "--export=tflite"], "Further flags of the hsd_tf run.")
+flags.DEFINE_string("run", None, "Folder of the hsd_tf run under --workdir (default: CASE_run).")
 FLAGS = flags.FLAGS
 
 
@@ -125,7 +126,7 @@ def main(argv):
     user_accuracy = model.evaluate(test, verbose=0, return_dict=True)["accuracy"]
     print(f"user's model.evaluate on test/: {user_accuracy:.4f} ({user_seconds:.0f} s of training)", flush=True)
 
-    model_dir = os.path.join(FLAGS.workdir, f"{FLAGS.case}_run")
+    model_dir = os.path.join(FLAGS.workdir, FLAGS.run or f"{FLAGS.case}_run")
     command = [sys.executable, os.path.join(ROOT, "main.py"), f"--arch={path}", f"--teacher={path}",
                f"--dataset=folder:{folder}", "--prune_ratio=0.6", "--num_ta=2", f"--model_dir={model_dir}",
                *FLAGS.hsd_flags]
@@ -133,7 +134,7 @@ def main(argv):
     start = time.time()
     run = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     seconds = time.time() - start
-    chosen = [line for line in run.stdout.splitlines() if line.startswith(("Preprocessing:", "Warning"))]
+    chosen = [line for line in run.stdout.splitlines() if line.startswith(("Preprocessing:", "Augmentation:", "Warning"))]
     print("\n".join(chosen + run.stdout.splitlines()[-12:]))
     if run.returncode:
         print(run.stderr[-3000:])
@@ -142,7 +143,7 @@ def main(argv):
         results = json.load(f)
     row = {"case": FLAGS.case, "user_evaluate": user_accuracy, "hsd_teacher": results["teacher"]["accuracy"],
            "student": results["views"][0]["accuracy"], "student_macs_fraction": results["views"][0]["macs_fraction"],
-           "preprocessing": chosen[0] if chosen else None, "hsd_seconds": round(seconds)}
+           "chosen": chosen, "hsd_seconds": round(seconds)}
     print(json.dumps(row))
     print(f"teacher: hsd_tf {row['hsd_teacher']:.4f} against evaluate {user_accuracy:.4f} "
           f"({100 * (row['hsd_teacher'] - user_accuracy):+.2f} points); student {row['student']:.4f} "

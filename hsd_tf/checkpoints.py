@@ -5,6 +5,8 @@ import fcntl
 import json
 import os
 import shutil
+import signal
+import threading
 
 import keras
 
@@ -17,6 +19,44 @@ class TrainingError(RuntimeError):
 
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C: the message says where the run stopped and that re-running the same command resumes it."""
+
+
+_interrupted = threading.Event()
+
+
+@contextlib.contextmanager
+def interrupts_noted():
+    """Ctrl-C raises KeyboardInterrupt, as Python's own handler does, and is noted as well.
+
+    Python drops an exception raised inside a finalizer (it prints "Exception
+    ignored in ..."), so a Ctrl-C landing in one would be lost and the run would
+    go on to the end; `StopOnInterrupt` raises it again at the next step. Only
+    the main thread can set a signal handler; elsewhere Python's stays.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def note_and_raise(signum, frame):
+        _interrupted.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, note_and_raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _interrupted.clear()
+
+
+class StopOnInterrupt(keras.callbacks.Callback):
+    """Raises KeyboardInterrupt at the next step after a Ctrl-C that Python dropped (`interrupts_noted`)."""
+
+    def _check(self, *args, **kwargs):
+        if _interrupted.is_set():
+            raise KeyboardInterrupt
+
+    on_train_batch_end = on_test_batch_end = on_epoch_end = _check
 
 
 @contextlib.contextmanager

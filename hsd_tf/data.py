@@ -197,7 +197,8 @@ def load(
             CIFAR and Fashion-MNIST, [-1, 1] on digits and folders, Keras' caffe
             on ImageNet); the others are the conventions models are trained with.
         augment: "auto" (the dataset's own: flips and crops, no flips on digits),
-            "flip_crop", "crop" or "none".
+            "flip_crop", "crop" or "none". (A run with a given teacher turns
+            "auto" into "crop" for a teacher that tells mirrored images apart.)
         model_shape: The model's input shape: a folder's images are read at its
             size and channels (`describe`).
 
@@ -596,6 +597,11 @@ def convention(preprocessing: str, channels: int) -> Callable:
                      f"Received: preprocessing={preprocessing!r}")
 
 
+def flips(name: str) -> bool:
+    """Whether the dataset's own augmentation ("auto") mirrors images: all but digits, which are not symmetric."""
+    return name != "digits"
+
+
 def _preprocessors(name, shape, preprocessing="auto", augment="auto"):
     """(train_fn, eval_fn) mapping (image, label) to the model's float32 images.
 
@@ -607,25 +613,26 @@ def _preprocessors(name, shape, preprocessing="auto", augment="auto"):
     if name == "imagenet2012":
         to_unit = lambda image: tf.cast(image, tf.float32) / 255.0  # noqa: E731
         normalize = _caffe_unit if preprocessing == "auto" else convention(preprocessing, channels)
-        train = _imagenet_train(normalize, flip=augment in ("auto", "flip_crop"), crop=augment != "none")
+        train = _imagenet_train(normalize, flip=augment == "flip_crop" or (augment == "auto" and flips(name)),
+                                crop=augment != "none")
         return train, lambda image, label: (normalize(_imagenet_center(to_unit(image))), label)
     if name in CIFAR_STATS:
         mean, std = CIFAR_STATS[name]
         to_unit = lambda image: tf.cast(image, tf.float32) / 255.0  # noqa: E731
-        flip, pad = True, 4
+        pad = 4
     elif name == "digits":
-        # Digits are not mirror-symmetric: shifts only.
         mean, std = (0.5,) * 3, (0.5,) * 3
         to_unit = _digits_to_rgb32
-        flip, pad = False, 2
+        pad = 2
     elif name == "fashion_mnist":
         mean, std = (FASHION_MNIST_STATS[0],) * 3, (FASHION_MNIST_STATS[1],) * 3
         to_unit = _fashion_to_rgb32
-        flip, pad = True, 2
+        pad = 2
     else:  # folder: images already decoded to [0, 1] at the model's shape
         mean, std = (0.5,) * channels, (0.5,) * channels
         to_unit = tf.identity
-        flip, pad = True, max(1, min(height, width) // 8)
+        pad = max(1, min(height, width) // 8)
+    flip = flips(name)
     if augment != "auto":
         flip, pad = augment == "flip_crop", pad if augment != "none" else 0
     if preprocessing == "auto":

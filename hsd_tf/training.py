@@ -29,8 +29,8 @@ from hsd_tf import export as export_lib
 from hsd_tf import teacher as teacher_lib
 from hsd_tf.cascade import PHASES, Cascade
 from hsd_tf.callbacks import MaskChangeLog, StopOnNonFiniteLoss, TeacherLadder
-from hsd_tf.checkpoints import (EpochBackup, RunInterrupted, discard_backup, load_weights, model_dir_lock,
-                                read_checkpoint, save_weights, write_json)
+from hsd_tf.checkpoints import (EpochBackup, RunInterrupted, StopOnInterrupt, discard_backup, interrupts_noted,
+                                load_weights, model_dir_lock, read_checkpoint, save_weights, write_json)
 from hsd_tf.config import Config, ConfigError
 from hsd_tf.optimizers import score_optimizer, weight_optimizer
 from hsd_tf.summaries import CascadeSummaries
@@ -90,7 +90,7 @@ def _run(config: Config, model, data, rebuild_student: bool):
     config.check_model_dir()
     is_chief, task = strategy.worker(distribution)
     lock = model_dir_lock(config.model_dir, _refuse(config)) if is_chief else contextlib.nullcontext()
-    with lock:
+    with lock, interrupts_noted():
         results_path = os.path.join(config.model_dir, "results.json")
         if config.mode == "train" and _finished(results_path, config):
             with open(results_path) as f:
@@ -155,8 +155,8 @@ def _train_and_evaluate(config: Config, out_dir: str, given_model=None, given_da
     if given_model is None:
         data, model = data_and_model(config)
         dense_teacher = _teacher(config, out_dir, model, data)
-        if config.preprocessing == "auto" and config.teacher:
-            data = _preprocessing_for(config, dense_teacher, data)
+        if config.teacher:
+            data = _chosen_for_teacher(config, dense_teacher, data)
     else:  # a float32 copy made in the strategy's scope, flattened: the user's model stays as it is
         data = given_data
         model = dense_teacher = slimming.slim_model(
@@ -225,26 +225,51 @@ def _train_and_evaluate(config: Config, out_dir: str, given_model=None, given_da
     return results, cascade, snapshot, dense_teacher, data
 
 
-def _preprocessing_for(config: Config, teacher: keras.Model, data):
-    """The data of the preprocessing under which the given, trained teacher scores best on the validation split.
+def _chosen_for_teacher(config: Config, teacher: keras.Model, data):
+    """The data as the given, trained teacher was fed: `--preprocessing` and `--augment` where they are "auto".
 
-    A model made the way the Keras guides make one (a `Rescaling(1/255)` layer
-    inside) expects 0..255 pixels; one trained with keras.applications'
-    `preprocess_input`, its convention; a model of an earlier hsd_tf run, the
-    dataset's own normalisation. The console says which was chosen and why.
+    Preprocessing: the candidate under which the teacher scores best on the
+    validation split. A model made the way the Keras guides make one (a
+    `Rescaling(1/255)` layer inside) expects 0..255 pixels; one trained with
+    keras.applications' `preprocess_input`, its convention; a model of an
+    earlier hsd_tf run, the dataset's own normalisation.
+
+    Augmentation: the dataset's own shifted crops, and its flips only if the
+    teacher is indifferent to them (validation accuracy on mirrored images within
+    `FLIP_TOLERANCE` of the originals). A teacher that tells mirrored images
+    apart (digits, text, many medical images) was not trained on flips, and
+    training its student on them teaches it labels that are wrong.
+
+    The console says what was chosen and why; resumed runs choose the same.
     """
-    accuracies = {}
-    for preprocessing in CANDIDATE_PREPROCESSINGS:
-        candidate = data if preprocessing == config.preprocessing else load_data(config, data.input_shape, preprocessing)
-        accuracies[preprocessing] = teacher_lib.accuracy(teacher, candidate.val if candidate.val is not None
-                                                         else candidate.test)
-    best = max(accuracies, key=accuracies.get)  # ties: the earlier in CANDIDATE_PREPROCESSINGS
-    if config.verbose:
-        listed = ", ".join(f"{name} {accuracy:.4f}" for name, accuracy in accuracies.items())
-        print(f"Preprocessing: {best}, under which the teacher scores best on the validation split ({listed}); "
-              "--preprocessing=NAME chooses one.", flush=True)
-    return data if best == config.preprocessing else load_data(config, data.input_shape, best)
+    preprocessing, augment = config.preprocessing, config.augment
+    validation = lambda candidate: candidate.val if candidate.val is not None else candidate.test  # noqa: E731
+    if preprocessing == "auto":
+        accuracies = {}
+        for candidate_name in CANDIDATE_PREPROCESSINGS:
+            candidate = data if candidate_name == "auto" else load_data(config, data.input_shape, candidate_name)
+            accuracies[candidate_name] = teacher_lib.accuracy(teacher, validation(candidate))
+        preprocessing = max(accuracies, key=accuracies.get)  # ties: the earlier in CANDIDATE_PREPROCESSINGS
+        if config.verbose:
+            listed = ", ".join(f"{name} {accuracy:.4f}" for name, accuracy in accuracies.items())
+            print(f"Preprocessing: {preprocessing}, under which the teacher scores best on the validation split "
+                  f"({listed}); --preprocessing=NAME chooses one.", flush=True)
+    if augment == "auto" and data_lib.flips(config.dataset):
+        chosen = data if preprocessing == "auto" else load_data(config, data.input_shape, preprocessing)
+        accuracy = teacher_lib.accuracy(teacher, validation(chosen))
+        mirrored = teacher_lib.accuracy(
+            teacher, validation(chosen).map(lambda images, labels: (tf.image.flip_left_right(images), labels)))
+        augment = "flip_crop" if mirrored >= accuracy - FLIP_TOLERANCE else "crop"
+        if config.verbose:
+            print(f"Augmentation: {augment}: the teacher's validation accuracy is {accuracy:.4f}, {mirrored:.4f} on "
+                  f"mirrored images; --augment=NAME chooses one.", flush=True)
+    if (preprocessing, augment) == (config.preprocessing, config.augment):
+        return data
+    return load_data(config, data.input_shape, preprocessing, augment)
 
+
+# A teacher trained on flips loses well under a point on mirrored images; one that was not loses many.
+FLIP_TOLERANCE = 0.01
 
 # "auto" first: the dataset's own normalisation (an earlier hsd_tf run's teacher) wins ties; "tf" is "symmetric".
 CANDIDATE_PREPROCESSINGS = ("auto", "raw", "unit", "symmetric", "caffe", "torch")
@@ -271,6 +296,7 @@ def check_model(config: Config, model: Optional[keras.Model] = None, input_shape
         architectures.import_custom_objects(config.custom_objects)
     except ValueError as error:
         raise ConfigError("custom_objects", config.custom_objects, str(error)) from None
+    data_lib.validate_name(config.dataset)  # before the model: its errors are --arch's
     if model is None:
         try:
             model_shape = architectures.input_shape_of(config.arch)
@@ -449,12 +475,12 @@ def data_and_model(config: Config):
     return data, architectures.get(config.arch, data.input_shape, data.num_classes, config.width_multiplier)
 
 
-def load_data(config: Config, model_shape=None, preprocessing: Optional[str] = None):
+def load_data(config: Config, model_shape=None, preprocessing: Optional[str] = None, augment: Optional[str] = None):
     """The `hsd_tf.data.Data` of `--dataset`, read at the model's input shape where it fixes one."""
     return data_lib.load(
         config.dataset, config.batch_size, data_dir=config.data_dir, val_fraction=config.val_fraction,
         image_size=config.image_size, seed=config.seed, max_train_examples=config.max_train_examples,
-        preprocessing=preprocessing or config.preprocessing, augment=config.augment, model_shape=model_shape,
+        preprocessing=preprocessing or config.preprocessing, augment=augment or config.augment, model_shape=model_shape,
     )
 
 
@@ -557,7 +583,7 @@ def _fit(model, config, out_dir, phase, epochs, data, validation, callbacks=()) 
             data.train_from(first_epoch, epochs), epochs=epochs, initial_epoch=first_epoch,
             steps_per_epoch=data.steps_per_epoch, validation_data=validation, verbose=config.verbose,
             shuffle=False,  # train_from already shuffles, per epoch and reproducibly
-            callbacks=[StopOnNonFiniteLoss(phase, backup), *callbacks, EpochBackup(backup)]
+            callbacks=[StopOnNonFiniteLoss(phase, backup), StopOnInterrupt(), *callbacks, EpochBackup(backup)]
             + ([keras.callbacks.TensorBoard(os.path.join(out_dir, "logs", phase))] if config.tensorboard else []),
         )
     except KeyboardInterrupt:

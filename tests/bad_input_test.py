@@ -167,6 +167,7 @@ def _run_case(case, paths):
     return run_main(*RUN_ARGS, *args, timeout=300), expected.format(**paths)
 
 
+@pytest.mark.slow
 def test_every_bad_input_is_one_line_with_exit_2_and_leaves_the_model_dir_alone(assets):
     before = _tree_digest(assets["run"])
     with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:  # each case is a short subprocess

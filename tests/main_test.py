@@ -153,6 +153,7 @@ def test_a_non_finite_loss_stops_the_run_with_one_line(tmp_path):
     assert not os.path.exists(tmp_path / "teacher" / "teacher.weights.h5")
 
 
+@pytest.mark.slow
 def test_notensorboard_writes_no_logs(tmp_path):
     result = run_main(*TINY, "--teacher_epochs=1", "--joint_epochs=1", "--frozen_epochs=0",
                       "--finetune_epochs=1", "--export=", "--notensorboard", f"--model_dir={tmp_path}")

@@ -6,6 +6,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from testing import ROOT
 
 ARGS = ["--dataset=digits", "--arch=vgg16", "--width_multiplier=0.0625", "--num_ta=1", "--prune_ratio=0.5",
@@ -31,6 +33,7 @@ def _results(path):
     return results
 
 
+@pytest.mark.slow
 def test_two_workers_train_to_the_end_and_agree_on_the_masks(tmp_path):
     model_dir = tmp_path / "run"
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}

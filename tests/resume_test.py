@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from testing import ROOT
 
 ARGS = ["--dataset=digits", "--arch=vgg16", "--width_multiplier=0.0625", "--num_ta=1", "--prune_ratio=0.5",
@@ -57,6 +59,7 @@ def _comparable(model_dir):
     return results
 
 
+@pytest.mark.slow
 def test_sigkill_in_every_phase_then_rerun_gives_the_uninterrupted_results(tmp_path):
     reference = str(tmp_path / "uninterrupted")
     process = _start(reference)
@@ -96,6 +99,7 @@ def _first_line_then_kill(model_dir):
     return line, process
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_where_the_run_stopped_and_the_rerun_says_where_it_resumes(tmp_path):
     model_dir = str(tmp_path / "run")
     process = _start(model_dir)
