@@ -112,12 +112,13 @@ def main(argv):
     train = keras.utils.image_dataset_from_directory(os.path.join(folder, "train"), seed=0, **read)
     val = keras.utils.image_dataset_from_directory(os.path.join(folder, "val"), shuffle=False, **read)
     test = keras.utils.image_dataset_from_directory(os.path.join(folder, "test"), shuffle=False, **read)
+    classes = len(train.class_names)
     if FLAGS.case == "application":
         prepare = keras.applications.mobilenet_v2.preprocess_input
         train, val, test = (d.map(lambda x, y: (prepare(x), y)) for d in (train, val, test))
     path = os.path.join(FLAGS.workdir, f"{FLAGS.case}.keras")
     keras.utils.set_random_seed(0)
-    model = user_model(FLAGS.case, size + (1 if FLAGS.case == "grey" else 3,), len(train.class_names))
+    model = user_model(FLAGS.case, size + (1 if FLAGS.case == "grey" else 3,), classes)
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     start = time.time()
     model.fit(train, validation_data=val, epochs=FLAGS.user_epochs, verbose=2)

@@ -31,9 +31,11 @@ def interrupts_noted():
     Python drops an exception raised inside a finalizer (it prints "Exception
     ignored in ..."), so a Ctrl-C landing in one would be lost and the run would
     go on to the end; `StopOnInterrupt` raises it again at the next step. Only
-    the main thread can set a signal handler; elsewhere Python's stays.
+    the main thread can set a signal handler; elsewhere Python's stays, and so
+    does an ignored SIGINT (a background job of a shell script).
     """
-    if threading.current_thread() is not threading.main_thread():
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is signal.SIG_IGN):
         yield
         return
 

@@ -296,8 +296,8 @@ def check_model(config: Config, model: Optional[keras.Model] = None, input_shape
         architectures.import_custom_objects(config.custom_objects)
     except ValueError as error:
         raise ConfigError("custom_objects", config.custom_objects, str(error)) from None
-    data_lib.validate_name(config.dataset)  # before the model: its errors are --arch's
     if model is None:
+        data_lib.validate_name(config.dataset)  # before the model: its errors are --arch's
         try:
             model_shape = architectures.input_shape_of(config.arch)
             fixed = model_shape is not None and None not in model_shape[:2]

@@ -272,7 +272,8 @@ def test_mac_budgets_hold_for_every_view_and_scores_still_follow_eq5(batch):
     cascade.train_on_batch(images, labels)
     for i in range(2):  # Eq. 5 is the same whatever chose the masks
         for b, a, g in zip(before[i], cascade.views[i].scores, expected[i + 1]):
-            np.testing.assert_allclose(b - a.numpy(), g, rtol=1e-4, atol=1e-6)
+            # float32 sums in another order give absolute differences of about 1e-6: against the largest element
+            np.testing.assert_allclose(b - a.numpy(), g, rtol=1e-4, atol=1e-4 * np.abs(g).max() + 1e-6)
     rows = cascade.view_costs(frozen=False)
     for row, target in zip(rows, (0.4, 0.7, 1.0)):
         assert row["macs_target"] == target and row["macs_fraction"] <= target

@@ -52,10 +52,12 @@ def test_a_ctrl_c_that_python_drops_in_a_finalizer_still_stops_training():
     model.compile("sgd", "mse")
     steps = []
     record = keras.callbacks.LambdaCallback(on_train_batch_begin=lambda batch, logs: steps.append(batch))
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # pytest-xdist's workers ignore SIGINT
     with checkpoints.interrupts_noted():
         _Finalizer()  # collected at once: the KeyboardInterrupt is printed as ignored, not raised
         with pytest.raises(KeyboardInterrupt):
             model.fit(np.zeros((8, 2)), np.zeros((8, 1)), batch_size=1, epochs=1, verbose=0,
                       callbacks=[record, checkpoints.StopOnInterrupt()])
     assert steps == [0]  # stopped after the first step
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own handler is back
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler before is back
+    signal.signal(signal.SIGINT, before)
