@@ -19,8 +19,11 @@ ARGS = ["--dataset=digits", "--arch=vgg16", "--width_multiplier=0.0625", "--num_
 
 def _start(model_dir):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    # An ignored SIGINT is inherited (pytest-xdist's workers, a shell's background jobs ignore it): the run
+    # gets the default disposition, as from a terminal, so that Python turns Ctrl-C into KeyboardInterrupt.
     return subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py"), *ARGS, f"--model_dir={model_dir}"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _kill_when(process, exists, too_late, timeout=300):
