@@ -298,6 +298,12 @@ def kernel_params(model) -> int:
     return sum(int(np.prod(layer.kernel.shape)) for layer in model.layers if isinstance(layer, kernels))
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same random state, whichever worker runs it and whatever ran before."""
+    keras.utils.set_random_seed(0)
+
+
 @pytest.fixture
 def batch():
     rng = np.random.RandomState(0)
