@@ -244,27 +244,30 @@ def _chosen_for_teacher(config: Config, teacher: keras.Model, data):
     """
     preprocessing, augment = config.preprocessing, config.augment
     validation = lambda candidate: candidate.val if candidate.val is not None else candidate.test  # noqa: E731
+    candidates, accuracies = {preprocessing: data}, {}  # each convention's data, loaded and measured once
     if preprocessing == "auto":
-        accuracies = {}
         for candidate_name in CANDIDATE_PREPROCESSINGS:
-            candidate = data if candidate_name == "auto" else load_data(config, data.input_shape, candidate_name)
-            accuracies[candidate_name] = teacher_lib.accuracy(teacher, validation(candidate))
+            if candidate_name not in candidates:
+                candidates[candidate_name] = load_data(config, data.input_shape, candidate_name)
+            accuracies[candidate_name] = teacher_lib.accuracy(teacher, validation(candidates[candidate_name]))
         preprocessing = max(accuracies, key=accuracies.get)  # ties: the earlier in CANDIDATE_PREPROCESSINGS
         if config.verbose:
             listed = ", ".join(f"{name} {accuracy:.4f}" for name, accuracy in accuracies.items())
             print(f"Preprocessing: {preprocessing}, under which the teacher scores best on the validation split "
                   f"({listed}); --preprocessing=NAME chooses one.", flush=True)
+    chosen = candidates[preprocessing]
     if augment == "auto" and data_lib.flips(config.dataset):
-        chosen = data if preprocessing == "auto" else load_data(config, data.input_shape, preprocessing)
-        accuracy = teacher_lib.accuracy(teacher, validation(chosen))
+        accuracy = accuracies.get(preprocessing)
+        if accuracy is None:
+            accuracy = teacher_lib.accuracy(teacher, validation(chosen))
         mirrored = teacher_lib.accuracy(
             teacher, validation(chosen).map(lambda images, labels: (tf.image.flip_left_right(images), labels)))
         augment = "flip_crop" if mirrored >= accuracy - FLIP_TOLERANCE else "crop"
         if config.verbose:
             print(f"Augmentation: {augment}: the teacher's validation accuracy is {accuracy:.4f}, {mirrored:.4f} on "
                   f"mirrored images; --augment=NAME chooses one.", flush=True)
-    if (preprocessing, augment) == (config.preprocessing, config.augment):
-        return data
+    if augment == config.augment:
+        return chosen
     return load_data(config, data.input_shape, preprocessing, augment)
 
 
