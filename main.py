@@ -25,7 +25,14 @@ FLAGS = flags.FLAGS
 _HELP = {
     "mode": "train: run (or resume) every phase; profile: a dry run that prints the dense network's params and "
             "MACs, its mask groups and the layers each view owns, before any training; "
-            "export: export the views of a finished --model_dir again.",
+            "export: export the views of a finished --model_dir again; compare: train every method of "
+            "--compare_methods from one teacher at one budget and write compare.md, .json and .png (accuracy "
+            "against MACs) in --model_dir.",
+    "method": "hsd: the cascade (the default); l1: the teacher's filters of largest layer-normalised L1 norm kept "
+              "within the same budget and floors, fine-tuned with cross-entropy and KD (--kd_weight) for "
+              "joint + frozen + finetune epochs; scratch: l1's architecture from random weights, trained with the "
+              "teacher's recipe for as many epochs.",
+    "compare_methods": "The methods --mode=compare trains, each in <model_dir>/<method>.",
     "dataset": "cifar10, cifar100, imagenet2012 (tfds), digits (offline, bundled with scikit-learn) "
                "or folder:PATH (PATH/train/<class>/*, PATH/test/<class>/*).",
     "arch": "vgg16, resnet50 or mobilenet_v1 (built here); keras.applications.NAME (weights=None, built for the "
@@ -40,6 +47,9 @@ _HELP = {
                    "spaced evenly in MACs up to 1. 0: none.",
     "round_to": "Every layer (mask group) keeps a multiple of this many filters (at least one multiple, or all "
                 "of a smaller layer), within the budget: widths that hardware kernels may run faster. 1: any.",
+    "saliency": "How filters rank for a --macs_budget: score (the paper: the learned scores, initialised from L1 "
+                "norms) or per_mac (each score against the MACs its filter costs, so that a cheap useful filter "
+                "can stay in place of a dear one; for every method).",
     "ta_ratios": "Prune ratios of the assistants from T1 up, ending at 0; default: even spacing.",
     "width_multiplier": "Scales every layer width of the built-in architectures, for small runs.",
     "image_size": "Image side for folder: datasets whose model leaves its input size open (a model with a fixed "
@@ -109,8 +119,8 @@ def _define_flags():
         default, help_text = field.default, _HELP[field.name]
         if field.name == "ta_ratios":
             flags.DEFINE_list(field.name, None, help_text)
-        elif field.name in ("unpruned_layers", "custom_objects"):
-            flags.DEFINE_list(field.name, [], help_text)
+        elif field.name in ("unpruned_layers", "custom_objects", "compare_methods"):
+            flags.DEFINE_list(field.name, getattr(config_lib.Config(), field.name), help_text)
         elif field.name == "export":
             flags.DEFINE_list(field.name, config_lib.Config().export, help_text)
         elif isinstance(default, bool):
@@ -166,6 +176,8 @@ def _run(config) -> int:
     try:
         if config.mode == "profile":
             return _profile(config)
+        if config.mode == "compare":
+            return _compare(config)
         from hsd_tf import training  # pylint: disable=import-outside-toplevel
 
         results = training.train_and_evaluate(config)
@@ -182,6 +194,18 @@ def _run(config) -> int:
     print(_summary(results))
     print(_where(config, results))
     return 0
+
+
+def _compare(config) -> int:
+    """--mode=compare: every method's run, then the table; exit 1 if some file could not be exported."""
+    from hsd_tf import compare  # pylint: disable=import-outside-toplevel
+
+    comparison = compare.compare(config)
+    print(f"\n{comparison.table}")
+    print(f"{'comparison:':<24}{os.path.join(config.model_dir, 'compare.md')} (.json, .png)")
+    for failure in comparison.failures:
+        print(f"error: --export: {failure}", file=sys.stderr)
+    return 1 if comparison.failures else 0
 
 
 def _summary(results) -> str:

@@ -1,27 +1,32 @@
-"""The paper's ablation at small scale, against fair baselines: do teaching assistants let the student be
-pruned further than pruning without them, than L1 pruning, and than training the small network from scratch?
+"""The paper's ablation at equal cost: at the same MACs, does the cascade's student beat the simple alternatives?
 
-    python benchmarks/ablation.py             # the study of docs/ablation.md: digits and Fashion-MNIST
-    python benchmarks/ablation.py --datasets=digits --ratios=0.9 --seeds=0 --learning_rates=0.01 \\
-        --joint_epochs=1 --finetune_epochs=1  # a smoke run
+    python benchmarks/ablation.py             # the study of docs/teaching_assistants.md: digits and Fashion-MNIST
+    python benchmarks/ablation.py --datasets=digits --budgets=0.25 --seeds=0 --learning_rates=0.01 \\
+        --joint_epochs=1 --finetune_epochs=1 --docs_name=smoke  # a smoke run
 
-For every dataset, VGG16 at --width_multiplier and one teacher trained once; then for every prune ratio:
+For every dataset, VGG16 at --width_multiplier and one teacher trained once; then at every MAC budget (the
+student's MACs as a fraction of the teacher's, `--macs_budget`), each variant of --variants, all of them runs of
+the tool itself (`hsd_tf.training.train_and_evaluate`, teacher given):
 
-    hsd (num_ta=N)  the cascade of this repository (`train_and_evaluate`, teacher given), N in --num_tas
-    l1_finetune     Li et al.'s L1-norm filter pruning: the teacher's filters ranked by L1 norm (the same
-                    layer-normalised global ranking, within the same per-layer floor, that initialises the
-                    cascade's scores), the slim network fine-tuned with cross-entropy, the cascade's optimizer
-    scratch         the same slim architecture as l1_finetune, randomly initialised and trained with
-                    cross-entropy (the teacher's recipe)
+    hsd 2 TAs           the cascade, 2 teaching assistants spaced evenly in MACs (the paper's method)
+    hsd 2 TAs per_mac   the same, filters ranked by score per MAC (`--saliency=per_mac`; not the paper's)
+    hsd 0 TAs           the cascade without assistants: the student learns its mask from its own gradient
+    l1 + KD             `--method=l1`: the teacher's filters of largest L1 norm, fine-tuned with cross-entropy and
+                        KD from the teacher (the student's fine-tuning losses): what KD alone gives
+    l1                  the same with `--kd_weight=0`: Li et al.'s L1 pruning and fine-tuning
+    scratch             `--method=scratch`: l1's architecture from random weights, the teacher's recipe
 
-Every method keeps round((1 - ratio) x filters) filters and trains joint + finetune epochs after the teacher.
-Each picks its learning rate from --learning_rates by its accuracy on the validation split (held out of the
-training split, never the test split) at --selection_seed; the other seeds run at the chosen rate. Each run
-lives in <out_dir>/<dataset>/runs/<name>/ and a finished one is not redone, so an interrupted study resumes.
-Writes <docs_dir>/ablation.md (per dataset: mean and sample std over seeds of test accuracy, params and
-MACs, the learning-rate grid, and the verdict on the paper's claim at every ratio), ablation.json (every run)
-and ablation.png (accuracy against MACs on a log axis, one panel per dataset; needs matplotlib:
-pip install -e ".[bench]").
+Every variant trains joint + finetune epochs after the teacher. With --family, `l1 + KD` is also trained at the MACs
+of each assistant of `hsd 2 TAs` below the dense one: one cascade run trains a family of models, and each member
+is set against l1 at its own cost. Each variant picks its learning rate from --learning_rates by its accuracy on
+the validation split (held out of the training split, never the test split) at --selection_seed; the other seeds
+run at the chosen rate. Each run lives in <out_dir>/<dataset>/runs/<name>/ and a finished one is read back, so an
+interrupted study resumes. Writes <docs_dir>/<docs_name>.md (per dataset: mean and sample std over seeds of test
+accuracy, params and MACs, the MAC spread of each budget, the learning-rate grid, the verdicts), .json (every run)
+and .png (accuracy against MACs, one panel per dataset).
+
+`--budget_kind=filters` makes the budgets prune ratios (`--prune_ratio`) instead: the equal-filter ablation of
+docs/ablation.md.
 """
 
 import concurrent.futures
@@ -40,91 +45,79 @@ from absl import app, flags  # noqa: E402
 
 from study import Study, command, single_thread  # noqa: E402
 
-flags.DEFINE_string("out_dir", "runs/ablation", "Where the teachers and every run are trained (resumable).")
-flags.DEFINE_string("docs_dir", "docs", "Where ablation.md, .json and .png are written.")
-flags.DEFINE_list("datasets", ["digits", "fashion_mnist"], "Datasets: digits and/or fashion_mnist.")
-flags.DEFINE_list("ratios", ["0.8", "0.9"], "Student prune ratios.")
-flags.DEFINE_list("learning_rates", ["0.01", "0.03", "0.1"], "The grid every method picks its learning rate from.")
-flags.DEFINE_integer("selection_seed", 0, "The seed whose validation accuracy picks each method's learning rate.")
-flags.DEFINE_integer("fashion_train_examples", 4000, "Fashion-MNIST training subset, so the study fits 2 hours.")
+VARIANTS = {
+    "hsd 2 TAs": dict(method="hsd", num_ta=2),
+    "hsd 2 TAs per_mac": dict(method="hsd", num_ta=2, saliency="per_mac"),
+    "hsd 0 TAs": dict(method="hsd", num_ta=0),
+    "l1 + KD": dict(method="l1"),
+    "l1": dict(method="l1", kd_weight=0.0),
+    "scratch": dict(method="scratch"),
+}
+BEST = "hsd 2 TAs"
+
+flags.DEFINE_string("out_dir", "runs/equal_macs", "Where the teachers and every run are trained (resumable).")
+flags.DEFINE_string("docs_dir", "docs", "Where the report, its .json and its .png are written.")
+flags.DEFINE_string("docs_name", "equal_macs", "The report's file name, without extension.")
+flags.DEFINE_list("datasets", ["fashion_mnist", "digits"], "Datasets: digits and/or fashion_mnist.")
+flags.DEFINE_enum("budget_kind", "macs", ["macs", "filters"], "macs: --budgets are MAC budgets (--macs_budget); "
+                  "filters: prune ratios (--prune_ratio).")
+flags.DEFINE_list("budgets", ["0.25", "0.1"], "The students' budgets.")
+flags.DEFINE_list("variants", list(VARIANTS), "Variants to train (see the module's docstring).")
+flags.DEFINE_bool("family", True, "Also train l1 + KD at the MACs of each pruned assistant of hsd 2 TAs.")
+flags.DEFINE_list("learning_rates", ["0.01", "0.03", "0.1"], "The grid every variant picks its learning rate from.")
+flags.DEFINE_integer("selection_seed", 0, "The seed whose validation accuracy picks each variant's learning rate.")
+flags.DEFINE_integer("fashion_train_examples", 12000, "Fashion-MNIST training subset (the teacher must reach 88%).")
 flags.DEFINE_float("fashion_val_fraction", 0.02, "Fashion-MNIST validation hold-out (1,200 images).")
 FLAGS = flags.FLAGS
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One student: a method at one prune ratio, seed and learning rate."""
+    """One student: a variant at one budget, seed and learning rate."""
 
-    method: str  # "hsd", "l1_finetune" or "scratch"
-    ratio: float
+    label: str
+    budget: float
     seed: int
     learning_rate: float
-    num_ta: int = 0
-
-    @property
-    def label(self) -> str:
-        return f"hsd num_ta={self.num_ta}" if self.method == "hsd" else self.method
 
     @property
     def name(self) -> str:
-        return (f"{self.method}{self.num_ta if self.method == 'hsd' else ''}-r{self.ratio}-s{self.seed}"
-                f"-lr{self.learning_rate}")
+        return f"{self.label.replace(' + ', '_').replace(' ', '_')}-b{self.budget}-s{self.seed}-lr{self.learning_rate}"
 
 
-def train(study: Study, spec: Run) -> dict:
-    """Trains one run, or reads back its finished result; returns its result row."""
+def train(study: Study, spec: Run, budget_kind: str) -> dict:
+    """Trains one run (or reads back its finished result); returns its result row."""
+    from hsd_tf import training  # pylint: disable=import-outside-toplevel
+
     model_dir = os.path.join(study.out_dir, "runs", spec.name)
-    result_path = os.path.join(model_dir, "ablation.json")
-    if os.path.exists(result_path):
-        with open(result_path) as f:
+    row_path = os.path.join(model_dir, "row.json")
+    if os.path.exists(row_path):
+        with open(row_path) as f:
             return json.load(f)
     start = time.time()
-    if spec.method == "hsd":
-        from hsd_tf import training  # pylint: disable=import-outside-toplevel
-
-        results = training.train_and_evaluate(study.config(
-            num_ta=spec.num_ta, prune_ratio=spec.ratio, seed=spec.seed, teacher=study.teacher_path,
-            model_dir=model_dir, learning_rate=spec.learning_rate))
-        row = {key: results["views"][0][key]
-               for key in ("accuracy", "val_accuracy", "params", "macs", "filters_kept", "fewest_layer_filters")}
-        row["teacher"] = results["teacher"]
-    else:
-        row = train_baseline(study, spec)
-    row.update(dataclasses.asdict(spec), label=spec.label, dataset=study.dataset, seconds=round(time.time() - start, 1))
-    os.makedirs(model_dir, exist_ok=True)
-    with open(result_path, "w") as f:
+    budget = dict(macs_budget=spec.budget) if budget_kind == "macs" else dict(prune_ratio=spec.budget)
+    results = training.train_and_evaluate(study.config(
+        **VARIANTS[spec.label], **budget, seed=spec.seed, teacher=study.teacher_path, model_dir=model_dir,
+        learning_rate=spec.learning_rate, teacher_learning_rate=spec.learning_rate))
+    student = results["views"][0]
+    row = {key: student[key] for key in ("accuracy", "val_accuracy", "params", "macs", "fewest_layer_filters")}
+    row.update(dataclasses.asdict(spec), dataset=study.dataset, teacher=results["teacher"],
+               views=[{key: view[key] for key in ("name", "accuracy", "params", "macs")} for view in results["views"]],
+               seconds=round(time.time() - start, 1))
+    with open(row_path, "w") as f:
         json.dump(row, f, indent=2)
     return row
 
 
-def train_baseline(study: Study, spec: Run) -> dict:
-    """Trains l1_finetune or scratch for joint + finetune epochs; returns accuracies and costs."""
-    import keras  # pylint: disable=import-outside-toplevel
+def family_budgets(budget: float) -> list:
+    """The MAC budgets of `hsd 2 TAs`' pruned assistants at a student budget (the dense one has none to match)."""
+    from hsd_tf.ratios import even_macs_fractions  # pylint: disable=import-outside-toplevel
 
-    from hsd_tf import optimizers, slimming, training  # pylint: disable=import-outside-toplevel
-    from hsd_tf import teacher as teacher_lib  # pylint: disable=import-outside-toplevel
-
-    epochs = study.joint_epochs + study.finetune_epochs
-    config = study.config(seed=spec.seed, teacher_epochs=epochs, learning_rate=spec.learning_rate,
-                          teacher_learning_rate=spec.learning_rate)
-    keras.utils.set_random_seed(spec.seed)
-    data, dense = training.data_and_model(config)
-    model, row = slimming.l1_pruned(
-        teacher_lib.load(study.teacher_path, dense), spec.ratio,
-        max_layer_prune_ratio=config.max_layer_prune_ratio, min_layer_filters=config.min_layer_filters)
-    if spec.method == "l1_finetune":  # the cascade's fine-tuning optimizer, cross-entropy only
-        model.compile(optimizer=optimizers.weight_optimizer(config, data, epochs),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    else:  # the teacher's recipe from random weights: a clone has the same layers, freshly initialised
-        model = teacher_lib.compiled_for_training(keras.models.clone_model(model), data, config)
-    model.fit(data.train_from(0, epochs), epochs=epochs, steps_per_epoch=data.steps_per_epoch, verbose=0,
-              shuffle=False)  # train_from already shuffles, per epoch and reproducibly
-    return {"accuracy": teacher_lib.accuracy(model, data.test), "val_accuracy": teacher_lib.accuracy(model, data.val),
-            **{key: row[key] for key in ("params", "macs", "filters_kept", "fewest_layer_filters")}}
+    return [round(f, 6) for f in even_macs_fractions(budget, 2)[1:-1]]
 
 
 def select_learning_rates(rows, selection_seed: int) -> dict:
-    """(dataset, ratio, label) -> the grid learning rate with the best validation accuracy at `selection_seed`.
+    """(dataset, budget, label) -> the grid learning rate with the best validation accuracy at `selection_seed`.
 
     Ties go to the first learning rate of the grid. The test split plays no part.
     """
@@ -132,20 +125,20 @@ def select_learning_rates(rows, selection_seed: int) -> dict:
     for row in rows:
         if row["seed"] != selection_seed:
             continue
-        key = (row["dataset"], row["ratio"], row["label"])
+        key = (row["dataset"], row["budget"], row["label"])
         if key not in best or row["val_accuracy"] > best[key]["val_accuracy"]:
             best[key] = row
     return {key: row["learning_rate"] for key, row in best.items()}
 
 
 def summarize(rows) -> list:
-    """Mean and sample standard deviation over seeds, per (label, ratio), in ratio then label order."""
+    """Mean and sample standard deviation over seeds, per (budget, label), in budget then label order."""
     groups = {}
     for row in rows:
-        groups.setdefault((row["ratio"], row["label"]), []).append(row)
+        groups.setdefault((row["budget"], row["label"]), []).append(row)
     summary = []
-    for (ratio, label), members in sorted(groups.items()):
-        entry = {"ratio": ratio, "label": label, "seeds": len(members),
+    for (budget, label), members in sorted(groups.items()):
+        entry = {"budget": budget, "label": label, "seeds": len(members),
                  "learning_rate": members[0].get("learning_rate"),
                  "fewest_layer_filters": min(m.get("fewest_layer_filters", 0) for m in members)}
         for key in ("accuracy", "params", "macs"):
@@ -156,94 +149,132 @@ def summarize(rows) -> list:
     return summary
 
 
-def verdict(summary, ratio: float, best: str) -> tuple:
-    """(lines, wins): `best` against every other method at `ratio`.
+def verdict(summary, budget: float, best: str, others=None) -> tuple:
+    """(lines, wins): `best` against every other label (or `others`) at `budget`.
 
     A win is a mean accuracy above the other's by more than the seed spread: the two mean +- std
     intervals do not overlap (difference > std_a + std_b).
     """
-    at_ratio = {entry["label"]: entry for entry in summary if entry["ratio"] == ratio}
-    mine = at_ratio[best]
+    at_budget = {entry["label"]: entry for entry in summary if entry["budget"] == budget}
+    mine = at_budget[best]
     lines, wins = [], []
-    for label, other in at_ratio.items():
-        if label == best:
+    for label, other in at_budget.items():
+        if label == best or (others is not None and label not in others):
             continue
         difference = mine["accuracy"] - other["accuracy"]
         spread = mine["accuracy_std"] + other["accuracy_std"]
         wins.append(difference > spread)
         lines.append(f"- {best} vs {label}: {100 * difference:+.2f} points, seed spread "
                      f"{100 * spread:.2f} points: {'beats it' if wins[-1] else 'does not beat it'}.")
-    return lines, all(wins)
+    return lines, bool(wins) and all(wins)
 
 
-def paper_claim(summary, ratio: float) -> tuple:
-    """(in_means, beyond_spread): 2 TAs >= 1 TA >= 0 TAs and hsd num_ta=2 above l1_finetune and scratch.
-
-    in_means compares mean accuracies; beyond_spread also asks hsd num_ta=2 to beat each baseline by more
-    than the seed spread (`verdict`'s rule).
-    """
-    at_ratio = {entry["label"]: entry for entry in summary if entry["ratio"] == ratio}
-    accuracy = {label: entry["accuracy"] for label, entry in at_ratio.items()}
-    ordered = accuracy["hsd num_ta=2"] >= accuracy["hsd num_ta=1"] >= accuracy["hsd num_ta=0"]
-    baselines = ("l1_finetune", "scratch")
-    above = all(accuracy["hsd num_ta=2"] > accuracy[b] for b in baselines)
-    beyond = all(accuracy["hsd num_ta=2"] - accuracy[b] > at_ratio["hsd num_ta=2"]["accuracy_std"]
-                 + at_ratio[b]["accuracy_std"] for b in baselines)
-    return ordered and above, ordered and beyond
+def mac_spread(summary, budget: float) -> float:
+    """Largest over smallest mean student MACs at `budget`, less 1: how far from equal cost the students are."""
+    macs = [entry["macs"] for entry in summary if entry["budget"] == budget]
+    return max(macs) / min(macs) - 1.0
 
 
-def markdown(datasets, command, wall_seconds) -> str:
-    """The study's report: per dataset, the teacher, the grid, the table and the verdicts."""
+# What each difference isolates, when both variants ran.
+CONTRASTS = (
+    ("hsd 2 TAs", "hsd 0 TAs", "what the assistants add (same method, none of them)"),
+    ("l1 + KD", "l1", "what KD adds to L1 pruning"),
+    ("hsd 0 TAs", "l1 + KD", "a mask learned from the student's own gradient against the L1 mask, both with KD"),
+    ("hsd 2 TAs", "l1 + KD", "the cascade against KD alone, at equal cost"),
+    ("hsd 2 TAs per_mac", "hsd 2 TAs", "ranking by score per MAC against the paper's raw scores"),
+    ("l1 + KD", "scratch", "the teacher's weights and KD against training the small network alone"),
+)
+
+
+def markdown(datasets, command_line, wall_seconds) -> str:
+    """The study's report: per dataset, the teacher, the table, the MAC spread, the grid, the verdicts."""
+    unit = "of the teacher's MACs" if FLAGS.budget_kind == "macs" else "prune ratio"
     lines = [
-        "# Ablation: teaching assistants against fair baselines",
+        f"# Ablation at equal {'MACs' if FLAGS.budget_kind == 'macs' else 'filter counts'}: the cascade against "
+        "the simple alternatives",
         "",
-        f"Command: `{command}` (wall time {wall_seconds / 60:.1f} min on this machine, 2 cores).",
+        f"Command: `{command_line}` (wall time {wall_seconds / 60:.1f} min for the runs not already finished, on "
+        "this machine, 2 cores).",
         "",
-        f"VGG16 at width {FLAGS.width_multiplier}; every method trains {FLAGS.joint_epochs + FLAGS.finetune_epochs} "
-        f"epochs after the one shared teacher (hsd: {FLAGS.joint_epochs} joint + {FLAGS.finetune_epochs} fine-tuning; "
-        "l1_finetune and scratch: all of them). Each method picks its learning rate from the grid "
+        f"VGG16 at width {FLAGS.width_multiplier}; every variant trains {FLAGS.joint_epochs + FLAGS.finetune_epochs} "
+        f"epochs after the one shared teacher (hsd: {FLAGS.joint_epochs} joint + {FLAGS.finetune_epochs} "
+        "fine-tuning; l1 and scratch: all of them in one phase). Each variant picks its learning rate from the grid "
         f"{', '.join(FLAGS.learning_rates)} by its validation accuracy (held out of the training split) at seed "
         f"{FLAGS.selection_seed}; the other seeds then run at that rate. Test accuracy is mean +- sample std over "
-        "seeds. l1_finetune and scratch keep the same number of filters as hsd and the same per-layer floor.",
+        "seeds.",
         "",
     ]
     for name, info in datasets.items():
-        teacher = info["teacher"]
+        teacher, summary = info["teacher"], info["summary"]
         lines += [
             f"## {name}",
             "",
             f"{info['description']}. Teacher (dense): test accuracy {100 * teacher['accuracy']:.2f}%, "
             f"{teacher['params']:,} params, {teacher['macs']:,} MACs.",
             "",
-            "| prune ratio | method | lr | seeds | accuracy (%) | params | MACs | fewest filters in a layer |",
-            "|---|---|---|---|---|---|---|---|",
+            f"| budget ({unit}) | variant | lr | seeds | accuracy (%) | params | MACs | MACs / teacher | "
+            "fewest filters in a layer |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
-        for e in info["summary"]:
+        for e in summary:
             lines.append(
-                f"| {e['ratio']} | {e['label']} | {e['learning_rate']} | {e['seeds']} | "
-                f"{100 * e['accuracy']:.2f} +- {100 * e['accuracy_std']:.2f} | {e['params']:,.0f} +- "
-                f"{e['params_std']:,.0f} | {e['macs']:,.0f} +- {e['macs_std']:,.0f} | {e['fewest_layer_filters']} |")
-        lines += ["", f"Validation accuracy (%) at seed {FLAGS.selection_seed} per learning rate (the chosen one in bold):",
-                  "", "| prune ratio | method | " + " | ".join(FLAGS.learning_rates) + " |",
+                f"| {e['budget']} | {e['label']} | {e['learning_rate']} | {e['seeds']} | "
+                f"{100 * e['accuracy']:.2f} +- {100 * e['accuracy_std']:.2f} | {e['params']:,.0f} | "
+                f"{e['macs']:,.0f} +- {e['macs_std']:,.0f} | {e['macs'] / teacher['macs']:.3f} | "
+                f"{e['fewest_layer_filters']} |")
+        budgets = sorted({e["budget"] for e in summary if e["label"] in VARIANTS and e["budget"] in info["budgets"]})
+        main_summary = [e for e in summary if e["budget"] in budgets]
+        lines += ["", "Students of one budget, largest over smallest mean MACs: " + ", ".join(
+            f"{b}: {100 * mac_spread(main_summary, b):.1f}% apart" for b in budgets) + "."]
+        lines += ["", f"Validation accuracy (%) at seed {FLAGS.selection_seed} per learning rate (the chosen one in "
+                  "bold):", "", "| budget | variant | " + " | ".join(FLAGS.learning_rates) + " |",
                   "|---|---|" + "---|" * len(FLAGS.learning_rates)]
-        for (ratio, label), by_rate in sorted(info["grid"].items()):
-            chosen = next(e["learning_rate"] for e in info["summary"] if e["ratio"] == ratio and e["label"] == label)
-            cells = [(f"**{100 * by_rate[float(r)]:.2f}**" if float(r) == chosen else f"{100 * by_rate[float(r)]:.2f}")
-                     for r in FLAGS.learning_rates]
-            lines.append(f"| {ratio} | {label} | " + " | ".join(cells) + " |")
-        best = f"hsd num_ta={max(int(n) for n in FLAGS.num_tas)}"
-        for ratio in sorted({e["ratio"] for e in info["summary"]}):
-            comparisons, _ = verdict(info["summary"], ratio, best)
-            if {"0", "1", "2"} <= set(FLAGS.num_tas):
-                in_means, beyond = paper_claim(info["summary"], ratio)
-                claim = ("The paper's claim, 2 TAs >= 1 TA >= 0 TAs and HSD above both baselines: "
-                         f"**{'holds' if in_means else 'does not hold'} in the means**, "
-                         f"**{'holds' if beyond else 'does not hold'} beyond the seed spread**.")
-            else:
-                claim = "The paper's claim needs --num_tas=0,1,2; comparisons only:"
-            lines += ["", f"### Verdict on {name} at prune ratio {ratio}", "", claim, "", *comparisons]
+        for (budget, label), by_rate in sorted(info["grid"].items()):
+            chosen = next(e["learning_rate"] for e in summary if e["budget"] == budget and e["label"] == label)
+            cells = [(f"**{100 * by_rate[float(r)]:.2f}**" if float(r) == chosen else
+                      f"{100 * by_rate[float(r)]:.2f}") if float(r) in by_rate else "" for r in FLAGS.learning_rates]
+            lines.append(f"| {budget} | {label} | " + " | ".join(cells) + " |")
+        for budget in budgets:
+            at_budget = {e["label"] for e in main_summary if e["budget"] == budget}
+            lines += ["", f"### {name} at budget {budget}", ""]
+            if BEST in at_budget:
+                comparisons, wins = verdict(main_summary, budget, BEST)
+                lines += [f"{BEST} above every other variant beyond the seed spread: **{'yes' if wins else 'no'}**.",
+                          "", *comparisons, ""]
+            lines.append("What each difference isolates:")
+            for mine, other, meaning in CONTRASTS:
+                if {mine, other} <= at_budget:
+                    line, _ = verdict(main_summary, budget, mine, [other])
+                    lines.append(f"{line[0]} ({meaning})")
+        if info["family"]:
+            lines += ["", f"### {name}: the family of one cascade run against l1 + KD at each member's MACs", "",
+                      "| student budget | view | MACs / teacher | hsd view accuracy (%) | l1 + KD at that budget (%) |",
+                      "|---|---|---|---|---|"]
+            for entry in info["family"]:
+                l1 = entry["l1"]
+                lines.append(f"| {entry['budget']} | {entry['view']} | {entry['macs'] / teacher['macs']:.3f} | "
+                             f"{100 * entry['accuracy']:.2f} +- {100 * entry['accuracy_std']:.2f} | "
+                             + (f"{100 * l1['accuracy']:.2f} +- {100 * l1['accuracy_std']:.2f} (MACs "
+                                f"{l1['macs'] / teacher['macs']:.3f})" if l1 else "") + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def family(rows, summary, budgets) -> list:
+    """Every view of `hsd 2 TAs` (mean over its seeds) beside l1 + KD trained at that view's budget."""
+    entries = []
+    for budget in budgets:
+        members = [row for row in rows if row["label"] == BEST and row["budget"] == budget]
+        if not members:
+            continue
+        for index, view_name in enumerate(v["name"] for v in members[0]["views"]):
+            accuracy = np.array([m["views"][index]["accuracy"] for m in members])
+            macs = float(np.mean([m["views"][index]["macs"] for m in members]))
+            matched = ([budget] + family_budgets(budget))[index] if index <= len(family_budgets(budget)) else None
+            l1 = next((e for e in summary if e["label"] == "l1 + KD" and e["budget"] == matched), None)
+            entries.append({"budget": budget, "view": view_name, "macs": macs, "accuracy": float(accuracy.mean()),
+                            "accuracy_std": float(accuracy.std(ddof=1)) if len(accuracy) > 1 else 0.0, "l1": l1})
+    return entries
 
 
 def plot(datasets, path) -> None:
@@ -252,28 +283,33 @@ def plot(datasets, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
-    figure, all_axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.5), squeeze=False)
+    figure, all_axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.8), squeeze=False)
     for axes, (name, info) in zip(all_axes[0], datasets.items()):
         summary, teacher = info["summary"], info["teacher"]
-        for label in sorted({e["label"] for e in summary}):
+        for label in [label for label in VARIANTS if any(e["label"] == label for e in summary)]:
             points = sorted((e for e in summary if e["label"] == label), key=lambda e: e["macs"])
             axes.errorbar([e["macs"] for e in points], [100 * e["accuracy"] for e in points],
                           yerr=[100 * e["accuracy_std"] for e in points], marker="o", capsize=3, label=label)
+        for budget in info["budgets"]:
+            views = [e for e in info["family"] if e["budget"] == budget]
+            if views:
+                axes.plot([v["macs"] for v in views], [100 * v["accuracy"] for v in views], "k:", marker="x",
+                          alpha=0.6, label=f"{BEST}: every view of one run" if budget == info["budgets"][0] else None)
         axes.plot([teacher["macs"]], [100 * teacher["accuracy"]], "k*", markersize=12, label="teacher (dense)")
         axes.set_xscale("log")
-        axes.set_xlabel("MACs of the student (log scale)")
+        axes.set_xlabel("MACs (log scale)")
         axes.set_ylabel("test accuracy (%), mean +- std over seeds")
         axes.set_title(f"{name}, VGG16 x{FLAGS.width_multiplier}")
         axes.grid(alpha=0.3, which="both")
-        axes.legend(fontsize=8)
+        axes.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
 
 DESCRIPTIONS = {
     "digits": "scikit-learn's digits: 1,293 training, 144 validation and 360 test images",
-    "fashion_mnist": "Fashion-MNIST: the first {train:,} of 54,000 training images, {val:,} validation images held out "
-                     "of the training split, all 10,000 test images",
+    "fashion_mnist": "Fashion-MNIST: the first {train:,} of 58,800 training images, {val:,} validation images held "
+                     "out of the training split, all 10,000 test images",
 }
 
 
@@ -282,14 +318,20 @@ def main(argv):
     start = time.time()
     rates = [float(r) for r in FLAGS.learning_rates]
     seeds = [int(s) for s in FLAGS.seeds]
+    budgets = [float(b) for b in FLAGS.budgets]
+    unknown = sorted(set(FLAGS.variants) - set(VARIANTS))
+    if unknown:
+        raise app.UsageError(f"--variants: unknown {unknown}; expected some of {list(VARIANTS)}")
     studies = {
         name: Study.from_flags(os.path.join(FLAGS.out_dir, name), dataset=name,
                                max_train_examples=FLAGS.fashion_train_examples if name == "fashion_mnist" else 0,
                                val_fraction=FLAGS.fashion_val_fraction if name == "fashion_mnist" else 0.1)
         for name in FLAGS.datasets
     }
-    methods = [("hsd", int(n)) for n in FLAGS.num_tas] + [("l1_finetune", 0), ("scratch", 0)]
-    cells = [(name, float(r), method, n) for name in studies for r in FLAGS.ratios for method, n in methods]
+    cells = [(name, budget, label) for name in studies for budget in budgets for label in FLAGS.variants]
+    if FLAGS.family and FLAGS.budget_kind == "macs" and BEST in FLAGS.variants:
+        cells += [(name, matched, "l1 + KD") for name in studies for budget in budgets
+                  for matched in family_budgets(budget)]
     context = multiprocessing.get_context("spawn")  # a fresh TensorFlow per worker
     with concurrent.futures.ProcessPoolExecutor(FLAGS.jobs, mp_context=context, initializer=single_thread) as pool:
         for future in [pool.submit(study.pretrain_teacher) for study in studies.values()]:
@@ -297,42 +339,43 @@ def main(argv):
 
         def run_all(specs):
             rows = []
-            for row in pool.map(train, [studies[name] for name, _ in specs], [spec for _, spec in specs]):
+            for row in pool.map(train, [studies[name] for name, _ in specs], [spec for _, spec in specs],
+                                [FLAGS.budget_kind] * len(specs)):
                 rows.append(row)
-                print(f"{row['dataset']:<13} {row['label']:<14} ratio {row['ratio']} lr {row['learning_rate']} "
+                print(f"{row['dataset']:<13} {row['label']:<18} budget {row['budget']} lr {row['learning_rate']} "
                       f"seed {row['seed']}: val {row['val_accuracy']:.4f} test {row['accuracy']:.4f}, "
                       f"{row['macs']:,} MACs ({row['seconds']} s)", flush=True)
             return rows
 
-        grid_rows = run_all([(name, Run(method, ratio, FLAGS.selection_seed, rate, n))
-                             for name, ratio, method, n in cells for rate in rates])
+        grid_rows = run_all([(name, Run(label, budget, FLAGS.selection_seed, rate))
+                             for name, budget, label in cells for rate in rates])
         chosen = select_learning_rates(grid_rows, FLAGS.selection_seed)
-        label = {(method, n): Run(method, 0, 0, 0, n).label for method, n in methods}
-        other_rows = run_all([(name, Run(method, ratio, seed, chosen[(name, ratio, label[(method, n)])], n))
-                              for name, ratio, method, n in cells for seed in seeds if seed != FLAGS.selection_seed])
+        other_rows = run_all([(name, Run(label, budget, seed, chosen[(name, budget, label)]))
+                              for name, budget, label in cells for seed in seeds if seed != FLAGS.selection_seed])
     datasets = {}
-    for name, study in studies.items():
-        final = [row for row in grid_rows + other_rows if row["dataset"] == name
-                 and row["learning_rate"] == chosen[(name, row["ratio"], row["label"])]
-                 and (row["seed"] in seeds)]
+    for name in studies:
+        final = [row for row in grid_rows + other_rows if row["dataset"] == name and row["seed"] in seeds
+                 and row["learning_rate"] == chosen[(name, row["budget"], row["label"])]]
         grid = {}
         for row in grid_rows:
             if row["dataset"] == name:
-                grid.setdefault((row["ratio"], row["label"]), {})[row["learning_rate"]] = row["val_accuracy"]
-        teacher = next(row["teacher"] for row in final if row["method"] == "hsd")
-        datasets[name] = {"summary": summarize(final), "teacher": teacher, "grid": grid,
+                grid.setdefault((row["budget"], row["label"]), {})[row["learning_rate"]] = row["val_accuracy"]
+        summary = summarize(final)
+        datasets[name] = {"summary": summary, "teacher": final[0]["teacher"], "grid": grid, "budgets": budgets,
+                          "family": family(final, summary, budgets) if FLAGS.budget_kind == "macs" else [],
                           "description": DESCRIPTIONS[name].format(train=FLAGS.fashion_train_examples,
                                                                    val=round(60000 * FLAGS.fashion_val_fraction))}
     os.makedirs(FLAGS.docs_dir, exist_ok=True)
-    with open(os.path.join(FLAGS.docs_dir, "ablation.json"), "w") as f:
+    base = os.path.join(FLAGS.docs_dir, FLAGS.docs_name)
+    with open(f"{base}.json", "w") as f:
         json.dump({"rows": grid_rows + other_rows, "chosen_learning_rates": [
-            {"dataset": d, "ratio": r, "label": l, "learning_rate": lr} for (d, r, l), lr in chosen.items()],
-            "datasets": {name: {"summary": info["summary"], "teacher": info["teacher"]}
+            {"dataset": d, "budget": b, "label": l, "learning_rate": lr} for (d, b, l), lr in chosen.items()],
+            "datasets": {name: {key: info[key] for key in ("summary", "teacher", "family")}
                          for name, info in datasets.items()}}, f, indent=2)
     text = markdown(datasets, command("ablation.py"), time.time() - start)
-    with open(os.path.join(FLAGS.docs_dir, "ablation.md"), "w") as f:
+    with open(f"{base}.md", "w") as f:
         f.write(text)
-    plot(datasets, os.path.join(FLAGS.docs_dir, "ablation.png"))
+    plot(datasets, f"{base}.png")
     print(text)
 
 

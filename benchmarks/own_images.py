@@ -11,7 +11,9 @@ saves it, and measures it with its own `model.evaluate` on `test/`. Then it runs
     python main.py --arch=mine.keras --teacher=mine.keras --dataset=folder:DIR --prune_ratio=0.6 --num_ta=2
 
 with no preprocessing or augmentation flag, and reports what hsd_tf chose, the teacher's test accuracy as hsd_tf
-measures it against the model's own `evaluate`, and the student's test accuracy.
+measures it against the model's own `evaluate`, and the student's test accuracy. With --learning_rates it runs
+once per rate and reports the run whose student scores best on the validation split (`val/`), never on `test/`.
+The user's model is trained once and read back from --workdir afterwards.
 
   rgb          scikit-learn's 1,797 digits, 8x8 upsampled to 32x32 RGB; a CNN with `Rescaling(1/255)` inside.
   grey         the first 6,000 / 1,000 / 2,000 Fashion-MNIST images (train / val / test), 28x28 grey; the same
@@ -42,6 +44,8 @@ flags.DEFINE_integer("user_epochs", 20, "Epochs of the user's own training.")
 flags.DEFINE_list("hsd_flags", ["--joint_epochs=20", "--finetune_epochs=20", "--batch_size=64", "--verbose=2",
                                 "--export=tflite"], "Further flags of the hsd_tf run.")
 flags.DEFINE_string("run", None, "Folder of the hsd_tf run under --workdir (default: CASE_run).")
+flags.DEFINE_list("learning_rates", [], "Learning rates of the cascade to run, one run each (CASE_run_lrRATE); the "
+                  "student's validation accuracy chooses among them. Empty: one run at the tool's default.")
 FLAGS = flags.FLAGS
 
 
@@ -119,20 +123,42 @@ def main(argv):
         prepare = keras.applications.mobilenet.preprocess_input
         train, val, test = (d.map(lambda x, y: (prepare(x), y)) for d in (train, val, test))
     path = os.path.join(FLAGS.workdir, f"{FLAGS.case}.keras")
-    keras.utils.set_random_seed(0)
-    model = user_model(FLAGS.case, size + (1 if FLAGS.case == "grey" else 3,), classes)
-    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    start = time.time()
-    model.fit(train, validation_data=val, epochs=FLAGS.user_epochs, verbose=2)
-    user_seconds = time.time() - start
-    model.save(path)
+    if os.path.exists(path):  # the user's model is trained once; later invocations measure the same file
+        model = keras.saving.load_model(path)
+    else:
+        keras.utils.set_random_seed(0)
+        model = user_model(FLAGS.case, size + (1 if FLAGS.case == "grey" else 3,), classes)
+        model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+        start = time.time()
+        model.fit(train, validation_data=val, epochs=FLAGS.user_epochs, verbose=2)
+        print(f"user's training: {time.time() - start:.0f} s", flush=True)
+        model.save(path)
     user_accuracy = model.evaluate(test, verbose=0, return_dict=True)["accuracy"]
-    print(f"user's model.evaluate on test/: {user_accuracy:.4f} ({user_seconds:.0f} s of training)", flush=True)
+    print(f"user's model.evaluate on test/: {user_accuracy:.4f}", flush=True)
 
-    model_dir = os.path.join(FLAGS.workdir, FLAGS.run or f"{FLAGS.case}_run")
+    rows = [run_hsd(path, folder, learning_rate, user_accuracy) for learning_rate in FLAGS.learning_rates or [None]]
+    chosen = max(rows, key=lambda row: row["student_val"])  # ties: the first; the test split plays no part
+    if len(rows) > 1:
+        print("learning rate chosen on the student's validation accuracy: "
+              + ", ".join(f"{row['learning_rate']}: val {row['student_val']:.4f} test {row['student']:.4f}"
+                          for row in rows) + f" -> {chosen['learning_rate']}")
+    print(json.dumps({"chosen": chosen, "rows": rows}))
+    def points(accuracy):
+        return f"{round(100 * (accuracy - user_accuracy), 2) + 0.0:+.2f} points"
+
+    print(f"teacher: hsd_tf {chosen['hsd_teacher']:.4f} against evaluate {user_accuracy:.4f} "
+          f"({points(chosen['hsd_teacher'])}); student {chosen['student']:.4f} "
+          f"({points(chosen['student'])}) at {chosen['student_macs_fraction']:.3f} "
+          f"of the MACs; {chosen['hsd_seconds']} s")
+
+
+def run_hsd(path: str, folder: str, learning_rate, user_accuracy: float) -> dict:
+    """One hsd_tf run of the user's model on the folder (at `learning_rate`, or the tool's default); its row."""
+    suffix = f"_lr{learning_rate}" if learning_rate else ""
+    model_dir = os.path.join(FLAGS.workdir, (FLAGS.run or f"{FLAGS.case}_run") + suffix)
     command = [sys.executable, os.path.join(ROOT, "main.py"), f"--arch={path}", f"--teacher={path}",
                f"--dataset=folder:{folder}", "--prune_ratio=0.6", "--num_ta=2", f"--model_dir={model_dir}",
-               *FLAGS.hsd_flags]
+               *FLAGS.hsd_flags] + ([f"--learning_rate={learning_rate}"] if learning_rate else [])
     print("$", " ".join(command[1:]), flush=True)
     start = time.time()
     run = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
@@ -144,14 +170,11 @@ def main(argv):
         raise SystemExit(run.returncode)
     with open(os.path.join(model_dir, "results.json")) as f:
         results = json.load(f)
-    row = {"case": FLAGS.case, "user_evaluate": user_accuracy, "hsd_teacher": results["teacher"]["accuracy"],
-           "student": results["views"][0]["accuracy"], "student_macs_fraction": results["views"][0]["macs_fraction"],
-           "chosen": chosen, "hsd_seconds": round(seconds)}
-    print(json.dumps(row))
-    print(f"teacher: hsd_tf {row['hsd_teacher']:.4f} against evaluate {user_accuracy:.4f} "
-          f"({100 * (row['hsd_teacher'] - user_accuracy):+.2f} points); student {row['student']:.4f} "
-          f"({100 * (row['student'] - user_accuracy):+.2f} points); {seconds:.0f} s")
-
+    student = results["views"][0]
+    return {"case": FLAGS.case, "learning_rate": learning_rate, "user_evaluate": user_accuracy,
+            "hsd_teacher": results["teacher"]["accuracy"], "student": student["accuracy"],
+            "student_val": student["val_accuracy"], "student_macs_fraction": student["macs_fraction"],
+            "chosen": chosen, "hsd_seconds": round(seconds)}
 
 if __name__ == "__main__":
     app.run(main)

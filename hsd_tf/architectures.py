@@ -16,9 +16,11 @@ The cascade trains on logits: a final softmax is dropped (the argmax is unchange
 import functools
 import importlib
 import importlib.util
+import json
 import os
 import re
 import sys
+import zipfile
 from typing import Optional, Sequence
 
 import keras
@@ -231,8 +233,17 @@ def get(name: str, input_shape, num_classes: int, width_multiplier: float = 1.0)
     return check_fits(without_softmax(model), input_shape, num_classes, name)
 
 
+class MissingCustomObjectError(ValueError):
+    """A `.keras` file uses a class that is not imported; the message names it and the `--custom_objects` to pass."""
+
+
 def load_saved(path: str) -> keras.Model:
-    """Loads a `.keras` model, or raises ValueError in one line naming a custom class that is not imported."""
+    """Loads a `.keras` model.
+
+    Raises:
+        MissingCustomObjectError: A custom class is not imported (one line naming it).
+        ValueError: The file cannot be loaded otherwise (one line).
+    """
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as error:  # pylint: disable=broad-except  (a truncated zip, a missing class: one line)
@@ -242,7 +253,7 @@ def load_saved(path: str) -> keras.Model:
             raise ValueError(f"{path} cannot be loaded ({text[:200]})") from None
         module = re.search(r"'module': '([\w.]+)', 'class_name': '" + re.escape(missing.group(1)) + "'", text)
         where = module.group(1) if module else "the module that defines it"
-        raise ValueError(f"{path} uses the class {missing.group(1)!r}, which is not imported: pass "
+        raise MissingCustomObjectError(f"{path} uses the class {missing.group(1)!r}, which is not imported: pass "
                          f"--custom_objects={where} (a module, or the .py file that defines it)") from None
 
 
@@ -250,8 +261,27 @@ def input_shape_of(name: str):
     """The input shape (no batch axis) of a saved `.keras` model named by `--arch`; None for the built ones."""
     if not name.endswith(".keras"):
         return None
+    shape = _input_shape_in_config(name)
+    if shape is not None:
+        return shape
     model = load_saved(name)
     return tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
+
+
+def _input_shape_in_config(path: str):
+    """The one input's shape as a functional or Sequential `.keras` file's config.json records it, read without
+    loading the model (large files load in seconds, and the run loads it anyway); None where it is not that
+    plain: the model is loaded to find it."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    if config.get("class_name") not in ("Functional", "Sequential"):
+        return None
+    inputs = [layer for layer in config.get("config", {}).get("layers", []) if layer.get("class_name") == "InputLayer"]
+    shape = inputs[0].get("config", {}).get("batch_shape") if len(inputs) == 1 else None
+    return tuple(shape[1:]) if shape else None
 
 
 def import_custom_objects(modules: Sequence[str]) -> None:

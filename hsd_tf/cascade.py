@@ -29,6 +29,7 @@ from hsd_tf import costs, flatten, graph, losses, masks
 from hsd_tf.ratios import validate_macs_fractions, validate_prune_ratios
 
 PHASES = ("joint", "frozen", "finetune")
+SALIENCIES = ("score", "per_mac")
 
 
 def view_names(num_views: int) -> List[str]:
@@ -48,10 +49,12 @@ class View(keras.layers.Layer):
         macs: (`costs.MacModel`, budget in MACs): keep filters in score order
             within the budget instead of a fraction of the filters.
         round_to: Every group keeps a multiple of this many channels (`masks.rounded_masks`).
+        saliency: "score" ranks raw scores (the paper); "per_mac", with `macs`,
+            scores against the MACs each channel costs (`masks.per_mac`).
     """
 
     def __init__(self, model_trace: graph.Trace, keep_ratio: float, prefix: str, floors=None, hysteresis=0.0,
-                 macs=None, round_to=1, **kwargs):
+                 macs=None, round_to=1, saliency="score", **kwargs):
         super().__init__(**kwargs)
         self.keep_ratio = keep_ratio
         self.round_to = int(round_to)
@@ -60,6 +63,8 @@ class View(keras.layers.Layer):
         widths = model_trace.group_widths
         self.floors = list(floors) if floors is not None else [1] * len(widths)
         self.mac_model, self.mac_budget = macs if macs is not None else (None, None)
+        self.channel_costs = (self.mac_model.channel_costs() if saliency == "per_mac" and macs is not None
+                              else None)
         if macs is None:
             masks.check_floors(keep_ratio, self.filter_counts, widths, self.floors)
         else:
@@ -94,6 +99,8 @@ class View(keras.layers.Layer):
         scores = [tf.convert_to_tensor(s) for s in self.scores]
         if self.hysteresis:
             scores = [s + self.hysteresis * tf.cast(m, s.dtype) for s, m in zip(scores, self.last_masks)]
+        if self.channel_costs is not None:
+            scores = masks.per_mac(scores, self.channel_costs)
         if self.mac_model is not None:
             chosen = masks.budget_masks(scores, self.floors, self.mac_model.macs, self.mac_budget)
         else:
@@ -154,6 +161,9 @@ class Cascade(keras.Model):
             (at least one multiple, or the whole group), within the budget.
         input_shape: One image's shape, for a model whose input has unknown
             dimensions (a keras_hub backbone's `(None, None, 3)`).
+        saliency: How channels rank under `macs_fractions`: "score" (the
+            paper's raw scores) or "per_mac" (scores against each channel's
+            MACs, `masks.per_mac`).
 
     Raises:
         graph.UnsupportedLayerError: A layer the tracer cannot follow.
@@ -175,6 +185,7 @@ class Cascade(keras.Model):
         macs_fractions: Optional[Sequence[float]] = None,
         round_to: int = 1,
         input_shape: Optional[Sequence[int]] = None,
+        saliency: str = "score",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -206,6 +217,10 @@ class Cascade(keras.Model):
         self.min_layer_filters = int(min_layer_filters)
         self.mask_hysteresis = float(mask_hysteresis)
         self.round_to = int(round_to)
+        if saliency not in SALIENCIES or (saliency != "score" and macs_fractions is None):
+            raise ValueError(f"saliency must be one of {SALIENCIES}, and per_mac needs macs_fractions. "
+                             f"Received: saliency={saliency!r}, macs_fractions={macs_fractions}")
+        self.saliency = saliency
         floors = masks.layer_floors(trace.group_widths, self.max_layer_prune_ratio, self.min_layer_filters)
         if self.round_to > 1:
             floors = masks.rounded_floors(floors, trace.group_widths, self.round_to)
@@ -224,6 +239,7 @@ class Cascade(keras.Model):
                        for f in self.macs_fractions]
         self.views = [
             View(trace, prefix=f"{name}_", floors=floors, hysteresis=self.mask_hysteresis, round_to=self.round_to,
+                 saliency=saliency,
                  name=name, **budget)
             for name, budget in zip(self.view_names, budgets)
         ]
@@ -361,7 +377,8 @@ class Cascade(keras.Model):
             temperature=self.temperature, hint_weight=self.hint_weight,
             max_layer_prune_ratio=self.max_layer_prune_ratio, min_layer_filters=self.min_layer_filters,
             mask_hysteresis=self.mask_hysteresis, unpruned_layers=self.unpruned_layers,
-            macs_fractions=self.macs_fractions, round_to=self.round_to, name=f"{self.name}_snapshot",
+            macs_fractions=self.macs_fractions, round_to=self.round_to, saliency=self.saliency,
+            name=f"{self.name}_snapshot",
         )
         for key, layer in self.shared.items():
             copy.shared[key].set_weights(layer.get_weights())
@@ -582,6 +599,7 @@ class Cascade(keras.Model):
             "unpruned_layers": self.unpruned_layers,
             "macs_fractions": self.macs_fractions,
             "round_to": self.round_to,
+            "saliency": self.saliency,
         }
 
 

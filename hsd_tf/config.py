@@ -14,13 +14,19 @@ from hsd_tf import export, ratios
 
 SCORE_OPTIMIZERS = ("sgd", "rmsprop", "adam")
 SCORE_SCHEDULES = ("cosine", "constant")
-MODES = ("train", "profile", "export")
+MODES = ("train", "profile", "export", "compare")
+# hsd: the cascade; l1 and scratch: the simple alternatives at the same budget (`hsd_tf.training`).
+METHODS = ("hsd", "l1", "scratch")
+SALIENCIES = ("score", "per_mac")  # `hsd_tf.cascade.SALIENCIES`, repeated so that no TensorFlow loads
 EXPORT_VIEWS = ("student", "all")
 MIXED_PRECISION = ("float32", "bfloat16", "float16")
 # What must match between a run and the model_dir it resumes.
-IDENTITY_FIELDS = ("dataset", "arch", "num_ta", "prune_ratio", "ta_ratios", "width_multiplier", "image_size",
+IDENTITY_FIELDS = ("method", "dataset", "arch", "num_ta", "prune_ratio", "ta_ratios", "width_multiplier", "image_size",
                    "max_layer_prune_ratio", "min_layer_filters", "max_train_examples", "unpruned_layers",
-                   "macs_budget", "round_to", "preprocessing", "augment")
+                   "macs_budget", "round_to", "saliency", "preprocessing", "augment")
+# Where each method's last trained state is: a finished run has it.
+FINAL_CHECKPOINTS = {"hsd": ("finetune", "cascade.weights.h5"), "l1": ("finetune", "cascade.weights.h5"),
+                     "scratch": ("scratch", "student.weights.h5")}
 # `hsd_tf.data`'s choices, repeated here so that judging the settings loads no TensorFlow (tested to agree).
 PREPROCESSINGS = ("auto", "raw", "unit", "symmetric", "caffe", "torch", "tf")
 AUGMENTATIONS = ("auto", "flip_crop", "crop", "none")
@@ -39,12 +45,15 @@ class Config:
     """Everything one run needs. See `main.py` for each field's help text."""
 
     mode: str = "train"
+    method: str = "hsd"
+    compare_methods: List[str] = dataclasses.field(default_factory=lambda: ["hsd", "l1", "scratch"])
     dataset: str = "cifar10"
     arch: str = "vgg16"
     num_ta: int = 2
     prune_ratio: float = 0.6
     macs_budget: float = 0.0
     round_to: int = 1
+    saliency: str = "score"
     ta_ratios: Optional[List[float]] = None
     width_multiplier: float = 1.0
     unpruned_layers: List[str] = dataclasses.field(default_factory=list)
@@ -89,14 +98,22 @@ class Config:
     tensorboard: bool = True
 
     def prune_ratios(self) -> List[float]:
-        """Student first: the explicit TA list, or even spacing down to 0."""
+        """Student first: the explicit TA list, or even spacing down to 0 (the student's alone for a baseline)."""
+        if self.method != "hsd":
+            return [self.prune_ratio]
         if self.ta_ratios:
             return [self.prune_ratio] + list(self.ta_ratios)
         return ratios.even_prune_ratios(self.prune_ratio, self.num_ta)
 
     def macs_fractions(self) -> Optional[List[float]]:
         """Student first: the MAC budget, then the assistants evenly spaced in MACs up to 1; None without one."""
-        return ratios.even_macs_fractions(self.macs_budget, self.num_ta) if self.macs_budget else None
+        if not self.macs_budget:
+            return None
+        return ratios.even_macs_fractions(self.macs_budget, self.num_ta if self.method == "hsd" else 0)
+
+    def epochs_after_teacher(self) -> int:
+        """What every method trains after the teacher: the cascade's joint + frozen + finetune epochs."""
+        return self.joint_epochs + self.frozen_epochs + self.finetune_epochs
 
     def validate(self) -> None:
         """Raises ConfigError naming the first bad setting that can be judged without the stack.
@@ -105,6 +122,18 @@ class Config:
         trained or written (`hsd_tf.training.check_model`, `hsd_tf.strategy.make`).
         """
         _choice("mode", self.mode, MODES)
+        _choice("method", self.method, METHODS)
+        if self.mode == "compare":
+            if not self.compare_methods or len(set(self.compare_methods)) != len(self.compare_methods):
+                raise ConfigError("compare_methods", ",".join(self.compare_methods),
+                                  f"expected distinct names among {', '.join(METHODS)}")
+            for method in self.compare_methods:
+                if method not in METHODS:
+                    raise ConfigError("compare_methods", ",".join(self.compare_methods),
+                                      f"{method!r} is no method; expected some of {', '.join(METHODS)}")
+        if self.ta_ratios and self.method != "hsd":
+            raise ConfigError("ta_ratios", self.ta_ratios, f"are the cascade's; --method={self.method} trains the "
+                              "student alone")
         if self.dataset.startswith("folder:"):
             root = self.dataset[len("folder:"):]
             if not os.path.isdir(root):
@@ -149,6 +178,9 @@ class Config:
         if self.macs_budget and self.ta_ratios:
             raise ConfigError("ta_ratios", self.ta_ratios, "are prune ratios; with --macs_budget the assistants' "
                               "budgets are spaced evenly in MACs")
+        _choice("saliency", self.saliency, SALIENCIES)
+        if self.saliency != "score" and not self.macs_budget:
+            raise ConfigError("saliency", self.saliency, "weighs scores against MACs, so it needs --macs_budget")
         if self.round_to < 1:
             raise ConfigError("round_to", self.round_to, "must be at least 1 (1: no rounding)")
         if self.max_train_examples < 0:
@@ -177,7 +209,7 @@ class Config:
             raise ConfigError("export", ",".join(self.export), f"expected some of {', '.join(export.FORMATS)}") from None
         _choice("export_views", self.export_views, EXPORT_VIEWS)
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
-        if self.mode == "export" and not os.path.exists(os.path.join(self.model_dir, "finetune", "cascade.weights.h5")):
+        if self.mode == "export" and not os.path.exists(os.path.join(self.model_dir, *FINAL_CHECKPOINTS[self.method])):
             raise ConfigError("model_dir", self.model_dir, "--mode=export needs a finished run here")
         if self.teacher == "imagenet" and (self.arch != "resnet50" or self.dataset != "imagenet2012"):
             raise ConfigError("teacher", self.teacher, "'imagenet' weights exist for --arch=resnet50 --dataset=imagenet2012 only")

@@ -121,6 +121,14 @@ class MacModel:
         return tf.reduce_sum(self.bilinear * kept_in * kept_out + self.linear_in * kept_in
                              + self.linear_out * kept_out) + self.fixed
 
+    def channel_costs(self) -> list:
+        """Per group, the MACs each of its channels costs in the dense model: what removing it alone saves
+        (its own filter and the next layers' inputs it feeds), one float64 vector per group."""
+        kept_in, kept_out = self.inputs.sum(axis=1), self.outputs.sum(axis=1)
+        per_flat = self.inputs.T @ (self.bilinear * kept_out + self.linear_in) + self.outputs.T @ (
+            self.bilinear * kept_in + self.linear_out)
+        return np.split(per_flat[1:], np.cumsum(self.widths)[:-1])
+
     def keeping(self, counts) -> float:
         """MACs when each group keeps `counts[g]` of its channels (a group's channels all cost alike)."""
         return float(self.macs([np.arange(w) < c for w, c in zip(self.widths, counts)]))

@@ -84,6 +84,23 @@ def topk_masks(scores: Sequence[tf.Tensor], filter_counts: Sequence[int], keep_r
     return tf.split(tf.stop_gradient(mask), sizes)
 
 
+def per_mac(scores: Sequence[tf.Tensor], channel_costs: Sequence[np.ndarray]) -> List[tf.Tensor]:
+    """Scores weighed against the MACs each channel costs (`costs.MacModel.channel_costs`), for ranking.
+
+    A positive score is divided by its channel's cost relative to the mean
+    channel cost, a negative one multiplied by it, so a dearer channel always
+    ranks lower: under a MAC budget a cheap channel of some use can be kept in
+    place of a dear one of a little more. The paper ranks raw scores
+    (`--saliency=score`); this is `--saliency=per_mac`.
+    """
+    mean = float(np.mean(np.concatenate([np.asarray(c, np.float64) for c in channel_costs])))
+    ranked = []
+    for score, cost in zip(scores, channel_costs):
+        relative = tf.constant(np.maximum(np.asarray(cost, np.float64) / mean, 1e-12), score.dtype)
+        ranked.append(tf.where(score >= 0, score / relative, score * relative))
+    return ranked
+
+
 def budget_masks(scores: Sequence[tf.Tensor], floors: Sequence[int], macs: Callable, budget: float
                  ) -> List[tf.Tensor]:
     """Masks keeping filters in score order while the slim model's MACs stay within a budget.

@@ -65,9 +65,9 @@ def check(path: str, model: keras.Model) -> None:
         raise ValueError("expected a .keras model or a .weights.h5 file")
     try:
         source = graph.layers_by_name(architectures.load_saved(path))
+    except architectures.MissingCustomObjectError:
+        raise
     except ValueError as error:
-        if "--custom_objects" in str(error):
-            raise
         raise ValueError(f"cannot be read as a .keras model ({str(error)[:200]})") from None
     for name, layer in graph.layers_by_name(model).items():
         if not layer.weights:

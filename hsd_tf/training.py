@@ -14,6 +14,8 @@ optimizers live in their own modules (`hsd_tf/callbacks.py`, `hsd_tf/checkpoints
 """
 
 import contextlib
+import dataclasses
+import functools
 import json
 import os
 import time
@@ -31,7 +33,7 @@ from hsd_tf.cascade import PHASES, Cascade
 from hsd_tf.callbacks import MaskChangeLog, StopOnNonFiniteLoss, TeacherLadder
 from hsd_tf.checkpoints import (EpochBackup, RunInterrupted, StopOnInterrupt, discard_backup, interrupts_noted,
                                 load_weights, model_dir_lock, read_checkpoint, save_weights, write_json)
-from hsd_tf.config import Config, ConfigError
+from hsd_tf.config import FINAL_CHECKPOINTS, Config, ConfigError
 from hsd_tf.optimizers import score_optimizer, weight_optimizer
 from hsd_tf.summaries import CascadeSummaries
 
@@ -89,7 +91,7 @@ def _run(config: Config, model, data, rebuild_student: bool):
     input_shape = check_model(config, model, input_shape).input_shapes[0]
     config.check_model_dir()
     is_chief, task = strategy.worker(distribution)
-    lock = model_dir_lock(config.model_dir, _refuse(config)) if is_chief else contextlib.nullcontext()
+    lock = model_dir_lock(config.model_dir, refuse(config)) if is_chief else contextlib.nullcontext()
     with lock, interrupts_noted():
         results_path = os.path.join(config.model_dir, "results.json")
         if config.mode == "train" and _finished(results_path, config):
@@ -105,7 +107,8 @@ def _run(config: Config, model, data, rebuild_student: bool):
                                  "Re-run the same command to resume from there.") from None
 
 
-def _refuse(config: Config):
+def refuse(config: Config):
+    """The refusal `checkpoints.model_dir_lock` gives when another run holds `config.model_dir`."""
     def refuse(holder: str):
         raise ConfigError("model_dir", config.model_dir,
                           f"another hsd_tf run{' (process ' + holder + ')' if holder else ''} is writing this folder; "
@@ -127,8 +130,7 @@ def _train_export_and_report(config: Config, distribution, given_model, given_da
     keras.config.set_dtype_policy("float32" if config.mixed_precision == "float32" else f"mixed_{config.mixed_precision}")
     try:
         with distribution.scope():
-            results, cascade, snapshot, dense_teacher, data = _train_and_evaluate(config, out_dir, given_model,
-                                                                                 given_data)
+            results, candidates, data = _train_and_evaluate(config, out_dir, given_model, given_data)
     finally:
         keras.config.set_dtype_policy(policy)
     # Slim models are plain float32 single-device models, built outside the
@@ -136,7 +138,7 @@ def _train_export_and_report(config: Config, distribution, given_model, given_da
     # The slim student's .keras file is written whatever --export says: it is what the run made.
     failures, student = [], None
     if is_chief:
-        models = _checked_slim_models(config, results, cascade, snapshot, dense_teacher, data)
+        models = _checked_slim_models(candidates, data)
         student = models[0][1]
         try:
             failures = _export(config, models, data, results)
@@ -151,7 +153,12 @@ def _train_export_and_report(config: Config, distribution, given_model, given_da
 
 
 def _train_and_evaluate(config: Config, out_dir: str, given_model=None, given_data=None):
-    """Trains or loads every phase; returns (results, cascade, snapshot, dense teacher, data)."""
+    """Trains or loads every phase of `config.method`; returns (results, candidates, data).
+
+    candidates: [(results entry, build, reference)] of every model to export:
+    `build()` makes the slim inference model (outside the strategy's scope),
+    `reference(images)` gives the logits it must compute.
+    """
     if given_model is None:
         data, model = data_and_model(config)
         dense_teacher = _teacher(config, out_dir, model, data)
@@ -164,24 +171,69 @@ def _train_and_evaluate(config: Config, out_dir: str, given_model=None, given_da
     validation = data.val if data.val is not None else data.test
     teacher_val = teacher_lib.accuracy(dense_teacher, validation)
     if config.verbose:
-        print(f"\nTeacher: validation accuracy {teacher_val:.4f}; the cascade starts from its weights.", flush=True)
+        print(f"\nTeacher: validation accuracy {teacher_val:.4f}; {STARTS[config.method]}.", flush=True)
     warning = teacher_lib.near_chance_warning(teacher_val, data.num_classes)
     if warning:
         print(warning, flush=True)
+    dense_cost = costs.count(graph.trace(dense_teacher, config.unpruned_layers, data.input_shape))
+    results = {
+        "method": config.method,
+        "dataset": config.dataset,
+        "arch": config.arch,
+        "num_ta": config.num_ta if config.method == "hsd" else 0,
+        "width_multiplier": config.width_multiplier,
+        "macs_budget": config.macs_budget or None,
+        "teacher": {
+            "accuracy": teacher_lib.accuracy(dense_teacher, data.test),
+            "params": dense_cost["params"],
+            "macs": dense_cost["macs"],
+        },
+    }
+    if data.val is not None:
+        results["teacher"]["val_accuracy"] = teacher_val
+    train = _train_scratch if config.method == "scratch" else _train_cascade
+    candidates = train(config, out_dir, model, dense_teacher, data, validation, teacher_val, results)
+    results["prune_ratios"] = [view["prune_ratio"] for view in results["views"]]
+    if config.export_views == "all":
+        candidates.append((results["teacher"], lambda: slimming.slim_model(
+            graph.trace(dense_teacher, config.unpruned_layers, data.input_shape), {}, name="teacher",
+            inference=True), lambda images: dense_teacher(images, training=False)))
+    return results, candidates, data
 
-    cascade = Cascade(
-        model, None if config.macs_budget else config.prune_ratios(), teacher=dense_teacher,
+
+def _cascade(config: Config, model: keras.Model, input_shape, teacher: Optional[keras.Model] = None) -> Cascade:
+    """The run's cascade: every view for `--method=hsd`; for l1 and scratch the student alone at the same budget
+    and per-layer floors (`Config.prune_ratios`, `Config.macs_fractions`)."""
+    return Cascade(
+        model, None if config.macs_budget else config.prune_ratios(), teacher=teacher,
         macs_fractions=config.macs_fractions(), round_to=config.round_to, kd_weight=config.kd_weight,
         temperature=config.temperature, hint_weight=config.hint_weight,
         max_layer_prune_ratio=config.max_layer_prune_ratio, min_layer_filters=config.min_layer_filters,
-        mask_hysteresis=config.mask_hysteresis, unpruned_layers=config.unpruned_layers,
-        input_shape=data.input_shape, name="cascade",
+        mask_hysteresis=config.mask_hysteresis, unpruned_layers=config.unpruned_layers, input_shape=input_shape,
+        saliency=config.saliency, name="cascade",
     )
-    if not os.path.exists(_phase_path(config.model_dir, "joint")):
+
+
+def _train_cascade(config: Config, out_dir: str, model, dense_teacher, data, validation, teacher_val, results):
+    """`--method=hsd`: joint, frozen and finetune phases of the cascade; `--method=l1`: its student alone.
+
+    l1 (Li et al.'s filter pruning) is the cascade's student at the same budget
+    and per-layer floor with its masks frozen at the scores' initial ranking
+    (the teacher's layer-normalised filter L1 norms), fine-tuned with the
+    student's own fine-tuning losses (cross-entropy plus KD from the teacher,
+    `--kd_weight`) for every epoch the cascade trains after its teacher.
+    """
+    hsd = config.method == "hsd"
+    cascade = _cascade(config, model, data.input_shape, teacher=dense_teacher)
+    first_phase = "joint" if hsd else "finetune"
+    if not os.path.exists(_phase_path(config.model_dir, first_phase)):
         cascade.initialize_from(dense_teacher)
-    mask_log = MaskChangeLog(cascade.view_names, os.path.join(out_dir, "joint", "mask_changes.json"))
-    _run_phase(config, out_dir, cascade, "joint", config.joint_epochs, data, validation, [mask_log])
-    _run_phase(config, out_dir, cascade, "frozen", config.frozen_epochs, data, validation)
+        if not hsd:
+            cascade.freeze_masks()
+    if hsd:
+        mask_log = MaskChangeLog(cascade.view_names, os.path.join(out_dir, "joint", "mask_changes.json"))
+        _run_phase(config, out_dir, cascade, "joint", config.joint_epochs, data, validation, [mask_log])
+        _run_phase(config, out_dir, cascade, "frozen", config.frozen_epochs, data, validation)
 
     snapshot = cascade.snapshot()
     snapshot.compile()
@@ -192,37 +244,75 @@ def _train_and_evaluate(config: Config, out_dir: str, given_model=None, given_da
     ladder_accuracies.append(teacher_val)
     ladder = TeacherLadder(ladder_names, ladder_accuracies, os.path.join(out_dir, "finetune", "ladder.json"))
     cascade.set_ladder(snapshot)
-    _run_phase(config, out_dir, cascade, "finetune", config.finetune_epochs, data, validation, [ladder])
+    _run_phase(config, out_dir, cascade, "finetune",
+               config.finetune_epochs if hsd else config.epochs_after_teacher(), data, validation, [ladder])
 
     student_test = cascade.evaluate(data.test, return_dict=True, verbose=0)
     student_val = cascade.evaluate(data.val, return_dict=True, verbose=0) if data.val is not None else None
     views = cascade.view_costs(frozen=True)
-    mask_changes = mask_log.changes()
+    mask_changes = mask_log.changes() if hsd else None
     for i, view in enumerate(views):
         view["accuracy"] = float(student_test["student_acc"] if i == 0 else ta_test[f"{view['name']}_acc"])
         # On the held-out part of the training split: what model selection may look at.
         if data.val is not None:
             view["val_accuracy"] = float(student_val["student_acc"]) if i == 0 else ladder_accuracies[i - 1]
-        view["mask_changes"] = mask_changes[view["name"]]
+        if hsd:
+            view["mask_changes"] = mask_changes[view["name"]]
         view["kept_channels"] = {group: np.flatnonzero(mask).tolist()
                                  for group, mask in zip(cascade.trace.group_names, cascade.hard_masks(i, frozen=True))}
-    dense_cost = costs.count(cascade.trace)
-    results = {
-        "dataset": config.dataset,
-        "arch": config.arch,
-        "num_ta": config.num_ta,
-        "width_multiplier": config.width_multiplier,
-        "prune_ratios": [view["prune_ratio"] for view in views],
-        "macs_budget": config.macs_budget or None,
-        "teacher": {
-            "accuracy": teacher_lib.accuracy(dense_teacher, data.test),
-            "params": dense_cost["params"],
-            "macs": dense_cost["macs"],
-        },
-        "views": views,
-        "teacher_ladder": {"names": ladder_names, "val_accuracies": ladder_accuracies, "switches": ladder.switches()},
-    }
-    return results, cascade, snapshot, dense_teacher, data
+    results["views"] = views
+    results["teacher_ladder"] = {"names": ladder_names, "val_accuracies": ladder_accuracies,
+                                 "switches": ladder.switches()}
+    exported = range(len(cascade.views)) if config.export_views == "all" else range(1)
+    return [(views[i], functools.partial(slimming.slim_view, cascade if i == 0 else snapshot, i,
+                                         name=cascade.view_names[i], inference=True),
+             functools.partial(slimming.masked_logits, cascade if i == 0 else snapshot, i)) for i in exported]
+
+
+def _train_scratch(config: Config, out_dir: str, model, dense_teacher, data, validation, teacher_val, results):
+    """`--method=scratch`: l1's slim architecture from random weights, trained with the teacher's recipe
+    (cross-entropy, SGD from `--teacher_learning_rate`, cosine to 0) for the epochs the cascade trains after its
+    teacher. What pruning must beat to be worth its teacher."""
+    del teacher_val  # no ladder: scratch learns from the labels alone
+    student, view, unpruned = _scratch_student(config, model, dense_teacher, data.input_shape)
+    epochs = config.epochs_after_teacher()
+    path = os.path.join(config.model_dir, *FINAL_CHECKPOINTS["scratch"])
+    if os.path.exists(path):
+        read_checkpoint(lambda: load_weights(student, path), path, "train the scratch student again")
+    else:
+        teacher_lib.compiled_for_training(student, data, dataclasses.replace(config, teacher_epochs=epochs))
+        _fit(student, config, out_dir, "scratch", epochs, data, validation)
+        save_weights(student, os.path.join(out_dir, *FINAL_CHECKPOINTS["scratch"]))
+        discard_backup(out_dir, "scratch")
+    view["accuracy"] = teacher_lib.accuracy(student, data.test)
+    if data.val is not None:
+        view["val_accuracy"] = teacher_lib.accuracy(student, data.val)
+    results["views"] = [view]
+    trained = graph.trace(student, unpruned, data.input_shape)
+
+    def reference(images):  # in 16 bits, its float32 copy: rounding must not pass for a slimming error
+        if keras.backend.standardize_dtype(student.compute_dtype) == "float32":
+            return student(images, training=False)
+        return slimming.slim_model(trained, {}, name="reference")(images, training=False)
+
+    return [(view, lambda: slimming.slim_model(trained, {}, name="student", inference=True), reference)]
+
+
+def _scratch_student(config: Config, model: keras.Model, dense_teacher: keras.Model, input_shape
+                     ) -> Tuple[keras.Model, dict, List[str]]:
+    """(l1's slim architecture, augmentation layers kept for training, freshly initialised; its results entry:
+    costs and kept channels; the layers the tracer must leave whole in it)."""
+    cascade = _cascade(config, model, input_shape)
+    cascade.initialize_from(dense_teacher)
+    view = cascade.view_costs(frozen=False)[0]
+    view["kept_channels"] = {group: np.flatnonzero(mask).tolist() for group, mask in
+                             zip(cascade.trace.group_names, cascade.hard_masks(0, frozen=False))}
+    # Every layer with weights anew, from its config; a weightless one is used as it is (a Lambda's config would
+    # need Keras' unsafe deserialization, and it has nothing to initialise).
+    student = keras.models.clone_model(
+        slimming.slim_view(cascade, 0, frozen=False, name="student"),
+        clone_function=lambda layer: layer.__class__.from_config(layer.get_config()) if layer.weights else layer)
+    return student, view, cascade.unpruned_layers
 
 
 def _chosen_for_teacher(config: Config, teacher: keras.Model, data):
@@ -260,8 +350,7 @@ def _chosen_for_teacher(config: Config, teacher: keras.Model, data):
         accuracy = accuracies.get(preprocessing)
         if accuracy is None:
             accuracy = teacher_lib.accuracy(teacher, validation(chosen))
-        mirrored = teacher_lib.accuracy(
-            teacher, validation(chosen).map(lambda images, labels: (tf.image.flip_left_right(images), labels)))
+        mirrored = teacher_lib.accuracy(teacher, validation(chosen).map(_mirrored))
         augment = "flip_crop" if mirrored >= accuracy - FLIP_TOLERANCE else "crop"
         if config.verbose:
             print(f"Augmentation: {augment}: the teacher's validation accuracy is {accuracy:.4f}, {mirrored:.4f} on "
@@ -269,6 +358,10 @@ def _chosen_for_teacher(config: Config, teacher: keras.Model, data):
     if augment == config.augment:
         return chosen
     return load_data(config, data.input_shape, preprocessing, augment)
+
+
+def _mirrored(images, labels):
+    return tf.image.flip_left_right(images), labels
 
 
 # A teacher trained on flips loses well under a point on mirrored images; one that was not loses many.
@@ -325,7 +418,7 @@ def check_model(config: Config, model: Optional[keras.Model] = None, input_shape
                 teacher_lib.check(config.teacher, model)
             except ValueError as error:
                 raise ConfigError("teacher", config.teacher, str(error)) from None
-        if config.dataset.startswith("folder:") and config.mode == "train":
+        if config.dataset.startswith("folder:") and config.mode in ("train", "compare"):
             data_lib.folder_files(config.dataset[len("folder:"):])
     try:
         model_trace = graph.trace(model, config.unpruned_layers, input_shape)
@@ -371,9 +464,10 @@ def _announce_resume(config: Config, trains_teacher: bool) -> None:
     if config.mode == "export":
         print(f"Exporting again from the finished run in {config.model_dir}.", flush=True)
         return
-    phases = (("teacher",) if trains_teacher else ()) + PHASES
+    phases = (("teacher",) if trains_teacher else ()) + METHOD_PHASES[config.method]
+    checkpoint = {"teacher": TEACHER_CHECKPOINT, "scratch": FINAL_CHECKPOINTS["scratch"][1]}
     done = [phase for phase in phases if os.path.exists(
-        os.path.join(config.model_dir, phase, TEACHER_CHECKPOINT if phase == "teacher" else CHECKPOINT))]
+        os.path.join(config.model_dir, phase, checkpoint.get(phase, CHECKPOINT)))]
     started = [(phase, EpochBackup.latest(os.path.join(config.model_dir, phase, "backup"))[0])
                for phase in phases if phase not in done]
     if not done and not any(epochs for _, epochs in started):
@@ -396,8 +490,8 @@ def _finished(results_path: str, config: Config) -> bool:
                                                   if "error" not in exported} for entry in entries)
 
 
-def _checked_slim_models(config: Config, results, cascade, snapshot, dense_teacher, data) -> list:
-    """[(results entry, slim model)] of every view to export, each checked against what it was trained as.
+def _checked_slim_models(candidates, data) -> list:
+    """[(results entry, slim model)] of every model to export, each checked against what it was trained as.
 
     The models to deploy: augmentation layers left out. The check
     (`slimming.check_slim`) runs on a test batch in every run, so a slim model
@@ -405,24 +499,17 @@ def _checked_slim_models(config: Config, results, cascade, snapshot, dense_teach
     anything is exported.
     """
     images = next(iter(data.test))[0]
-    views = results["views"]
-    models = [(views[0], slimming.slim_view(cascade, 0, name="student", inference=True), cascade, 0)]
-    if config.export_views == "all":
-        models += [(views[i], slimming.slim_view(snapshot, i, name=cascade.view_names[i], inference=True), snapshot, i)
-                   for i in range(1, len(cascade.views))]
-        teacher_trace = graph.trace(dense_teacher, config.unpruned_layers, data.input_shape)
-        models.append((results["teacher"], slimming.slim_model(teacher_trace, {}, name="teacher", inference=True),
-                       None, None))
-    for entry, model, source, index in models:
-        reference = (dense_teacher(images, training=False) if source is None
-                     else slimming.masked_logits(source, index, images))
+    models = []
+    for entry, build, reference in candidates:
+        model = build()
         try:
-            slimming.check_slim(model, reference, images)
+            slimming.check_slim(model, reference(images), images)
         except slimming.SlimmingError as error:
             raise slimming.SlimmingError(
                 f"{error}, so nothing was exported; the trained checkpoints are kept. This is a bug in hsd_tf's "
                 "slimming of this model: please report it with the model.") from None
-    return [(entry, model) for entry, model, _, _ in models]
+        models.append((entry, model))
+    return models
 
 
 def _export(config: Config, models, data, results) -> List[str]:
@@ -462,12 +549,11 @@ def _export(config: Config, models, data, results) -> List[str]:
 
 def _finished_student(config: Config, model: keras.Model, input_shape) -> keras.Model:
     """The slim student of a finished run, rebuilt from its last checkpoint (no training, no file read back)."""
-    cascade = Cascade(
-        model, None if config.macs_budget else config.prune_ratios(), macs_fractions=config.macs_fractions(),
-        round_to=config.round_to, max_layer_prune_ratio=config.max_layer_prune_ratio,
-        min_layer_filters=config.min_layer_filters, mask_hysteresis=config.mask_hysteresis,
-        unpruned_layers=config.unpruned_layers, input_shape=input_shape, name="cascade",
-    )
+    if config.method == "scratch":
+        student, _, unpruned = _scratch_student(config, model, model, input_shape)
+        load_weights(student, os.path.join(config.model_dir, *FINAL_CHECKPOINTS["scratch"]))
+        return slimming.slim_model(graph.trace(student, unpruned, input_shape), {}, name="student", inference=True)
+    cascade = _cascade(config, model, input_shape)
     load_weights(cascade, _phase_path(config.model_dir, "finetune"))
     return slimming.slim_view(cascade, 0, frozen=True, name="student", inference=True)
 
@@ -496,6 +582,8 @@ def pretrain_teacher(config: Config) -> str:
         The teacher's weights file.
     """
     config.validate()
+    config.check_model_dir()  # a teacher trained for other data or another model is refused, not reused
+    config.save()
     keras.utils.set_random_seed(config.seed)
     data, model = data_and_model(config)
     _teacher(config, config.model_dir, model, data)
@@ -551,6 +639,12 @@ def _run_phase(config, out_dir, cascade, phase, epochs, data, validation, callba
     discard_backup(out_dir, phase)
 
 
+STARTS = {"hsd": "the cascade starts from its weights", "l1": "the l1 student starts from its largest filters",
+          "scratch": "the scratch student takes the l1 student's architecture, not its weights"}
+
+# The phases each method trains after its teacher, each resumable on its own.
+METHOD_PHASES = {"hsd": PHASES, "l1": ("finetune",), "scratch": ("scratch",)}
+
 PHASE_STORIES = {
     "teacher": "The dense model alone learns the task with cross-entropy; it will teach the top view",
     "joint": "Every view ({views}) trains at once over the shared kernels, each with its own normalization "
@@ -559,6 +653,9 @@ PHASE_STORIES = {
     "frozen": "Every view ({views}) trains at once with its masks frozen",
     "finetune": "The student alone trains, taught by the TA above it, then by each next one it beats, "
                 "up to the pre-trained teacher",
+    "l1 finetune": "The student alone, the teacher's filters of largest L1 norm, fine-tuned with cross-entropy and "
+                   "KD from the teacher",
+    "scratch": "The student's slim architecture alone, from random weights, learns the task with cross-entropy",
 }
 
 
@@ -575,8 +672,9 @@ def _fit(model, config, out_dir, phase, epochs, data, validation, callbacks=()) 
     if config.verbose:
         resumed = f", resuming after epoch {first_epoch}" if first_epoch else ""
         views = ", ".join(getattr(model, "view_names", []))
-        print(f"\n== {phase}: {epochs} epoch{'s' * (epochs != 1)}{resumed}. "
-              f"{PHASE_STORIES[phase].format(views=views)} ==", flush=True)
+        story = PHASE_STORIES.get(f"{config.method} {phase}", PHASE_STORIES[phase])
+        print(f"\n== {phase}: {epochs} epoch{'s' * (epochs != 1)}{resumed}. {story.format(views=views)} ==",
+              flush=True)
     if path:
         if not model.optimizer.built:  # the teacher's optimizer builds lazily; its state must load too
             model.optimizer.build(model.trainable_variables)

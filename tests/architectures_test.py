@@ -92,3 +92,21 @@ def test_keras_applications_resnet50_imports_exactly():
     ours = teacher.from_keras_resnet50(architectures.resnet50((32, 32, 3), 5), source)
     images = rng.normal(size=(2, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(ours(images).numpy(), source(images).numpy(), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["functional", "sequential"])
+def test_a_saved_models_input_shape_is_read_without_loading_it(tmp_path, monkeypatch, kind):
+    """`--arch=PATH.keras`'s input shape comes from the file's config.json: the model is not loaded for it."""
+    if kind == "functional":
+        inputs = keras.Input((28, 20, 1))
+        model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
+    else:
+        model = keras.Sequential([keras.Input((28, 20, 1)), keras.layers.Flatten(), keras.layers.Dense(3)])
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+
+    def refuse(_):
+        raise AssertionError("loaded")
+
+    monkeypatch.setattr(architectures, "load_saved", refuse)
+    assert architectures.input_shape_of(path) == (28, 20, 1)

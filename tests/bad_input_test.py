@@ -46,6 +46,10 @@ CASES = [
     ("MAC budget above 1", ["--macs_budget=1.5"], "--macs_budget: must be in (0, 1)"),
     ("MAC budget and prune ratio", ["--macs_budget=0.3", "--prune_ratio=0.5"], "alternative to --prune_ratio"),
     ("rounding to 0", ["--round_to=0"], "round_to=0"),
+    ("unknown method", ["--method=taylor"], "method='taylor'"),
+    ("assistants' ratios for a baseline", ["--method=l1", "--ta_ratios=0"], "--method=l1 trains the student alone"),
+    ("per-MAC saliency without a budget", ["--saliency=per_mac"], "saliency='per_mac'"),
+    ("unknown method to compare", ["--mode=compare", "--compare_methods=hsd,taylor"], "compare_methods='hsd,taylor'"),
     # models
     ("unknown Keras application", ["--arch=keras.applications.ResNet9"], "arch='keras.applications.ResNet9'"),
     ("missing .keras model", ["--arch=/nonexistent/mine.keras"], "arch='/nonexistent/mine.keras'"),

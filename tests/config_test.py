@@ -22,6 +22,11 @@ def test_importing_the_settings_loads_no_tensorflow_or_keras():
     (dict(num_ta=2, ta_ratios=[0.7, 0.0]), "ta_ratios"),
     (dict(macs_budget=0.3, ta_ratios=[0.0], num_ta=1), "ta_ratios"),
     (dict(round_to=0), "round_to"),
+    (dict(method="magnitude"), "method"),
+    (dict(saliency="per_mac"), "saliency"),  # needs a MAC budget
+    (dict(method="l1", num_ta=1, ta_ratios=[0.0]), "ta_ratios"),
+    (dict(mode="compare", compare_methods=["hsd", "taylor"]), "compare_methods"),
+    (dict(mode="compare", compare_methods=["l1", "l1"]), "compare_methods"),
 ])
 def test_settings_refuse_what_they_can_judge_alone(bad, flag):
     with pytest.raises(ConfigError, match="Received") as error:
@@ -42,3 +47,11 @@ def test_the_settings_offer_the_preprocessing_and_augmentation_choices_of_the_da
     from hsd_tf import config, data  # pylint: disable=import-outside-toplevel
 
     assert (config.PREPROCESSINGS, config.AUGMENTATIONS) == (data.PREPROCESSINGS, data.AUGMENTATIONS)
+
+
+def test_a_baseline_method_has_the_students_budget_alone():
+    """l1 and scratch train one model: the student's prune ratio or MAC budget, whatever --num_ta says."""
+    assert Config(method="l1", num_ta=2, prune_ratio=0.6).prune_ratios() == [0.6]
+    assert Config(method="scratch", num_ta=2, macs_budget=0.25).macs_fractions() == [0.25]
+    assert Config(method="hsd", num_ta=2, macs_budget=0.25).macs_fractions() == [0.25, 0.625, 1.0]
+    assert Config(joint_epochs=3, frozen_epochs=2, finetune_epochs=4).epochs_after_teacher() == 9

@@ -99,3 +99,17 @@ def test_a_layer_kept_whole_counts_every_kernel_inside_it():
 def test_the_dense_count_is_the_sum_of_the_models_kernels(build):
     model = build()
     assert costs.profile(model)["params"] == graph.kernel_weights(model)
+
+
+@pytest.mark.parametrize("build", [tiny_chain, tiny_depthwise, "resnet50"])
+def test_a_channels_cost_is_what_removing_it_alone_saves(build):
+    """`channel_costs` (the ranking of --saliency=per_mac) is the dense MACs minus the MACs without that channel,
+    a shared residual channel counted in every layer it feeds or leaves."""
+    model = architectures.get(build, (32, 32, 3), 10, width_multiplier=0.125) if isinstance(build, str) else build()
+    trace = graph.trace(model)
+    mac_model = costs.MacModel(trace)
+    dense = costs.count(trace)["macs"]
+    for group, widths_costs in zip(trace.groups, mac_model.channel_costs()):
+        assert len(widths_costs) == group.width
+        without_first = {group.name: [c != 0 for c in range(group.width)]}
+        assert widths_costs[0] == dense - costs.count(trace, without_first)["macs"]

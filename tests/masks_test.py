@@ -146,3 +146,26 @@ def test_rounded_masks_keep_multiples_of_the_best_channels_within_the_budget():
     np.testing.assert_array_equal(first.numpy(), [1, 0, 1, 0, 0, 0, 0, 1, 1, 0])  # the best 4 of the 6
     np.testing.assert_array_equal(second.numpy(), [1, 1, 1])  # a whole group stays whole
     assert masks.rounded_floors([2, 2, 1], [10, 3, 16], 4) == [4, 3, 4]
+
+
+def test_per_mac_ranks_a_dearer_channel_lower_whatever_the_scores_sign():
+    scores = [tf.constant([2.0, -1.0]), tf.constant([2.0, -1.0])]
+    ranked = [r.numpy() for r in masks.per_mac(scores, [np.array([1.0, 1.0]), np.array([3.0, 3.0])])]
+    # Mean cost 2: the cheap group's scores are doubled or halved, the dear group's the other way round.
+    np.testing.assert_allclose(ranked[0], [4.0, -0.5])
+    np.testing.assert_allclose(ranked[1], [2.0 / 1.5, -1.5])
+
+
+def test_under_a_mac_budget_per_mac_keeps_more_channels_than_raw_scores():
+    """VGG16's late layers are cheap per channel (small feature maps): weighed by cost, more channels fit."""
+    from hsd_tf import architectures, costs, graph  # pylint: disable=import-outside-toplevel
+
+    trace = graph.trace(architectures.get("vgg16", (32, 32, 3), 10, width_multiplier=0.25))
+    mac_model = costs.MacModel(trace)
+    scores = _random_scores(trace.group_widths, 0)
+    floors = masks.layer_floors(trace.group_widths, 0.96, 2)
+    budget = 0.25 * mac_model.dense
+    raw = masks.budget_masks(scores, floors, mac_model.macs, budget)
+    weighed = masks.budget_masks(masks.per_mac(scores, mac_model.channel_costs()), floors, mac_model.macs, budget)
+    assert float(mac_model.macs(weighed)) <= budget
+    assert sum(float(m.numpy().sum()) for m in weighed) > sum(float(m.numpy().sum()) for m in raw)

@@ -82,6 +82,23 @@ def test_a_model_with_a_lambda_left_unpruned_returns_its_student_and_runs_again(
     np.testing.assert_allclose(again(images), student(images), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["l1", "scratch"])
+def test_a_baseline_method_returns_its_student_and_a_finished_run_rebuilds_the_same(method, tmp_path):
+    """`method=` as on the command line, through a model the tracer needs told about (a Lambda left whole)."""
+    model = randomize(_lambda_model())
+    data = _examples(64, 0)
+    settings = dict(prune_ratio=0.5, method=method, model_dir=str(tmp_path / "run"), unpruned_layers=["double"],
+                    **QUICK)
+    student, report = hsd_tf.prune(model, data, _examples(24, 1), **settings)
+    assert report["method"] == method and len(report["views"]) == 1
+    assert report["views"][0]["macs"] < report["teacher"]["macs"]
+    assert student.get_layer("body").filters + student.get_layer("after").filters < 8 + 5
+    again, report_again = hsd_tf.prune(model, data, _examples(24, 1), **settings)
+    assert report_again["views"] == report["views"]
+    images = _examples(8, 3)[0]
+    np.testing.assert_allclose(again(images), student(images), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("kind, found", [
     ("two inputs", "2 inputs"),
     ("segmentation", "an output of shape (8, 8, 4), not one logit per class"),

@@ -1,0 +1,144 @@
+"""`--mode=compare`: the methods side by side on the user's own model and data, at one budget, from one teacher.
+
+    python main.py --mode=compare --flagfile=flags/digits_demo.cfg --macs_budget=0.25 --model_dir=runs/compare
+
+Every method of `--compare_methods` (hsd, l1, scratch by default) is an ordinary
+run of `hsd_tf.training` in `<model_dir>/<method>`, so each resumes on its own and
+each exports its student. They share one teacher: `--teacher`, or one trained
+here once (`<model_dir>/teacher`). The comparison is written as compare.json
+(every run's results), compare.md (the table the console ends with) and
+compare.png (test accuracy against MACs; every view of the cascade is a point of
+the same plot, since one cascade run trains a family of models).
+"""
+
+import dataclasses
+import os
+from typing import List
+
+from hsd_tf import training
+from hsd_tf.checkpoints import model_dir_lock, write_json
+from hsd_tf.config import Config
+from hsd_tf.export import ExportError
+
+
+@dataclasses.dataclass
+class Comparison:
+    """What `compare` made.
+
+    Attributes:
+        runs: Method -> its results.json content.
+        table: compare.md's text.
+        failures: One line per exported file that could not be made or failed verification.
+    """
+
+    runs: dict
+    table: str
+    failures: List[str]
+
+
+def compare(config: Config) -> Comparison:
+    """Trains (or resumes, or reads back) every method of `config.compare_methods` and writes the comparison.
+
+    Raises:
+        ConfigError: A bad setting or model, before anything is trained.
+    """
+    config.validate()
+    config.check_model_dir()
+    if not config.teacher:  # the model is checked before its teacher trains: a refusal costs no training
+        training.check_model(config)
+    with model_dir_lock(config.model_dir, training.refuse(config)):
+        config.save()
+        teacher = config.teacher or training.pretrain_teacher(dataclasses.replace(config, mode="train"))
+    runs, failures = {}, []
+    for method in config.compare_methods:
+        run = dataclasses.replace(config, mode="train", method=method, teacher=teacher,
+                                  model_dir=os.path.join(config.model_dir, method))
+        if config.verbose:
+            print(f"\n==== {method}: {DESCRIPTIONS[method]} ({run.model_dir}) ====", flush=True)
+        try:
+            runs[method] = training.train_and_evaluate(run)
+        except ExportError as error:  # trained; some file is missing: the comparison still stands
+            runs[method] = error.results
+            failures += [f"{method} {failure}" for failure in error.failures]
+    table = markdown(runs, config)
+    write_json(os.path.join(config.model_dir, "compare.json"), {"budget": budget(config), "runs": runs})
+    with open(os.path.join(config.model_dir, "compare.md"), "w") as f:
+        f.write(table)
+    plot(runs, os.path.join(config.model_dir, "compare.png"), f"{config.arch} on {config.dataset}, {budget(config)}")
+    return Comparison(runs, table, failures)
+
+
+DESCRIPTIONS = {
+    "hsd": "the cascade, hierarchical self-distillation",
+    "l1": "L1-norm filter pruning of the teacher, fine-tuned with cross-entropy and KD",
+    "scratch": "l1's architecture from random weights",
+}
+
+
+def budget(config: Config) -> str:
+    return f"MAC budget {config.macs_budget:g}" if config.macs_budget else f"prune ratio {config.prune_ratio:g}"
+
+
+def rows(runs: dict) -> list:
+    """(label, results entry) per model, the teacher first, each method's student, then the cascade's other views."""
+    teacher = next(iter(runs.values()))["teacher"]
+    found = [("teacher (dense)", teacher)]
+    found += [(f"{method} student", results["views"][0]) for method, results in runs.items()]
+    for method, results in runs.items():
+        found += [(f"{method} {view['name']}", view) for view in results["views"][1:]]
+    return found
+
+
+def markdown(runs: dict, config: Config) -> str:
+    """The comparison table: cost, accuracies and time of every model."""
+    teacher = next(iter(runs.values()))["teacher"]
+    lines = [
+        f"# {config.arch} on {config.dataset}: {', '.join(runs)} at {budget(config)}",
+        "",
+        f"Every method trains {config.epochs_after_teacher()} epochs after the same teacher. Test accuracy; "
+        "validation accuracy on the hold-out of the training split (what model selection may use).",
+        "",
+        "| model | params | MACs | MACs / teacher | val accuracy | test accuracy | vs teacher |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, entry in rows(runs):
+        val = entry.get("val_accuracy")
+        lines.append(
+            f"| {label} | {entry['params']:,} | {entry['macs']:,} | {entry['macs'] / teacher['macs']:.3f} | "
+            f"{'' if val is None else format(100 * val, '.2f')} | {100 * entry['accuracy']:.2f} | "
+            f"{round(100 * (entry['accuracy'] - teacher['accuracy']), 2) + 0.0:+.2f} |")
+    seconds = {method: results.get("wall_seconds_this_invocation") for method, results in runs.items()}
+    lines += ["", "Training time (s, the invocation that finished each run): "
+              + ", ".join(f"{method} {value}" for method, value in seconds.items() if value is not None), ""]
+    return "\n".join(lines)
+
+
+def plot(runs: dict, path: str, title: str) -> None:
+    """Test accuracy against MACs (log axis): each method's student, the cascade's views as one family."""
+    import matplotlib  # pylint: disable=import-outside-toplevel
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+    figure, axes = plt.subplots(figsize=(6.5, 4.5))
+    teacher = next(iter(runs.values()))["teacher"]
+    for method, results in runs.items():
+        views = results["views"]
+        line = axes.plot([v["macs"] for v in views], [100 * v["accuracy"] for v in views],
+                         marker="o", linestyle="--" if len(views) > 1 else "",
+                         label=f"{method}" + (" (student, then each view)" if len(views) > 1 else ""))[0]
+        axes.plot([views[0]["macs"]], [100 * views[0]["accuracy"]], marker="o", markersize=11, color=line.get_color())
+        for view in views[1:]:
+            axes.annotate(view["name"], (view["macs"], 100 * view["accuracy"]), textcoords="offset points",
+                          xytext=(4, 4), fontsize=8, color=line.get_color())
+    axes.plot([teacher["macs"]], [100 * teacher["accuracy"]], "k*", markersize=13, label="teacher (dense)")
+    axes.set_xscale("log")
+    axes.set_xlabel("MACs (log scale)")
+    axes.set_ylabel("test accuracy (%)")
+    axes.set_title(title)
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+

@@ -1,0 +1,76 @@
+"""--mode=compare and the baseline methods it trains: equal cost, the L1 architecture, resume, the report."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from testing import run_main
+
+TINY_COMPARE = ["--dataset=digits", "--arch=vgg16", "--width_multiplier=0.0625", "--num_ta=1", "--batch_size=128",
+                "--teacher_epochs=1", "--teacher_learning_rate=0.05", "--joint_epochs=1", "--frozen_epochs=0",
+                "--finetune_epochs=1", "--verbose=0", "--export=", "--notensorboard", "--macs_budget=0.3"]
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    model_dir = str(tmp_path_factory.mktemp("compare"))
+    result = run_main("--mode=compare", f"--model_dir={model_dir}", *TINY_COMPARE)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(model_dir, "compare.json")) as f:
+        return model_dir, result.stdout, json.load(f)
+
+
+def test_every_method_trains_one_student_within_the_same_mac_budget(compared):
+    _, _, report = compared
+    runs = report["runs"]
+    assert list(runs) == ["hsd", "l1", "scratch"]
+    teacher_macs = runs["hsd"]["teacher"]["macs"]
+    students = {method: results["views"][0] for method, results in runs.items()}
+    macs = [student["macs"] for student in students.values()]
+    assert max(macs) <= 0.3 * teacher_macs
+    assert max(macs) / min(macs) - 1 < 0.03, macs
+    assert [len(results["views"]) for results in runs.values()] == [2, 1, 1]  # the cascade's TA is in its family
+    assert all(results["teacher"] == runs["hsd"]["teacher"] for results in runs.values())  # one teacher for all
+
+
+def test_scratch_trains_the_l1_architecture_and_l1_keeps_the_teachers_largest_filters(compared):
+    """The l1 student's channels are the top of the teacher's L1 ranking within the budget, frozen through
+    fine-tuning; scratch has exactly those channels."""
+    import keras  # pylint: disable=import-outside-toplevel
+
+    from hsd_tf import architectures, teacher  # pylint: disable=import-outside-toplevel
+    from hsd_tf.cascade import Cascade  # pylint: disable=import-outside-toplevel
+
+    model_dir, _, report = compared
+    l1, scratch = report["runs"]["l1"]["views"][0], report["runs"]["scratch"]["views"][0]
+    assert l1["kept_channels"] == scratch["kept_channels"]
+    dense = teacher.load(os.path.join(model_dir, "teacher", "teacher.weights.h5"),
+                         architectures.get("vgg16", (32, 32, 3), 10, width_multiplier=0.0625))
+    ranked = Cascade(dense, macs_fractions=[0.3], max_layer_prune_ratio=0.96, min_layer_filters=2)
+    ranked.initialize_from(dense)
+    expected = {g: np.flatnonzero(m).tolist() for g, m in zip(ranked.trace.group_names, ranked.hard_masks(0, False))}
+    assert l1["kept_channels"] == expected
+    # Trained: neither student is the teacher's weights (l1 fine-tuned them, scratch started from random ones).
+    first_conv = dense.get_layer("block1_conv1").get_weights()[0]
+    for method in ("l1", "scratch"):
+        student = keras.saving.load_model(os.path.join(model_dir, method, "export", "student.keras"))
+        assert not np.allclose(student.get_layer("block1_conv1").get_weights()[0], first_conv)
+
+
+def test_the_report_is_written_and_ends_the_console_and_a_rerun_reads_it_back(compared):
+    model_dir, stdout, report = compared
+    for name in ("compare.md", "compare.png"):
+        assert os.path.getsize(os.path.join(model_dir, name)) > 0
+    with open(os.path.join(model_dir, "compare.md")) as f:
+        table = f.read()
+    assert "| hsd student |" in table and "| l1 student |" in table and "| scratch student |" in table
+    assert "| hsd ta1 |" in table
+    assert table.strip() in stdout
+    assert stdout.rstrip().splitlines()[-1].startswith("comparison:")
+    again = run_main("--mode=compare", f"--model_dir={model_dir}", *TINY_COMPARE)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert table.strip() in again.stdout  # every method found finished: nothing trained again
+    with open(os.path.join(model_dir, "compare.json")) as f:
+        assert json.load(f) == report
