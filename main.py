@@ -50,6 +50,9 @@ _HELP = {
     "saliency": "How filters rank for a --macs_budget: score (the paper: the learned scores, initialised from L1 "
                 "norms) or per_mac (each score against the MACs its filter costs, so that a cheap useful filter "
                 "can stay in place of a dear one; for every method).",
+    "masks_from": "With --method=l1 or scratch: a finished run's model_dir (or its results.json) whose student's "
+                  "channels the baseline keeps instead of the L1 ranking, e.g. an hsd run's: its learned mask "
+                  "trained as l1 is, which tells the mask's worth from the cascade's training.",
     "ta_ratios": "Prune ratios of the assistants from T1 up, ending at 0; default: even spacing.",
     "width_multiplier": "Scales every layer width of the built-in architectures, for small runs.",
     "image_size": "Image side for folder: datasets whose model leaves its input size open (a model with a fixed "

@@ -23,7 +23,7 @@ MIXED_PRECISION = ("float32", "bfloat16", "float16")
 # What must match between a run and the model_dir it resumes.
 IDENTITY_FIELDS = ("method", "dataset", "arch", "num_ta", "prune_ratio", "ta_ratios", "width_multiplier", "image_size",
                    "max_layer_prune_ratio", "min_layer_filters", "max_train_examples", "unpruned_layers",
-                   "macs_budget", "round_to", "saliency", "preprocessing", "augment")
+                   "macs_budget", "round_to", "saliency", "masks_from", "preprocessing", "augment")
 # Where each method's last trained state is: a finished run has it.
 FINAL_CHECKPOINTS = {"hsd": ("finetune", "cascade.weights.h5"), "l1": ("finetune", "cascade.weights.h5"),
                      "scratch": ("scratch", "student.weights.h5")}
@@ -54,6 +54,7 @@ class Config:
     macs_budget: float = 0.0
     round_to: int = 1
     saliency: str = "score"
+    masks_from: Optional[str] = None
     ta_ratios: Optional[List[float]] = None
     width_multiplier: float = 1.0
     unpruned_layers: List[str] = dataclasses.field(default_factory=list)
@@ -110,6 +111,12 @@ class Config:
         if not self.macs_budget:
             return None
         return ratios.even_macs_fractions(self.macs_budget, self.num_ta if self.method == "hsd" else 0)
+
+    def masks_from_results(self) -> str:
+        """The results.json that `masks_from` names (the file, or the finished run's model_dir)."""
+        if os.path.isdir(self.masks_from):
+            return os.path.join(self.masks_from, "results.json")
+        return self.masks_from
 
     def epochs_after_teacher(self) -> int:
         """What every method trains after the teacher: the cascade's joint + frozen + finetune epochs."""
@@ -178,6 +185,12 @@ class Config:
         if self.macs_budget and self.ta_ratios:
             raise ConfigError("ta_ratios", self.ta_ratios, "are prune ratios; with --macs_budget the assistants' "
                               "budgets are spaced evenly in MACs")
+        if self.masks_from:
+            if self.method == "hsd":
+                raise ConfigError("masks_from", self.masks_from, "gives a baseline (--method=l1 or scratch) another "
+                                  "run's student channels; the cascade learns its own")
+            if not os.path.isfile(self.masks_from_results()):
+                raise ConfigError("masks_from", self.masks_from, "no results.json of a finished run there")
         _choice("saliency", self.saliency, SALIENCIES)
         if self.saliency != "score" and not self.macs_budget:
             raise ConfigError("saliency", self.saliency, "weighs scores against MACs, so it needs --macs_budget")

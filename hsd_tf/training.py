@@ -183,6 +183,7 @@ def _train_and_evaluate(config: Config, out_dir: str, given_model=None, given_da
         "num_ta": config.num_ta if config.method == "hsd" else 0,
         "width_multiplier": config.width_multiplier,
         "macs_budget": config.macs_budget or None,
+        "masks_from": config.masks_from,
         "teacher": {
             "accuracy": teacher_lib.accuracy(dense_teacher, data.test),
             "params": dense_cost["params"],
@@ -229,7 +230,7 @@ def _train_cascade(config: Config, out_dir: str, model, dense_teacher, data, val
     if not os.path.exists(_phase_path(config.model_dir, first_phase)):
         cascade.initialize_from(dense_teacher)
         if not hsd:
-            cascade.freeze_masks()
+            _freeze_baseline_masks(config, cascade)
     if hsd:
         mask_log = MaskChangeLog(cascade.view_names, os.path.join(out_dir, "joint", "mask_changes.json"))
         _run_phase(config, out_dir, cascade, "joint", config.joint_epochs, data, validation, [mask_log])
@@ -250,6 +251,8 @@ def _train_cascade(config: Config, out_dir: str, model, dense_teacher, data, val
     student_test = cascade.evaluate(data.test, return_dict=True, verbose=0)
     student_val = cascade.evaluate(data.val, return_dict=True, verbose=0) if data.val is not None else None
     views = cascade.view_costs(frozen=True)
+    if config.masks_from:
+        _removed_fraction(views[0])
     mask_changes = mask_log.changes() if hsd else None
     for i, view in enumerate(views):
         view["accuracy"] = float(student_test["student_acc"] if i == 0 else ta_test[f"{view['name']}_acc"])
@@ -304,15 +307,54 @@ def _scratch_student(config: Config, model: keras.Model, dense_teacher: keras.Mo
     costs and kept channels; the layers the tracer must leave whole in it)."""
     cascade = _cascade(config, model, input_shape)
     cascade.initialize_from(dense_teacher)
-    view = cascade.view_costs(frozen=False)[0]
+    _freeze_baseline_masks(config, cascade)
+    view = cascade.view_costs(frozen=True)[0]
+    if config.masks_from:
+        _removed_fraction(view)
     view["kept_channels"] = {group: np.flatnonzero(mask).tolist() for group, mask in
-                             zip(cascade.trace.group_names, cascade.hard_masks(0, frozen=False))}
+                             zip(cascade.trace.group_names, cascade.hard_masks(0, frozen=True))}
     # Every layer with weights anew, from its config; a weightless one is used as it is (a Lambda's config would
     # need Keras' unsafe deserialization, and it has nothing to initialise).
     student = keras.models.clone_model(
-        slimming.slim_view(cascade, 0, frozen=False, name="student"),
+        slimming.slim_view(cascade, 0, frozen=True, name="student"),
         clone_function=lambda layer: layer.__class__.from_config(layer.get_config()) if layer.weights else layer)
     return student, view, cascade.unpruned_layers
+
+
+def _freeze_baseline_masks(config: Config, cascade: Cascade) -> None:
+    """l1's and scratch's student channels: the L1 ranking within the budget, or `--masks_from` another run's."""
+    if not config.masks_from:
+        cascade.freeze_masks()
+        return
+    kept = masks_from(config, cascade.trace)
+    cascade.views[0].remember_masks([np.isin(np.arange(g.width), kept[g.name]).astype(np.float32)
+                                     for g in cascade.trace.groups])
+
+
+def _removed_fraction(view: dict) -> None:
+    """A view whose channels were given, not budgeted: its prune ratio is the fraction of filters it removed."""
+    view["prune_ratio"] = round(1.0 - view["filters_kept"] / view["filters_total"], 4)
+
+
+def masks_from(config: Config, model_trace: graph.Trace) -> dict:
+    """Group name -> kept channels of the student of the run `--masks_from` names, checked against this model.
+
+    Raises:
+        ConfigError: Unreadable, or of another model (other groups or widths).
+    """
+    try:
+        with open(config.masks_from_results()) as f:
+            student = json.load(f)["views"][0]
+        kept, total = student["kept_channels"], student["filters_total"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
+        raise ConfigError("masks_from", config.masks_from, f"its results.json has no student channels ({error})"
+                          ) from None
+    widths = dict(zip(model_trace.group_names, model_trace.group_widths))
+    if (set(kept) != set(widths) or total != model_trace.total_filters
+            or any(not channels or max(channels) >= widths[g] for g, channels in kept.items())):
+        raise ConfigError("masks_from", config.masks_from, "its student was pruned from another model (other mask "
+                          "groups or widths) than this run's")
+    return kept
 
 
 def _chosen_for_teacher(config: Config, teacher: keras.Model, data):
@@ -437,6 +479,9 @@ def check_model(config: Config, model: Optional[keras.Model] = None, input_shape
         raise ConfigError("arch", config.arch, f"hsd_tf cannot prune this model exactly: slimmed to random masks "
                                                f"before training, {error}") from None
     floors = masks.layer_floors(model_trace.group_widths, config.max_layer_prune_ratio, config.min_layer_filters)
+    if config.masks_from:  # the channels are given: no budget to check
+        masks_from(config, model_trace)
+        return model_trace
     if config.round_to > 1:
         floors = masks.rounded_floors(floors, model_trace.group_widths, config.round_to)
     floor_note = f"with --max_layer_prune_ratio={config.max_layer_prune_ratio} every layer keeps at least"

@@ -49,6 +49,10 @@ CASES = [
     ("unknown method", ["--method=taylor"], "method='taylor'"),
     ("assistants' ratios for a baseline", ["--method=l1", "--ta_ratios=0"], "--method=l1 trains the student alone"),
     ("per-MAC saliency without a budget", ["--saliency=per_mac"], "saliency='per_mac'"),
+    ("masks for the cascade", ["--masks_from={run}"], "--masks_from: gives a baseline"),
+    ("masks of another model", ["--method=l1", "--masks_from={run}", "--width_multiplier=0.125"],
+     "pruned from another model"),
+    ("masks from nowhere", ["--method=l1", "--masks_from=/nonexistent"], "masks_from='/nonexistent'"),
     ("unknown method to compare", ["--mode=compare", "--compare_methods=hsd,taylor"], "compare_methods='hsd,taylor'"),
     # models
     ("unknown Keras application", ["--arch=keras.applications.ResNet9"], "arch='keras.applications.ResNet9'"),

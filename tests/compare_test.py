@@ -74,3 +74,19 @@ def test_the_report_is_written_and_ends_the_console_and_a_rerun_reads_it_back(co
     assert table.strip() in again.stdout  # every method found finished: nothing trained again
     with open(os.path.join(model_dir, "compare.json")) as f:
         assert json.load(f) == report
+
+
+def test_a_baseline_trains_another_runs_student_channels_with_masks_from(compared, tmp_path):
+    """--masks_from: l1 keeps the cascade's learned channels (its mask trained as l1 trains), at their cost."""
+    model_dir, _, report = compared
+    result = run_main("--method=l1", f"--masks_from={os.path.join(model_dir, 'hsd')}",
+                      f"--teacher={os.path.join(model_dir, 'teacher', 'teacher.weights.h5')}",
+                      f"--model_dir={tmp_path / 'l1_hsd_mask'}", *TINY_COMPARE)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "l1_hsd_mask" / "results.json") as f:
+        student = json.load(f)["views"][0]
+    hsd = report["runs"]["hsd"]["views"][0]
+    assert student["kept_channels"] == hsd["kept_channels"]
+    assert (student["macs"], student["params"], student["filters_kept"]) == (hsd["macs"], hsd["params"],
+                                                                            hsd["filters_kept"])
+    assert student["prune_ratio"] == pytest.approx(1 - hsd["filters_kept"] / hsd["filters_total"], abs=1e-4)
