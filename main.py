@@ -122,10 +122,8 @@ def _define_flags():
         default, help_text = field.default, _HELP[field.name]
         if field.name == "ta_ratios":
             flags.DEFINE_list(field.name, None, help_text)
-        elif field.name in ("unpruned_layers", "custom_objects", "compare_methods"):
+        elif field.name in ("unpruned_layers", "custom_objects", "compare_methods", "export"):
             flags.DEFINE_list(field.name, getattr(config_lib.Config(), field.name), help_text)
-        elif field.name == "export":
-            flags.DEFINE_list(field.name, config_lib.Config().export, help_text)
         elif isinstance(default, bool):
             flags.DEFINE_bool(field.name, default, help_text)
         elif isinstance(default, int):

@@ -267,10 +267,11 @@ def family(rows, summary, budgets) -> list:
         members = [row for row in rows if row["label"] == BEST and row["budget"] == budget]
         if not members:
             continue
+        matched_budgets = [budget] + family_budgets(budget)  # the student's, then each pruned assistant's
         for index, view_name in enumerate(v["name"] for v in members[0]["views"]):
             accuracy = np.array([m["views"][index]["accuracy"] for m in members])
             macs = float(np.mean([m["views"][index]["macs"] for m in members]))
-            matched = ([budget] + family_budgets(budget))[index] if index <= len(family_budgets(budget)) else None
+            matched = matched_budgets[index] if index < len(matched_budgets) else None
             l1 = next((e for e in summary if e["label"] == "l1 + KD" and e["budget"] == matched), None)
             entries.append({"budget": budget, "view": view_name, "macs": macs, "accuracy": float(accuracy.mean()),
                             "accuracy_std": float(accuracy.std(ddof=1)) if len(accuracy) > 1 else 0.0, "l1": l1})

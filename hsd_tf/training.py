@@ -175,7 +175,8 @@ def _train_and_evaluate(config: Config, out_dir: str, given_model=None, given_da
     warning = teacher_lib.near_chance_warning(teacher_val, data.num_classes)
     if warning:
         print(warning, flush=True)
-    dense_cost = costs.count(graph.trace(dense_teacher, config.unpruned_layers, data.input_shape))
+    teacher_trace = graph.trace(dense_teacher, config.unpruned_layers, data.input_shape)
+    dense_cost = costs.count(teacher_trace)
     results = {
         "method": config.method,
         "dataset": config.dataset,
@@ -196,9 +197,9 @@ def _train_and_evaluate(config: Config, out_dir: str, given_model=None, given_da
     candidates = train(config, out_dir, model, dense_teacher, data, validation, teacher_val, results)
     results["prune_ratios"] = [view["prune_ratio"] for view in results["views"]]
     if config.export_views == "all":
-        candidates.append((results["teacher"], lambda: slimming.slim_model(
-            graph.trace(dense_teacher, config.unpruned_layers, data.input_shape), {}, name="teacher",
-            inference=True), lambda images: dense_teacher(images, training=False)))
+        candidates.append((results["teacher"], lambda: slimming.slim_model(teacher_trace, {}, name="teacher",
+                                                                          inference=True),
+                           lambda images: dense_teacher(images, training=False)))
     return results, candidates, data
 
 

@@ -49,6 +49,12 @@ def test_the_settings_offer_the_preprocessing_and_augmentation_choices_of_the_da
     assert (config.PREPROCESSINGS, config.AUGMENTATIONS) == (data.PREPROCESSINGS, data.AUGMENTATIONS)
 
 
+def test_the_settings_offer_the_saliencies_of_the_cascade():
+    from hsd_tf import cascade, config  # pylint: disable=import-outside-toplevel
+
+    assert config.SALIENCIES == cascade.SALIENCIES
+
+
 def test_a_baseline_method_has_the_students_budget_alone():
     """l1 and scratch train one model: the student's prune ratio or MAC budget, whatever --num_ta says."""
     assert Config(method="l1", num_ta=2, prune_ratio=0.6).prune_ratios() == [0.6]
