@@ -15,6 +15,9 @@ the tool itself (`hsd_tf.training.train_and_evaluate`, teacher given):
                         KD from the teacher (the student's fine-tuning losses): what KD alone gives
     l1                  the same with `--kd_weight=0`: Li et al.'s L1 pruning and fine-tuning
     scratch             `--method=scratch`: l1's architecture from random weights, the teacher's recipe
+    l1 + KD on hsd mask `--method=l1 --masks_from=<the hsd 2 TAs run of the same seed and budget>`: the cascade's
+                        learned mask trained as l1 + KD is, which separates what the mask adds from what the
+                        cascade's joint training adds
 
 Every variant trains joint + finetune epochs after the teacher. With --family, `l1 + KD` is also trained at the MACs
 of each assistant of `hsd 2 TAs` below the dense one: one cascade run trains a family of models, and each member
@@ -52,8 +55,12 @@ VARIANTS = {
     "l1 + KD": dict(method="l1"),
     "l1": dict(method="l1", kd_weight=0.0),
     "scratch": dict(method="scratch"),
+    "l1 + KD on hsd mask": dict(method="l1"),
 }
 BEST = "hsd 2 TAs"
+# Variants trained on the student channels of another variant's run (same dataset, budget and seed, at that
+# variant's chosen learning rate), so they run once their source has.
+MASK_SOURCES = {"l1 + KD on hsd mask": BEST}
 
 flags.DEFINE_string("out_dir", "runs/equal_macs", "Where the teachers and every run are trained (resumable).")
 flags.DEFINE_string("docs_dir", "docs", "Where the report, its .json and its .png are written.")
@@ -79,25 +86,32 @@ class Run:
     budget: float
     seed: int
     learning_rate: float
+    masks_from: str = ""  # the run whose student channels a MASK_SOURCES variant trains
 
     @property
     def name(self) -> str:
-        return f"{self.label.replace(' + ', '_').replace(' ', '_')}-b{self.budget}-s{self.seed}-lr{self.learning_rate}"
+        label = self.label.replace(" + ", "_").replace(" ", "_")
+        return f"{label}-b{self.budget}-s{self.seed}-lr{self.learning_rate}"
+
+
+def run_dir(study: Study, spec: Run) -> str:
+    return os.path.join(study.out_dir, "runs", spec.name)
 
 
 def train(study: Study, spec: Run, budget_kind: str) -> dict:
     """Trains one run (or reads back its finished result); returns its result row."""
     from hsd_tf import training  # pylint: disable=import-outside-toplevel
 
-    model_dir = os.path.join(study.out_dir, "runs", spec.name)
+    model_dir = run_dir(study, spec)
     row_path = os.path.join(model_dir, "row.json")
     if os.path.exists(row_path):
         with open(row_path) as f:
             return json.load(f)
     start = time.time()
     budget = dict(macs_budget=spec.budget) if budget_kind == "macs" else dict(prune_ratio=spec.budget)
+    masks_from = dict(masks_from=spec.masks_from) if spec.masks_from else {}
     results = training.train_and_evaluate(study.config(
-        **VARIANTS[spec.label], **budget, seed=spec.seed, teacher=study.teacher_path, model_dir=model_dir,
+        **VARIANTS[spec.label], **budget, **masks_from, seed=spec.seed, teacher=study.teacher_path, model_dir=model_dir,
         learning_rate=spec.learning_rate, teacher_learning_rate=spec.learning_rate))
     student = results["views"][0]
     row = {key: student[key] for key in ("accuracy", "val_accuracy", "params", "macs", "fewest_layer_filters")}
@@ -107,6 +121,15 @@ def train(study: Study, spec: Run, budget_kind: str) -> dict:
     with open(row_path, "w") as f:
         json.dump(row, f, indent=2)
     return row
+
+
+def mask_source(study: Study, budget: float, label: str, seed: int, chosen: dict) -> str:
+    """The run whose student channels `label` trains ("" if none): its MASK_SOURCES variant's run at the same
+    budget and seed, at that variant's chosen learning rate (`chosen`: (dataset, budget, label) -> rate)."""
+    if label not in MASK_SOURCES:
+        return ""
+    origin = MASK_SOURCES[label]
+    return run_dir(study, Run(origin, budget, seed, chosen[(study.dataset, budget, origin)]))
 
 
 def family_budgets(budget: float) -> list:
@@ -183,6 +206,8 @@ CONTRASTS = (
     ("hsd 2 TAs", "l1 + KD", "the cascade against KD alone, at equal cost"),
     ("hsd 2 TAs per_mac", "hsd 2 TAs", "ranking by score per MAC against the paper's raw scores"),
     ("l1 + KD", "scratch", "the teacher's weights and KD against training the small network alone"),
+    ("l1 + KD on hsd mask", "l1 + KD", "the cascade's learned mask against the L1 mask, both trained as l1 + KD"),
+    ("hsd 2 TAs", "l1 + KD on hsd mask", "the cascade's joint training against fine-tuning its own mask with KD"),
 )
 
 
@@ -323,6 +348,10 @@ def main(argv):
     unknown = sorted(set(FLAGS.variants) - set(VARIANTS))
     if unknown:
         raise app.UsageError(f"--variants: unknown {unknown}; expected some of {list(VARIANTS)}")
+    orphans = [label for label in FLAGS.variants if MASK_SOURCES.get(label, label) not in FLAGS.variants]
+    if orphans:
+        raise app.UsageError(f"--variants: {orphans} train the mask of {[MASK_SOURCES[o] for o in orphans]}, "
+                             f"which is not among them. Received: {FLAGS.variants}")
     studies = {
         name: Study.from_flags(os.path.join(FLAGS.out_dir, name), dataset=name,
                                max_train_examples=FLAGS.fashion_train_examples if name == "fashion_mnist" else 0,
@@ -343,16 +372,29 @@ def main(argv):
             for row in pool.map(train, [studies[name] for name, _ in specs], [spec for _, spec in specs],
                                 [FLAGS.budget_kind] * len(specs)):
                 rows.append(row)
-                print(f"{row['dataset']:<13} {row['label']:<18} budget {row['budget']} lr {row['learning_rate']} "
+                print(f"{row['dataset']:<13} {row['label']:<19} budget {row['budget']} lr {row['learning_rate']} "
                       f"seed {row['seed']}: val {row['val_accuracy']:.4f} test {row['accuracy']:.4f}, "
                       f"{row['macs']:,} MACs ({row['seconds']} s)", flush=True)
             return rows
 
-        grid_rows = run_all([(name, Run(label, budget, FLAGS.selection_seed, rate))
-                             for name, budget, label in cells for rate in rates])
-        chosen = select_learning_rates(grid_rows, FLAGS.selection_seed)
-        other_rows = run_all([(name, Run(label, budget, seed, chosen[(name, budget, label)]))
-                              for name, budget, label in cells for seed in seeds if seed != FLAGS.selection_seed])
+        def source(name, budget, label, seed):
+            return mask_source(studies[name], budget, label, seed, chosen)
+
+        # Sources first: a variant trained on another's mask runs once that one has, at every seed.
+        chosen, grid_rows, other_rows = {}, [], []
+        for phase in (
+            [cell for cell in cells if cell[2] not in MASK_SOURCES],
+            [cell for cell in cells if cell[2] in MASK_SOURCES],
+        ):
+            rows = run_all([(name, Run(label, budget, FLAGS.selection_seed, rate,
+                                       source(name, budget, label, FLAGS.selection_seed)))
+                            for name, budget, label in phase for rate in rates])
+            chosen.update(select_learning_rates(rows, FLAGS.selection_seed))
+            grid_rows += rows
+            other_rows += run_all([(name, Run(label, budget, seed, chosen[(name, budget, label)],
+                                              source(name, budget, label, seed)))
+                                   for name, budget, label in phase for seed in seeds
+                                   if seed != FLAGS.selection_seed])
     datasets = {}
     for name in studies:
         final = [row for row in grid_rows + other_rows if row["dataset"] == name and row["seed"] in seeds

@@ -112,9 +112,10 @@ class View(keras.layers.Layer):
         for variable, mask in zip(self.last_masks, hard_masks):
             variable.assign(mask)
 
-    def masks(self, frozen: bool) -> List[tf.Tensor]:
-        """Masks with the straight-through gradient into the scores."""
-        return [masks.straight_through(m, s) for m, s in zip(self.hard_masks(frozen), self.scores)]
+    def masks(self, frozen: bool, hard_masks=None) -> List[tf.Tensor]:
+        """Masks (`hard_masks`, or this step's) with the straight-through gradient into the scores."""
+        hard_masks = self.hard_masks(frozen) if hard_masks is None else hard_masks
+        return [masks.straight_through(m, s) for m, s in zip(hard_masks, self.scores)]
 
     def mask_changes(self, before, after) -> tf.Tensor:
         """Filters switched on or off between two sets of hard masks (a shared channel counts per member)."""
@@ -272,7 +273,7 @@ class Cascade(keras.Model):
 
     # ----------------------------------------------------------------- forward
 
-    def view_forward(self, index: int, images, training=False, frozen: Optional[bool] = None):
+    def view_forward(self, index: int, images, training=False, frozen: Optional[bool] = None, hard_masks=None):
         """Logits and hint features of view `index`.
 
         Args:
@@ -280,14 +281,15 @@ class Cascade(keras.Model):
             images: Image batch.
             training: Normalization (and dropout) mode.
             frozen: Use frozen masks; defaults to the phase's choice.
+            hard_masks: The view's 0/1 masks, if already computed; else computed now from its scores.
 
         Returns:
             (float32 logits, hints).
         """
         if frozen is None:
             frozen = self.phase != "joint"
-        outputs, hints = graph.run(self.trace, [images], self.layer_for(index), self.views[index].masks(frozen),
-                                   training)
+        outputs, hints = graph.run(self.trace, [images], self.layer_for(index),
+                                   self.views[index].masks(frozen, hard_masks), training)
         return _float32(outputs[0]), hints
 
     def layer_for(self, index: int):
@@ -516,8 +518,13 @@ class Cascade(keras.Model):
         frozen = self.phase != "joint"
         weights = self._weight_variables(active)
         scores = [] if frozen else [s for i in active for s in self.views[i].scores]
+        # Every view's masks are read once, before anything is written: the forward pass, the gradients and
+        # the count of mask changes all use them. A score update must never reach a view's forward pass of the
+        # same step (Eq. 5 steps view i along view i+1's gradient *at its current mask*); the explicit
+        # dependency below guarantees it whatever order the runtime picks for independent ops.
+        hard = [self.views[i].hard_masks(frozen) for i in active]
         with tf.GradientTape() as tape:
-            outputs = [self.view_forward(i, images, training=True) for i in active]
+            outputs = [self.view_forward(i, images, training=True, hard_masks=hard[i]) for i in active]
             terms = []
             for i in active:
                 teacher_logits, teacher_hints = self._teacher_outputs(i, outputs, images)
@@ -533,17 +540,18 @@ class Cascade(keras.Model):
                  for g in tape.gradient(scaled_total, weights + scores)]
         if self._loss_scaled:
             grads = _one_overflow_decision(grads)
-        self.optimizer.apply(grads[: len(weights)], weights)
+        with tf.control_dependencies([total] + [m for view_masks in hard for m in view_masks]):
+            self.optimizer.apply(grads[: len(weights)], weights)
+            if not frozen:
+                self._apply_score_gradients(grads[len(weights):])
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         if not frozen:
-            before = [self.views[i].hard_masks(False) for i in active]
-            self._apply_score_gradients(grads[len(weights):])
             for i in active:
                 after = self.views[i].hard_masks(False)
                 if self.mask_hysteresis:
                     self.views[i].remember_masks(after)
                 # Sum metrics add up over replicas, which all see the same masks.
-                changes = self.views[i].mask_changes(before[i], after)
+                changes = self.views[i].mask_changes(hard[i], after)
                 self._trackers[f"{self.view_names[i]}_changes"].update_state(changes / replicas)
         for i in active:
             name = self.view_names[i]

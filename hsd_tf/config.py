@@ -38,6 +38,11 @@ class ConfigError(ValueError):
     def __init__(self, flag: str, value, reason: str):
         super().__init__(f"--{flag}: {reason}. Received: {flag}={value!r}")
         self.flag = flag
+        self._arguments = (flag, value, reason)
+
+    def __reduce__(self):
+        # Rebuilt from its own arguments, so it crosses a process boundary (a pool of worker processes) intact.
+        return type(self), self._arguments
 
 
 @dataclasses.dataclass

@@ -62,3 +62,15 @@ def test_the_family_sets_each_view_against_l1_at_its_own_budget():
     assert [e["view"] for e in entries] == ["student", "ta1", "ta2"]
     assert [e["l1"]["accuracy"] if e["l1"] else None for e in entries] == [0.7, 0.85, None]
     assert entries[1]["accuracy"] == pytest.approx(0.9) and entries[1]["accuracy_std"] == 0.0
+
+
+def test_the_hsd_mask_variant_trains_the_channels_of_hsd_at_its_seed_budget_and_chosen_rate():
+    study = ablation.Study("/study", 0.125, 1, 1, 1, 64, dataset="fashion_mnist")
+    chosen = {("fashion_mnist", 0.25, "hsd 2 TAs"): 0.03, ("fashion_mnist", 0.1, "hsd 2 TAs"): 0.1}
+    assert ablation.mask_source(study, 0.25, "l1 + KD on hsd mask", 2, chosen) == os.path.join(
+        "/study", "runs", "hsd_2_TAs-b0.25-s2-lr0.03")
+    assert ablation.mask_source(study, 0.1, "l1 + KD on hsd mask", 0, chosen).endswith("hsd_2_TAs-b0.1-s0-lr0.1")
+    assert ablation.mask_source(study, 0.25, "l1 + KD", 2, chosen) == ""
+    # Runs are named as the folders of a study already under way, so it resumes.
+    assert ablation.Run("hsd 2 TAs per_mac", 0.25, 0, 0.01).name == "hsd_2_TAs_per_mac-b0.25-s0-lr0.01"
+    assert ablation.Run("l1 + KD on hsd mask", 0.25, 1, 0.01, "/x").name == "l1_KD_on_hsd_mask-b0.25-s1-lr0.01"

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pickle
+
 import pytest
 
 from hsd_tf.config import Config, ConfigError
@@ -61,3 +63,10 @@ def test_a_baseline_method_has_the_students_budget_alone():
     assert Config(method="scratch", num_ta=2, macs_budget=0.25).macs_fractions() == [0.25]
     assert Config(method="hsd", num_ta=2, macs_budget=0.25).macs_fractions() == [0.25, 0.625, 1.0]
     assert Config(joint_epochs=3, frozen_epochs=2, finetune_epochs=4).epochs_after_teacher() == 9
+
+
+def test_a_config_error_crosses_a_process_boundary_with_its_message():
+    """A worker of a process pool sends its exception back pickled; the study's driver must get the one line."""
+    error = pickle.loads(pickle.dumps(ConfigError("masks_from", "runs/x", "its results.json has no student")))
+    assert isinstance(error, ConfigError) and error.flag == "masks_from"
+    assert str(error) == "--masks_from: its results.json has no student. Received: masks_from='runs/x'"
