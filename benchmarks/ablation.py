@@ -176,7 +176,8 @@ def verdict(summary, budget: float, best: str, others=None) -> tuple:
     """(lines, wins): `best` against every other label (or `others`) at `budget`.
 
     A win is a mean accuracy above the other's by more than the seed spread: the two mean +- std
-    intervals do not overlap (difference > std_a + std_b).
+    intervals do not overlap (difference > std_a + std_b). With one seed on either side there is no spread,
+    so nothing is judged a win.
     """
     at_budget = {entry["label"]: entry for entry in summary if entry["budget"] == budget}
     mine = at_budget[best]
@@ -186,6 +187,10 @@ def verdict(summary, budget: float, best: str, others=None) -> tuple:
             continue
         difference = mine["accuracy"] - other["accuracy"]
         spread = mine["accuracy_std"] + other["accuracy_std"]
+        if min(mine["seeds"], other["seeds"]) < 2:
+            wins.append(False)
+            lines.append(f"- {best} vs {label}: {100 * difference:+.2f} points, one seed: no spread to judge by.")
+            continue
         wins.append(difference > spread)
         lines.append(f"- {best} vs {label}: {100 * difference:+.2f} points, seed spread "
                      f"{100 * spread:.2f} points: {'beats it' if wins[-1] else 'does not beat it'}.")

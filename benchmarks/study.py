@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import shlex
 import sys
 
 from absl import flags
@@ -22,7 +23,8 @@ def command(script: str) -> str:
     names = [f.name for module in (sys.argv[0], __name__) for f in FLAGS.get_flags_for_module(module)]
     values = {name: FLAGS[name].value for name in names if FLAGS[name].present}
     return f"python benchmarks/{script}" + "".join(
-        f" --{name}={','.join(value) if isinstance(value, list) else value}" for name, value in values.items())
+        " " + shlex.quote(f"--{name}={','.join(value) if isinstance(value, list) else value}")
+        for name, value in values.items())
 
 
 @dataclasses.dataclass(frozen=True)

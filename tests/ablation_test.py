@@ -74,3 +74,10 @@ def test_the_hsd_mask_variant_trains_the_channels_of_hsd_at_its_seed_budget_and_
     # Runs are named as the folders of a study already under way, so it resumes.
     assert ablation.Run("hsd 2 TAs per_mac", 0.25, 0, 0.01).name == "hsd_2_TAs_per_mac-b0.25-s0-lr0.01"
     assert ablation.Run("l1 + KD on hsd mask", 0.25, 1, 0.01, "/x").name == "l1_KD_on_hsd_mask-b0.25-s1-lr0.01"
+
+
+def test_one_seed_is_never_judged_a_win():
+    """A difference of one seed against one seed has no spread to measure it by: reported, never a win."""
+    summary = ablation.summarize([_row("hsd 2 TAs", 0.25, 0, 0.90), _row("l1", 0.25, 0, 0.80)])
+    lines, wins = ablation.verdict(summary, 0.25, "hsd 2 TAs")
+    assert not wins and lines == ["- hsd 2 TAs vs l1: +10.00 points, one seed: no spread to judge by."]
