@@ -81,3 +81,9 @@ def test_one_seed_is_never_judged_a_win():
     summary = ablation.summarize([_row("hsd 2 TAs", 0.25, 0, 0.90), _row("l1", 0.25, 0, 0.80)])
     lines, wins = ablation.verdict(summary, 0.25, "hsd 2 TAs")
     assert not wins and lines == ["- hsd 2 TAs vs l1: +10.00 points, one seed: no spread to judge by."]
+
+
+def test_a_single_seed_variant_runs_its_grid_only_and_the_others_every_other_seed():
+    assert ablation.later_seeds("hsd 2 TAs", [0, 1, 2], 0, ["hsd 2 TAs per_mac"]) == [1, 2]
+    assert ablation.later_seeds("hsd 2 TAs per_mac", [0, 1, 2], 0, ["hsd 2 TAs per_mac"]) == []
+    assert ablation.later_seeds("l1", [0, 1, 2], 1, []) == [0, 2]
