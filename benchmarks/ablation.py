@@ -16,17 +16,18 @@ the tool itself (`hsd_tf.training.train_and_evaluate`, teacher given):
     l1                  the same with `--kd_weight=0`: Li et al.'s L1 pruning and fine-tuning
     scratch             `--method=scratch`: l1's architecture from random weights, the teacher's recipe
     l1 + KD on hsd mask `--method=l1 --masks_from=<the hsd 2 TAs run of the same seed and budget>`: the cascade's
-                        learned mask trained as l1 + KD is, which separates what the mask adds from what the
+                        learned mask trained the way l1 + KD is, which separates what the mask adds from what the
                         cascade's joint training adds
 
 Every variant trains joint + finetune epochs after the teacher. With --family, `l1 + KD` is also trained at the MACs
 of each assistant of `hsd 2 TAs` below the dense one: one cascade run trains a family of models, and each member
 is set against l1 at its own cost. Each variant picks its learning rate from --learning_rates by its accuracy on
 the validation split (held out of the training split, never the test split) at --selection_seed; the other seeds
-run at the chosen rate (but for --single_seed_variants, reported with one seed). Each run lives in <out_dir>/<dataset>/runs/<name>/ and a finished one is read back, so an
-interrupted study resumes. Writes <docs_dir>/<docs_name>.md (per dataset: mean and sample std over seeds of test
-accuracy, params and MACs, the MAC spread of each budget, the learning-rate grid, the verdicts), .json (every run)
-and .png (accuracy against MACs, one panel per dataset).
+run at the chosen rate (--single_seed_variants do not, and are reported with one seed). Each run lives in
+<out_dir>/<dataset>/runs/<name>/ and a finished one is read back, so an interrupted study resumes. Writes
+<docs_dir>/<docs_name>.md (per dataset: mean and sample std over seeds of test accuracy, params and MACs, the MAC
+spread of each budget, the learning-rate grid, the verdicts), .json (every run) and .png (accuracy against MACs,
+one panel per dataset).
 
 `--budget_kind=filters` makes the budgets prune ratios (`--prune_ratio`) instead: the equal-filter ablation of
 docs/ablation.md.
@@ -113,10 +114,10 @@ def train(study: Study, spec: Run, budget_kind: str) -> dict:
             return json.load(f)
     start = time.time()
     budget = dict(macs_budget=spec.budget) if budget_kind == "macs" else dict(prune_ratio=spec.budget)
-    masks_from = dict(masks_from=spec.masks_from) if spec.masks_from else {}
     results = training.train_and_evaluate(study.config(
-        **VARIANTS[spec.label], **budget, **masks_from, seed=spec.seed, teacher=study.teacher_path, model_dir=model_dir,
-        learning_rate=spec.learning_rate, teacher_learning_rate=spec.learning_rate))
+        **VARIANTS[spec.label], **budget, masks_from=spec.masks_from or None, seed=spec.seed,
+        teacher=study.teacher_path, model_dir=model_dir, learning_rate=spec.learning_rate,
+        teacher_learning_rate=spec.learning_rate))
     student = results["views"][0]
     row = {key: student[key] for key in ("accuracy", "val_accuracy", "params", "macs", "fewest_layer_filters")}
     row.update(dataclasses.asdict(spec), dataset=study.dataset, teacher=results["teacher"],
@@ -359,12 +360,10 @@ def main(argv):
     rates = [float(r) for r in FLAGS.learning_rates]
     seeds = [int(s) for s in FLAGS.seeds]
     budgets = [float(b) for b in FLAGS.budgets]
-    unknown = sorted(set(FLAGS.variants) - set(VARIANTS))
-    if unknown:
-        raise app.UsageError(f"--variants: unknown {unknown}; expected some of {list(VARIANTS)}")
-    unknown = sorted(set(FLAGS.single_seed_variants) - set(VARIANTS))
-    if unknown:
-        raise app.UsageError(f"--single_seed_variants: unknown {unknown}; expected some of {list(VARIANTS)}")
+    for flag in ("variants", "single_seed_variants"):
+        unknown = sorted(set(FLAGS[flag].value) - set(VARIANTS))
+        if unknown:
+            raise app.UsageError(f"--{flag}: unknown {unknown}; expected some of {list(VARIANTS)}")
     unseeded = [label for label, origin in MASK_SOURCES.items() if label in FLAGS.variants
                 and origin in FLAGS.single_seed_variants and label not in FLAGS.single_seed_variants]
     if unseeded:

@@ -545,20 +545,21 @@ class Cascade(keras.Model):
             if not frozen:
                 self._apply_score_gradients(grads[len(weights):])
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        # Frozen masks do not move; joint ones are read again after the score update.
+        current = hard if frozen else [self.views[i].hard_masks(False) for i in active]
         if not frozen:
             for i in active:
-                after = self.views[i].hard_masks(False)
                 if self.mask_hysteresis:
-                    self.views[i].remember_masks(after)
+                    self.views[i].remember_masks(current[i])
                 # Sum metrics add up over replicas, which all see the same masks.
-                changes = self.views[i].mask_changes(hard[i], after)
+                changes = self.views[i].mask_changes(hard[i], current[i])
                 self._trackers[f"{self.view_names[i]}_changes"].update_state(changes / replicas)
         for i in active:
             name = self.view_names[i]
             for key in ("loss", "ce", "kd", "hint"):
                 self._trackers[f"{name}_{key}"].update_state(terms[i][key] * replicas)
             self._trackers[f"{name}_acc"].update_state(labels, outputs[i][0])
-            self._trackers[f"{name}_kept"].update_state(self.views[i].kept_fraction(self.views[i].hard_masks(frozen)))
+            self._trackers[f"{name}_kept"].update_state(self.views[i].kept_fraction(current[i]))
         self._trackers["loss"].update_state(total * replicas)
         return self._logs(active, frozen)
 
