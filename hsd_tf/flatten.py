@@ -15,7 +15,10 @@ reads `(None, None, 3)` images. `flatten` makes all of them one plain graph:
   inference mode (`training=False`), and checked: the composite and its graph
   must give the same outputs on random inputs, or the composite stays a leaf.
   Training-only branches inside a composite (its own stochastic depth, say) are
-  therefore not part of the flat graph;
+  therefore not part of the flat graph. Where Keras cannot record a composite's
+  sublayer as a node (keras_hub's DeiT blocks return `(outputs, None)`), every
+  composite inside it is recorded as a model of its own `call` and inlined; a
+  constant a composite returns (DeiT's empty attention scores) stays a constant;
 - every leaf layer is cloned from its config under a name unique in the flat
   model (its own name, or prefixed by the layer holding it), called on inputs
   of the given size, and given the original's weights. A layer called twice
@@ -28,6 +31,7 @@ changed, except that an inlined composite's sublayers keep the extra node the
 symbolic call recorded.
 """
 
+import contextlib
 import dataclasses
 import inspect
 import re
@@ -167,6 +171,44 @@ def is_composite(op) -> bool:
     return not own_weights(op)
 
 
+@contextlib.contextmanager
+def _sublayers_inlined(op):
+    """Within it, every composite sublayer of `op` called on symbolic inputs becomes a functional model of its `call`.
+
+    Keras records a layer called on KerasTensors as one node, and refuses one whose `call` returns
+    anything but tensors (keras_hub's `DeiTEncoderBlock` returns `(outputs, None)`). The model made
+    of the sublayer's `call` (named as the sublayer, its tensor outputs only, the rest returned as
+    they came) is then a nested model, which the flattener inlines like any other.
+    """
+    composites = {id(sub) for sub in op._flatten_layers(include_self=False) if is_composite(sub)}  # pylint: disable=protected-access
+    original = keras.layers.Layer.__call__
+
+    def call(layer, *args, **kwargs):
+        tensors = [v for v in keras.tree.flatten((args, kwargs)) if isinstance(v, keras.KerasTensor)]
+        if id(layer) not in composites or not tensors:
+            return original(layer, *args, **kwargs)
+        fresh = [keras.Input(tuple(t.shape[1:]), dtype=t.dtype) for t in tensors]
+        swap = dict(zip((id(t) for t in tensors), fresh))
+        inner_args, inner_kwargs = keras.tree.map_structure(
+            lambda v: swap.get(id(v), v) if isinstance(v, keras.KerasTensor) else v, (args, kwargs))
+        if "training" in inspect.signature(layer.call).parameters:
+            inner_kwargs = {**inner_kwargs, "training": False}
+        structure = layer.call(*inner_args, **inner_kwargs)
+        outputs = keras.tree.flatten(structure)
+        symbolic = [v for v in outputs if isinstance(v, keras.KerasTensor)]
+        if not symbolic:
+            return structure
+        results = iter(keras.tree.flatten(keras.Model(fresh, symbolic, name=layer.name)(tensors)))
+        return keras.tree.pack_sequence_as(
+            structure, [next(results) if isinstance(v, keras.KerasTensor) else v for v in outputs])
+
+    keras.layers.Layer.__call__ = call
+    try:
+        yield
+    finally:
+        keras.layers.Layer.__call__ = original
+
+
 class _Flattener:
     """Re-runs a graph on new symbolic inputs, inlining nested models and composites, cloning leaves."""
 
@@ -214,12 +256,18 @@ class _Flattener:
         if "training" in inspect.signature(op.call).parameters and "training" not in inner_kwargs:
             inner_kwargs = {**inner_kwargs, "training": False}
         why = "its graph computes something else than the layer"
-        try:
-            outputs = op.call(*inner_args, **inner_kwargs)
-            graph = keras.Model(fresh, keras.tree.flatten(outputs))
-            matches = _same_function(op, graph, args, kwargs, tensors)
-        except Exception as error:  # pylint: disable=broad-except  (any failure means: not a graph we can inline)
-            matches, why = False, one_line(error)
+        for nested in (False, True):
+            try:
+                with _sublayers_inlined(op) if nested else contextlib.nullcontext():
+                    outputs = keras.tree.flatten(op.call(*inner_args, **inner_kwargs))
+                symbolic = [i for i, v in enumerate(outputs) if isinstance(v, keras.KerasTensor)]
+                graph = keras.Model(fresh, [outputs[i] for i in symbolic])
+                matches = _same_function(op, graph, args, kwargs, tensors, symbolic)
+            except Exception as error:  # pylint: disable=broad-except  (any failure means: not a graph we can inline)
+                matches = False
+                why = why if nested else one_line(error)
+            if matches:
+                break
         if not matches:
             self.opaque[op.name] = f"{type(op).__name__}: {why}"
             if force:
@@ -227,7 +275,8 @@ class _Flattener:
                                    "recorded as a graph of Keras layers and ops; rebuild it with the functional API.")
             return keras.tree.flatten(self.leaf(op, path)(*args, **kwargs))
         self.holders.setdefault(op.name, [])
-        return self.walk(graph, tensors, path + (op.name,))
+        inlined = iter(self.walk(graph, tensors, path + (op.name,)))
+        return [next(inlined) if i in symbolic else value for i, value in enumerate(outputs)]
 
     def leaf(self, op, path: Tuple[str, ...]):
         """The flat model's copy of a leaf layer (the op itself for keras ops and Lambdas)."""
@@ -316,8 +365,11 @@ def one_line(error: BaseException) -> str:
     return (lines[0] if lines else type(error).__name__)[:300]
 
 
-def _same_function(op, graph, args, kwargs, tensors) -> bool:
-    """Whether the recorded graph computes what the layer computes, on random inputs (inference mode)."""
+def _same_function(op, graph, args, kwargs, tensors, symbolic) -> bool:
+    """Whether the recorded graph computes what the layer computes, on random inputs (inference mode).
+
+    Only the outputs at the positions `symbolic` are compared: the others were constants when recorded.
+    """
     rng = np.random.RandomState(0)
     samples = [rng.normal(size=(2,) + tuple(t.shape[1:])).astype(keras.backend.standardize_dtype(t.dtype))
                for t in tensors]
@@ -326,7 +378,8 @@ def _same_function(op, graph, args, kwargs, tensors) -> bool:
         lambda v: swap.get(id(v), v) if isinstance(v, keras.KerasTensor) else v, (args, kwargs))
     if "training" in inspect.signature(op.call).parameters:
         real_kwargs = {**real_kwargs, "training": False}
-    expected = [np.asarray(v, np.float64) for v in keras.tree.flatten(op(*real_args, **real_kwargs))]
+    every = keras.tree.flatten(op(*real_args, **real_kwargs))
+    expected = [np.asarray(every[i], np.float64) for i in symbolic]
     found = [np.asarray(v, np.float64) for v in keras.tree.flatten(graph(samples, training=False))]
     if [e.shape for e in expected] != [f.shape for f in found]:
         return False

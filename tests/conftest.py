@@ -251,6 +251,46 @@ def pattern_scalar_affine() -> keras.Model:
     return keras.Model(x, keras.layers.Dense(NUM_CLASSES, name="fc")(keras.layers.Flatten()(y)), name="scalar_affine")
 
 
+class TupleBlock(keras.layers.Layer):
+    """A residual MLP block that returns `(outputs, None)`, as keras_hub's DeiTEncoderBlock does."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.hidden = keras.layers.Dense(units, activation="relu", name="hidden")
+        self.out = None
+
+    def build(self, input_shape):
+        self.out = keras.layers.Dense(input_shape[-1], name="out")
+
+    def call(self, x):
+        return x + self.out(self.hidden(x)), None
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+class TupleEncoder(keras.layers.Layer):
+    """Calls two TupleBlocks and returns a constant beside its output (DeiTEncoder's empty attention scores)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.blocks = [TupleBlock(6, name="block_1"), TupleBlock(5, name="block_2")]
+
+    def call(self, x):
+        for block in self.blocks:
+            x, _ = block(x)
+        return x, keras.ops.zeros((0, x.shape[-1]))
+
+
+def pattern_blocks_returning_none() -> keras.Model:
+    """A composite whose blocks Keras cannot record as nodes (they return None): inlined block by block."""
+    x = keras.Input(INPUT_SHAPE)
+    y = keras.layers.Conv2D(4, 3, padding="same", name="stem")(x)
+    y, _ = TupleEncoder(name="encoder")(y)
+    return keras.Model(x, keras.layers.Dense(NUM_CLASSES, name="fc")(keras.layers.Flatten()(y)), name="tuple_blocks")
+
+
 def branchy_cnn(input_shape=(32, 32, 3), num_classes=10) -> keras.Model:
     """A CNN of one's own: concatenated conv and depthwise branches, SE blocks, residual adds, a softmax.
 
@@ -287,6 +327,7 @@ PATTERNS = {
     "channel_split": pattern_channel_split,
     "axis_ops": pattern_axis_ops,
     "scalar_affine": pattern_scalar_affine,
+    "blocks_returning_none": pattern_blocks_returning_none,
 }
 
 

@@ -331,3 +331,15 @@ def test_a_composite_layer_is_inlined_and_its_layers_keep_the_users_names():
         assert trace.group_names == ("after",) and trace.normalizations == ("block_0_bn",)
         assert {"block_0_conv", "block_0_bn"} <= set(trace.layers())
     assert _groups(graph.trace(model, unpruned_layers=["block_0_reverse"])) == {(frozenset({"after"}), 5)}
+
+
+def test_a_composite_whose_blocks_return_none_is_inlined_block_by_block():
+    """Keras refuses to record a block returning `(outputs, None)` as a node; each block is inlined instead, its
+    layers named after it, and the constant the composite returns beside its output is not part of the graph."""
+    model = PATTERNS["blocks_returning_none"]()
+    trace = graph.trace(model)
+    assert trace.group_names == ("hidden", "block_2_hidden")
+    assert [trace.origin[name] for name in trace.group_names] == ["encoder/block_1/hidden", "encoder/block_2/hidden"]
+    assert _groups(trace) == {(frozenset({"hidden"}), 6), (frozenset({"block_2_hidden"}), 5)}
+    images = np.random.RandomState(0).normal(size=(2,) + model.input_shape[1:]).astype("float32")
+    np.testing.assert_allclose(trace.model(images), model(images), rtol=1e-5, atol=1e-5)

@@ -68,11 +68,15 @@ def _classifier(family):
         backbone = m.ViTBackbone(image_shape=SHAPE, patch_size=(8, 8), num_layers=2, hidden_dim=16, num_heads=2,
                                  mlp_dim=32)
         return m.ViTImageClassifier(backbone=backbone, num_classes=4)
+    if family == "deit":  # its encoder blocks return (outputs, None): each is inlined as a model of its own
+        backbone = m.DeiTBackbone(image_shape=SHAPE, patch_size=8, num_layers=2, hidden_dim=16, num_heads=2,
+                                  intermediate_dim=32)
+        return m.DeiTImageClassifier(backbone=backbone, num_classes=4)
     raise ValueError(family)
 
 
 FAMILIES = ["resnet_v1", "resnet_v2", "resnet_vd", "mobilenet", "efficientnet_v2", "cspnet", "densenet", "xception",
-            "hgnetv2", "vit"]
+            "hgnetv2", "vit", "deit"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -94,14 +98,19 @@ def test_a_keras_hub_classifier_prunes_exactly(family):
     if family == "vit":  # one group per block: its MLP's hidden units
         assert [cascade.trace.origin[g.name].split("/")[-3:] for g in cascade.trace.groups] == [
             ["transformer_block_1", "mlp", "dense_1"], ["transformer_block_2", "mlp", "dense_1"]]
+    if family == "deit":
+        assert [cascade.trace.origin[g.name].split("/")[-3:] for g in cascade.trace.groups] == [
+            ["transformer_block_1", "mlp", "dense"], ["transformer_block_2", "mlp", "dense"]]
 
 
-def test_a_transformer_whose_blocks_cannot_be_recorded_is_refused_in_one_line():
-    """DeiT's encoder calls blocks that return None beside their output: it stays whole, and nothing is left."""
-    backbone = keras_hub.models.DeiTBackbone(image_shape=SHAPE, patch_size=8, num_layers=1, hidden_dim=16,
-                                             num_heads=2, intermediate_dim=32)
-    model = keras_hub.models.DeiTImageClassifier(backbone=backbone, num_classes=4)
+def test_a_transformer_whose_sizes_are_read_at_run_time_is_refused_in_one_line():
+    """MiT's MixFFN reshapes with the batch size read at run time: it cannot be recorded, stays whole, and its MACs
+    cannot be counted at a fixed image size; said in one line before anything trains."""
+    backbone = keras_hub.models.MiTBackbone(
+        layerwise_depths=[1, 1], image_shape=SHAPE, hidden_dims=[8, 16], num_layers=2, layerwise_num_heads=[1, 2],
+        layerwise_sr_ratios=[8, 4], max_drop_path_rate=0.0, layerwise_patch_sizes=[7, 3], layerwise_strides=[4, 2])
+    model = keras_hub.models.MiTImageClassifier(backbone=backbone, num_classes=4)
     with pytest.raises(ValueError) as error:
         Cascade(model, [0.5, 0.0], input_shape=SHAPE)
     message = str(error.value)
-    assert "\n" not in message and "no prunable channels" in message and "'deit_encoder' (DeiTEncoder" in message
+    assert "\n" not in message and "'mix_ffn' (MixFFN" in message and "MACs cannot be counted" in message
