@@ -228,6 +228,8 @@ def _where(config, results) -> str:
     for entry in [dict(results["teacher"], name="teacher")] + results["views"]:
         for fmt, exported in entry.get("exports", {}).items():
             where = "failed (below)" if "error" in exported else exported["path"]
+            if "runtime" in exported:  # verified, but not by LiteRT's default set-up
+                where += " (XNNPACK cannot run it; verified on LiteRT's built-in kernels: results.json says how)"
             lines.append(f"{entry['name'] + ' ' + fmt + ':':<24}{where}")
     if config.tensorboard:
         lines.append(f"{'TensorBoard:':<24}tensorboard --logdir={os.path.join(config.model_dir, 'logs')}")

@@ -66,13 +66,36 @@ def test_a_runtime_that_aborts_fails_that_file_and_keeps_the_others(digits, tmp_
     """LiteRT aborting on a file (a keras_hub ResNetV2's int8 file did) takes down only the child running it."""
     model, test, calibration = digits
     command = export.child_command
-    monkeypatch.setattr(export, "child_command", lambda path: [sys.executable, "-c", "import os; os.abort()"]
-                        if path.endswith("_int8.tflite") else command(path))
+    monkeypatch.setattr(export, "child_command", lambda path, xnnpack=True: [sys.executable, "-c", "import os; os.abort()"]
+                        if path.endswith("_int8.tflite") else command(path, xnnpack))
     entries = export.export_and_verify(model, str(tmp_path), FORMATS, test, calibration)
     assert entries["tflite_int8"]["error"].startswith("could not be run: LiteRT stopped with SIGABRT")
     assert os.path.exists(entries["tflite_int8"]["path"])
     for fmt in ("savedmodel", "tflite", "tflite_dynamic"):
         assert "error" not in entries[fmt]
+
+
+def test_a_file_the_xnnpack_delegate_refuses_is_verified_on_the_builtin_kernels(digits, tmp_path, monkeypatch):
+    """LiteRT's XNNPACK delegate refuses some int8 files ("failed to prepare"): the file is run again without it,
+    verified there, and its entry says how to run it."""
+    model, test, calibration = digits
+    command = export.child_command
+    refusal = ("import sys; sys.exit('RuntimeError: failed to create XNNPACK runtimeNode number 67 "
+               "(TfLiteXNNPackDelegate) failed to prepare.')")
+    started = []
+
+    def child(path, xnnpack=True):
+        started.append((os.path.basename(path), xnnpack))
+        return [sys.executable, "-c", refusal] if path.endswith("_int8.tflite") and xnnpack else command(path, xnnpack)
+
+    monkeypatch.setattr(export, "child_command", child)
+    entries = export.export_and_verify(model, str(tmp_path), ["tflite", "tflite_int8"], test, calibration)
+    assert started == [("digits_cnn.tflite", True), ("digits_cnn_int8.tflite", True),
+                       ("digits_cnn_int8.tflite", False)]
+    int8 = entries["tflite_int8"]
+    assert "error" not in int8 and abs(int8["accuracy"] - entries["tflite"]["accuracy"]) <= export.MAX_ACCURACY_GAP
+    assert "failed to prepare" in int8["runtime"] and "BUILTIN_WITHOUT_DEFAULT_DELEGATES" in int8["runtime"]
+    assert "runtime" not in entries["tflite"]
 
 
 def test_a_file_computing_another_function_fails_verification(digits, tmp_path):

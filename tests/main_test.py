@@ -124,7 +124,8 @@ def failing(saved_model, fmt, images):
         raise RuntimeError("<unknown>:0: error: 'tf.Stand' op is neither a custom op nor a flex op\\nmore")
     return convert(saved_model, fmt, images)
 export._convert = failing
-export.child_command = lambda path: [sys.executable, "-c", "import os; os.abort()"] if "_int8" in path else command(path)
+export.child_command = lambda path, xnnpack=True: ([sys.executable, "-c", "import os; os.abort()"] if "_int8" in path
+                                                  else command(path, xnnpack))
 sys.argv = ["main.py"] + {TINY + ["--mode=export", f"--model_dir={model_dir}"]!r}
 runpy.run_path("main.py", run_name="__main__")
 """
