@@ -102,7 +102,7 @@ class View(keras.layers.Layer):
         if self.channel_costs is not None:
             scores = masks.per_mac(scores, self.channel_costs)
         if self.mac_model is not None:
-            chosen = masks.budget_masks(scores, self.floors, self.mac_model.macs, self.mac_budget)
+            chosen = masks.budget_masks(scores, self.floors, self.mac_model, self.mac_budget)
         else:
             chosen = masks.topk_masks(scores, self.filter_counts, self.keep_ratio, self.floors)
         return masks.rounded_masks(chosen, scores, self.round_to) if self.round_to > 1 else chosen

@@ -121,6 +121,17 @@ class MacModel:
         return tf.reduce_sum(self.bilinear * kept_in * kept_out + self.linear_in * kept_in
                              + self.linear_out * kept_out) + self.fixed
 
+    def added_macs(self, group_masks) -> tf.Tensor:
+        """Per channel (every group's channels in order, float64): the MACs keeping it would add to the model
+        of `group_masks`; exact for a channel not kept (its filter, and the next layers' inputs it feeds)."""
+        flat = tf.cast(graph.flat_masks(group_masks), tf.float64)
+        kept_in = tf.linalg.matvec(tf.constant(self.inputs), flat)
+        kept_out = tf.linalg.matvec(tf.constant(self.outputs), flat)
+        added = (tf.linalg.matvec(tf.constant(self.inputs.T), self.bilinear * kept_out + self.linear_in)
+                 + tf.linalg.matvec(tf.constant(self.outputs.T), self.bilinear * kept_in + self.linear_out)
+                 + tf.linalg.matvec(tf.constant((self.inputs * self.outputs).T), self.bilinear))
+        return added[1:]
+
     def channel_costs(self) -> list:
         """Per group, the MACs each of its channels costs in the dense model: what removing it alone saves
         (its own filter and the next layers' inputs it feeds), one float64 vector per group."""
