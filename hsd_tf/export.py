@@ -198,6 +198,7 @@ class Reference:
         self.accuracy = float(np.mean(self.predicted == self.labels))
 
     def check(self, fmt: str, path: str) -> dict:
+        runtime = None
         try:
             if fmt == "savedmodel":
                 import tensorflow as tf  # pylint: disable=import-outside-toplevel
@@ -210,7 +211,7 @@ class Reference:
             return {"path": path, "bytes": _size(path), "error": f"could not be run: {why(error)}"}
         entry = {"path": path, "bytes": _size(path), "accuracy": float(np.mean(predicted == self.labels)),
                  "agreement": float(np.mean(predicted == self.predicted))}
-        if fmt != "savedmodel" and runtime:
+        if runtime:
             entry["runtime"] = runtime
         lossless = fmt not in QUANTIZED
         if (lossless and entry["agreement"] < MIN_AGREEMENT) or abs(entry["accuracy"] - self.accuracy) > MAX_ACCURACY_GAP:
@@ -219,7 +220,6 @@ class Reference:
                               f"Keras model's on {entry['agreement']:.1%} of the test examples"
                               + (f" (needs {MIN_AGREEMENT:.0%})" if lossless else ""))
         return entry
-
 
     def _run_tflite(self, path: str):
         """Top-1 predictions of a .tflite file, and a note when only LiteRT's built-in kernels could run it."""

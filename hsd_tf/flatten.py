@@ -265,7 +265,8 @@ class _Flattener:
                 matches = _same_function(op, graph, args, kwargs, tensors, symbolic)
             except Exception as error:  # pylint: disable=broad-except  (any failure means: not a graph we can inline)
                 matches = False
-                why = why if nested else one_line(error)
+                if not nested:  # the first attempt's failure says why the layer itself cannot be recorded
+                    why = one_line(error)
             if matches:
                 break
         if not matches:

@@ -17,7 +17,7 @@ of the loss change when the filter is switched on or off.
 """
 
 import math
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
