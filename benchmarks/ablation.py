@@ -47,7 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from study import Study, command, single_thread  # noqa: E402
+from study import Study, code_version, command, single_thread  # noqa: E402
 
 VARIANTS = {
     "hsd 2 TAs": dict(method="hsd", num_ta=2),
@@ -122,7 +122,7 @@ def train(study: Study, spec: Run, budget_kind: str) -> dict:
     row = {key: student[key] for key in ("accuracy", "val_accuracy", "params", "macs", "fewest_layer_filters")}
     row.update(dataclasses.asdict(spec), dataset=study.dataset, teacher=results["teacher"],
                views=[{key: view[key] for key in ("name", "accuracy", "params", "macs")} for view in results["views"]],
-               seconds=round(time.time() - start, 1))
+               seconds=round(time.time() - start, 1), code=code_version())
     with open(row_path, "w") as f:
         json.dump(row, f, indent=2)
     return row
@@ -266,6 +266,8 @@ def markdown(datasets, command_line, wall_seconds) -> str:
         main_summary = [e for e in summary if e["budget"] in budgets]
         lines += ["", "Students of one budget, largest over smallest mean MACs: " + ", ".join(
             f"{b}: {100 * mac_spread(main_summary, b):.1f}% apart" for b in budgets) + "."]
+        lines += ["", "Code that trained the rows (`git describe` when a worker first imported hsd_tf): " + "; ".join(
+            f"{b}: {', '.join(info['codes'].get(b, []))}" for b in budgets) + "."]
         lines += ["", f"Validation accuracy (%) at seed {FLAGS.selection_seed} per learning rate (the chosen one in "
                   "bold):", "", "| budget | variant | " + " | ".join(FLAGS.learning_rates) + " |",
                   "|---|---|" + "---|" * len(FLAGS.learning_rates)]
@@ -298,6 +300,14 @@ def markdown(datasets, command_line, wall_seconds) -> str:
                                 f"{l1['macs'] / teacher['macs']:.3f})" if l1 else "") + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def codes_by_budget(rows) -> dict:
+    """Budget -> the code versions of its rows, sorted; rows from before versions were recorded say so."""
+    codes = {}
+    for row in rows:
+        codes.setdefault(row["budget"], set()).add(row.get("code", "not recorded"))
+    return {budget: sorted(found) for budget, found in codes.items()}
 
 
 def family(rows, summary, budgets) -> list:
@@ -427,6 +437,7 @@ def main(argv):
                 grid.setdefault((row["budget"], row["label"]), {})[row["learning_rate"]] = row["val_accuracy"]
         summary = summarize(final)
         datasets[name] = {"summary": summary, "teacher": final[0]["teacher"], "grid": grid, "budgets": budgets,
+                          "codes": codes_by_budget(row for row in grid_rows + other_rows if row["dataset"] == name),
                           "family": family(final, summary, budgets) if FLAGS.budget_kind == "macs" else [],
                           "description": DESCRIPTIONS[name].format(train=FLAGS.fashion_train_examples,
                                                                    val=round(60000 * FLAGS.fashion_val_fraction))}

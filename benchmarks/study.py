@@ -1,8 +1,10 @@
 """What the studies (ablation.py, mask_stability.py) share: their flags, settings and worker set-up."""
 
 import dataclasses
+import functools
 import os
 import shlex
+import subprocess
 import sys
 
 from absl import flags
@@ -16,6 +18,7 @@ flags.DEFINE_integer("finetune_epochs", 8, "Fine-tuning epochs of the cascade.")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
 flags.DEFINE_integer("jobs", 2, "Runs trained at once, one CPU thread each.")
 FLAGS = flags.FLAGS
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def command(script: str) -> str:
@@ -83,6 +86,18 @@ class Study:
         from hsd_tf import training  # pylint: disable=import-outside-toplevel
 
         return training.pretrain_teacher(self.config(model_dir=os.path.join(self.out_dir, "teacher")))
+
+
+@functools.lru_cache(maxsize=None)
+def code_version() -> str:
+    """The commit of this repository when first asked in a process (a worker asks before its first run, when it
+    imports hsd_tf), "-dirty" if files had changed; "unknown" without git."""
+    try:
+        found = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True,
+                               timeout=30, check=False).stdout.strip()
+    except OSError:
+        found = ""
+    return found or "unknown"
 
 
 def single_thread():

@@ -87,3 +87,9 @@ def test_a_single_seed_variant_runs_its_grid_only_and_the_others_every_other_see
     assert ablation.later_seeds("hsd 2 TAs", [0, 1, 2], 0, ["hsd 2 TAs per_mac"]) == [1, 2]
     assert ablation.later_seeds("hsd 2 TAs per_mac", [0, 1, 2], 0, ["hsd 2 TAs per_mac"]) == []
     assert ablation.later_seeds("l1", [0, 1, 2], 1, []) == [0, 2]
+
+
+def test_each_budget_names_the_code_versions_that_trained_its_rows():
+    rows = [dict(_row("l1", 0.25, 0, 0.9), code="277b8ba"), _row("l1", 0.25, 1, 0.9),
+            dict(_row("l1", 0.1, 0, 0.9), code="42c877c"), dict(_row("hsd 2 TAs", 0.1, 0, 0.9), code="42c877c")]
+    assert ablation.codes_by_budget(rows) == {0.25: ["277b8ba", "not recorded"], 0.1: ["42c877c"]}
