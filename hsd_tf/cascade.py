@@ -85,7 +85,7 @@ class View(keras.layers.Layer):
             for g in model_trace.groups
         ]
 
-    def hard_masks(self, frozen: bool) -> List[tf.Tensor]:
+    def hard_masks(self, frozen: bool, fill: bool = False) -> List[tf.Tensor]:
         """0/1 masks: the frozen ones, or the top-k of the current scores.
 
         With hysteresis, the filters of the last mask rank with a bonus of
@@ -93,6 +93,12 @@ class View(keras.layers.Layer):
         score is higher by that margin. Ranking the scores just stepped from
         the mask they produced gives that mask back, so the mask of a step does
         not depend on how often it is recomputed.
+
+        Under a MAC budget, `fill` also takes the filters that still fit after
+        the score order's prefix (`masks.budget_masks`). Only the masks that are
+        frozen are filled: the joint phase trains with the prefix alone, so its
+        masks move by score as under a filter budget, and the filled filters
+        (kernels the assistants trained) join for the phases that follow.
         """
         if frozen:
             return [tf.convert_to_tensor(m) for m in self.last_masks]
@@ -102,7 +108,8 @@ class View(keras.layers.Layer):
         if self.channel_costs is not None:
             scores = masks.per_mac(scores, self.channel_costs)
         if self.mac_model is not None:
-            chosen = masks.budget_masks(scores, self.floors, self.mac_model, self.mac_budget)
+            chosen = masks.budget_masks(scores, self.floors, self.mac_model, self.mac_budget,
+                                        fill_rounds=masks.FILL_ROUNDS if fill else 0)
         else:
             chosen = masks.topk_masks(scores, self.filter_counts, self.keep_ratio, self.floors)
         return masks.rounded_masks(chosen, scores, self.round_to) if self.round_to > 1 else chosen
@@ -332,9 +339,9 @@ class Cascade(keras.Model):
                 variable.assign(score)
 
     def freeze_masks(self) -> None:
-        """Stores every view's current top-k masks; later phases use them."""
+        """Stores every view's current top-k masks, filled to its MAC budget; later phases use them."""
         for view in self.views:
-            view.remember_masks(view.hard_masks(frozen=False))
+            view.remember_masks(view.hard_masks(frozen=False, fill=True))
 
     def recalibrate_batch_norm(self, images_batches, views: Optional[Sequence[int]] = None) -> None:
         """Recomputes the views' BatchNorm statistics under their frozen masks.

@@ -101,12 +101,12 @@ def per_mac(scores: Sequence[tf.Tensor], channel_costs: Sequence[np.ndarray]) ->
     return ranked
 
 
-# Rounds of `budget_masks` that fill the budget past a channel that does not fit.
+# Rounds of `budget_masks` that fill the budget past a channel that does not fit (for the masks that freeze).
 FILL_ROUNDS = 2
 
 
 def budget_masks(scores: Sequence[tf.Tensor], floors: Sequence[int], mac_model, budget: float,
-                 fill_rounds: int = FILL_ROUNDS) -> List[tf.Tensor]:
+                 fill_rounds: int = 0) -> List[tf.Tensor]:
     """Masks keeping filters in score order while the slim model's MACs stay within a budget.
 
     Every group first keeps its `floors` best channels; the other channels are
@@ -116,8 +116,9 @@ def budget_masks(scores: Sequence[tf.Tensor], floors: Sequence[int], mac_model, 
     wide early layer can cost a tenth of a small budget (VGG16's first block at
     a tenth of its MACs: a student 12% under budget). So `fill_rounds` times,
     the channels that would still fit alone (`MacModel.added_macs`) are taken
-    the same way, in score order. The result is greedy in score order: a
-    dropped channel outranks a kept one only where it did not fit. MACs grow
+    the same way, in score order (`FILL_ROUNDS` for the masks that freeze). The
+    result is greedy in score order: a dropped channel outranks a kept one only
+    where it did not fit. MACs grow
     with every channel kept, so each prefix is found by bisection: about
     log2(channels) evaluations, all in TensorFlow.
 

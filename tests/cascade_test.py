@@ -283,6 +283,27 @@ def test_mac_budgets_hold_for_every_view_and_scores_still_follow_eq5(batch):
         Cascade(teacher, [0.5, 0.0], macs_fractions=[0.5, 1.0])
 
 
+def test_under_a_mac_budget_the_joint_masks_follow_the_score_order_and_the_frozen_ones_fill_the_budget():
+    """VGG16 at a tenth of its MACs with its first block's filters ranked first: a joint step's mask is the score
+    order's prefix, stopped at a first-block filter dearer than the slack; the mask frozen after the joint phase
+    keeps it and adds the filters that still fit."""
+    from hsd_tf import architectures  # pylint: disable=import-outside-toplevel
+
+    model = architectures.get("vgg16", (32, 32, 3), 10, width_multiplier=0.125)
+    cascade = Cascade(model, macs_fractions=[0.1], max_layer_prune_ratio=0.96, min_layer_filters=2)
+    view = cascade.views[0]
+    rng = np.random.RandomState(0)
+    for score, group in zip(view.scores, cascade.trace.groups):
+        score.assign(rng.uniform(size=group.width) + (10.0 if group.name.startswith("block1") else 0.0))
+    budget = 0.1 * view.mac_model.dense
+    joint = [m.numpy() for m in view.hard_masks(frozen=False)]
+    assert float(view.mac_model.macs(joint)) < 0.95 * budget
+    cascade.freeze_masks()
+    frozen = [m.numpy() for m in view.hard_masks(frozen=True)]
+    assert 0.99 * budget <= float(view.mac_model.macs(frozen)) <= budget
+    assert all(np.all(f >= j) for f, j in zip(frozen, joint))
+
+
 def test_round_to_gives_every_view_multiples_of_its_channels():
     cascade = Cascade(randomize(tiny_residual()), [0.6, 0.0], round_to=2)
     for g, width in zip(cascade.kept_filters(0, frozen=False).values(), cascade.trace.group_widths):

@@ -126,7 +126,8 @@ def test_a_mac_budget_holds_and_takes_filters_greedily_in_score_order(name, frac
     scores = [tf.constant(rng.normal(size=w).astype("float32")) for w in trace.group_widths]
     floors = masks.layer_floors(trace.group_widths, 0.96, 2)
     budget = fraction * mac_model.dense
-    kept = [np.asarray(m) > 0 for m in masks.budget_masks(scores, floors, mac_model, budget)]
+    kept = [np.asarray(m) > 0 for m in masks.budget_masks(scores, floors, mac_model, budget,
+                                                               fill_rounds=masks.FILL_ROUNDS)]
     macs = costs.count(trace, dict(zip(trace.group_names, kept)))["macs"]
     assert 0.995 * budget <= macs <= budget
     assert all(k.sum() >= f for k, f in zip(kept, floors))
@@ -158,8 +159,9 @@ def test_a_mac_budget_is_filled_past_a_dear_channel_that_does_not_fit():
               for name, w in zip(trace.group_names, trace.group_widths)]
     floors = masks.layer_floors(trace.group_widths, 0.96, 2)
     budget = 0.1 * mac_model.dense
-    prefix_only = float(mac_model.macs(masks.budget_masks(scores, floors, mac_model, budget, fill_rounds=0)))
-    filled = float(mac_model.macs(masks.budget_masks(scores, floors, mac_model, budget)))
+    prefix_only = float(mac_model.macs(masks.budget_masks(scores, floors, mac_model, budget)))
+    filled = float(mac_model.macs(masks.budget_masks(scores, floors, mac_model, budget,
+                                                     fill_rounds=masks.FILL_ROUNDS)))
     assert prefix_only < 0.95 * budget
     assert 0.99 * budget <= filled <= budget
 
