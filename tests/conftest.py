@@ -252,7 +252,8 @@ def pattern_scalar_affine() -> keras.Model:
 
 
 class TupleBlock(keras.layers.Layer):
-    """A residual MLP block that returns `(outputs, None)`, as keras_hub's DeiTEncoderBlock does."""
+    """A residual MLP block that returns `(outputs, None)`, as keras_hub's DeiTEncoderBlock does; its residual is
+    an argument of its own (DeiTOutput's `input_tensor`)."""
 
     def __init__(self, units, **kwargs):
         super().__init__(**kwargs)
@@ -263,8 +264,8 @@ class TupleBlock(keras.layers.Layer):
     def build(self, input_shape):
         self.out = keras.layers.Dense(input_shape[-1], name="out")
 
-    def call(self, x):
-        return x + self.out(self.hidden(x)), None
+    def call(self, x, residual):
+        return residual + self.out(self.hidden(x)), None
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}
@@ -279,7 +280,7 @@ class TupleEncoder(keras.layers.Layer):
 
     def call(self, x):
         for block in self.blocks:
-            x, _ = block(x)
+            x, _ = block(x, x)  # one tensor as two arguments
         return x, keras.ops.zeros((0, x.shape[-1]))
 
 
