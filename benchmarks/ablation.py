@@ -107,6 +107,7 @@ def train(study: Study, spec: Run, budget_kind: str) -> dict:
     """Trains one run (or reads back its finished result); returns its result row."""
     from hsd_tf import training  # pylint: disable=import-outside-toplevel
 
+    code = code_version()  # first asked here, as this worker imports hsd_tf: the code its runs use
     model_dir = run_dir(study, spec)
     row_path = os.path.join(model_dir, "row.json")
     if os.path.exists(row_path):
@@ -122,7 +123,7 @@ def train(study: Study, spec: Run, budget_kind: str) -> dict:
     row = {key: student[key] for key in ("accuracy", "val_accuracy", "params", "macs", "fewest_layer_filters")}
     row.update(dataclasses.asdict(spec), dataset=study.dataset, teacher=results["teacher"],
                views=[{key: view[key] for key in ("name", "accuracy", "params", "macs")} for view in results["views"]],
-               seconds=round(time.time() - start, 1), code=code_version())
+               seconds=round(time.time() - start, 1), code=code)
     with open(row_path, "w") as f:
         json.dump(row, f, indent=2)
     return row

@@ -90,8 +90,8 @@ class Study:
 
 @functools.lru_cache(maxsize=None)
 def code_version() -> str:
-    """The commit of this repository when first asked in a process (a worker asks before its first run, when it
-    imports hsd_tf), "-dirty" if files had changed; "unknown" without git."""
+    """The commit of this repository when first asked in a process (an ablation worker asks as it first imports
+    hsd_tf), "-dirty" if files had changed; "unknown" without git."""
     try:
         found = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True,
                                timeout=30, check=False).stdout.strip()

@@ -118,9 +118,8 @@ def budget_masks(scores: Sequence[tf.Tensor], floors: Sequence[int], mac_model, 
     the channels that would still fit alone (`MacModel.added_macs`) are taken
     the same way, in score order (`FILL_ROUNDS` for the masks that freeze). The
     result is greedy in score order: a dropped channel outranks a kept one only
-    where it did not fit. MACs grow
-    with every channel kept, so each prefix is found by bisection: about
-    log2(channels) evaluations, all in TensorFlow.
+    where it did not fit. MACs grow with every channel kept, so each prefix is
+    found by bisection: about log2(channels) evaluations, all in TensorFlow.
 
     Args:
         scores: One float vector per mask group.
