@@ -11,6 +11,8 @@ the tool itself (`hsd_tf.training.train_and_evaluate`, teacher given):
     hsd 2 TAs           the cascade, 2 teaching assistants spaced evenly in MACs (the paper's method)
     hsd 2 TAs per_mac   the same, filters ranked by score per MAC (`--saliency=per_mac`; not the paper's)
     hsd 0 TAs           the cascade without assistants: the student learns its mask from its own gradient
+    hsd 2 TAs no KD     the cascade with `--kd_weight=0`: each view learns from the labels alone, its mask still
+                        from the gradient of the view above; set against l1, it is what the cascade adds without KD
     l1 + KD             `--method=l1`: the teacher's filters of largest L1 norm, fine-tuned with cross-entropy and
                         KD from the teacher (the student's fine-tuning losses): what KD alone gives
     l1                  the same with `--kd_weight=0`: Li et al.'s L1 pruning and fine-tuning
@@ -53,6 +55,7 @@ VARIANTS = {
     "hsd 2 TAs": dict(method="hsd", num_ta=2),
     "hsd 2 TAs per_mac": dict(method="hsd", num_ta=2, saliency="per_mac"),
     "hsd 0 TAs": dict(method="hsd", num_ta=0),
+    "hsd 2 TAs no KD": dict(method="hsd", num_ta=2, kd_weight=0.0),
     "l1 + KD": dict(method="l1"),
     "l1": dict(method="l1", kd_weight=0.0),
     "scratch": dict(method="scratch"),
@@ -218,6 +221,8 @@ def mac_spread(summary, budget: float) -> float:
 CONTRASTS = (
     ("hsd 2 TAs", "hsd 0 TAs", "what the assistants add (same method, none of them)"),
     ("l1 + KD", "l1", "what KD adds to L1 pruning"),
+    ("hsd 2 TAs", "hsd 2 TAs no KD", "what KD adds to the cascade"),
+    ("hsd 2 TAs no KD", "l1", "the cascade against L1 pruning, both without KD"),
     ("hsd 0 TAs", "l1 + KD", "a mask learned from the student's own gradient against the L1 mask, both with KD"),
     ("hsd 2 TAs", "l1 + KD", "the cascade against KD alone, at equal cost"),
     ("hsd 2 TAs per_mac", "hsd 2 TAs", "ranking by score per MAC against the paper's raw scores"),

@@ -93,3 +93,13 @@ def test_each_budget_names_the_code_versions_that_trained_its_rows():
     rows = [dict(_row("l1", 0.25, 0, 0.9), code="277b8ba"), _row("l1", 0.25, 1, 0.9),
             dict(_row("l1", 0.1, 0, 0.9), code="42c877c"), dict(_row("hsd 2 TAs", 0.1, 0, 0.9), code="42c877c")]
     assert ablation.codes_by_budget(rows) == {0.25: ["277b8ba", "not recorded"], 0.1: ["42c877c"]}
+
+
+def test_every_variant_is_a_valid_run_of_the_tool_with_the_settings_its_name_says():
+    study = ablation.Study("/study", 0.125, 1, 1, 1, 64, dataset="fashion_mnist")
+    configs = {label: study.config(**settings, macs_budget=0.1) for label, settings in ablation.VARIANTS.items()}
+    assert [configs[label].num_ta for label in ("hsd 2 TAs", "hsd 2 TAs no KD", "hsd 0 TAs")] == [2, 2, 0]
+    assert configs["hsd 2 TAs no KD"].kd_weight == configs["l1"].kd_weight == 0.0
+    assert configs["hsd 2 TAs"].kd_weight == configs["l1 + KD"].kd_weight == 0.4
+    assert {configs[label].method for label in ("l1", "l1 + KD", "l1 + KD on hsd mask")} == {"l1"}
+    assert configs["hsd 2 TAs per_mac"].saliency == "per_mac"
