@@ -190,7 +190,8 @@ def verdict(summary, budget: float, best: str, others=None) -> tuple:
     """(lines, wins): `best` against every other label (or `others`) at `budget`.
 
     A win is a mean accuracy above the other's by more than the seed spread: the two mean +- std
-    intervals do not overlap (difference > std_a + std_b). With one seed on either side there is no spread,
+    intervals do not overlap (difference > std_a + std_b); below by more than it is said as such, the rest is
+    level. With one seed on either side there is no spread,
     so nothing is judged a win.
     """
     at_budget = {entry["label"]: entry for entry in summary if entry["budget"] == budget}
@@ -206,8 +207,9 @@ def verdict(summary, budget: float, best: str, others=None) -> tuple:
             lines.append(f"- {best} vs {label}: {100 * difference:+.2f} points, one seed: no spread to judge by.")
             continue
         wins.append(difference > spread)
+        outcome = "beats it" if wins[-1] else "below it beyond the spread" if -difference > spread else "level"
         lines.append(f"- {best} vs {label}: {100 * difference:+.2f} points, seed spread "
-                     f"{100 * spread:.2f} points: {'beats it' if wins[-1] else 'does not beat it'}.")
+                     f"{100 * spread:.2f} points: {outcome}.")
     return lines, bool(wins) and all(wins)
 
 

@@ -29,9 +29,12 @@ def test_verdict_needs_a_gap_larger_than_both_spreads():
     lines, wins = ablation.verdict(summary, 0.1, "hsd 2 TAs")
     assert not wins
     assert any("vs scratch: +5.00 points" in line and "beats it" in line for line in lines)
-    assert any("vs hsd 0 TAs: +1.50 points" in line and "does not beat it" in line for line in lines)
+    assert any("vs hsd 0 TAs: +1.50 points" in line and line.endswith("level.") for line in lines)
     scratch_line = next(line for line in lines if "vs scratch" in line)
     assert ablation.verdict(summary, 0.1, "hsd 2 TAs", ["scratch"]) == ([scratch_line], True)
+    below, wins = ablation.verdict(summary, 0.1, "scratch", ["hsd 2 TAs"])
+    assert not wins and below[0].startswith("- scratch vs hsd 2 TAs: -5.00 points") and below[0].endswith(
+        "below it beyond the spread.")
 
 
 def test_learning_rate_is_chosen_by_validation_accuracy_at_the_selection_seed_only():
