@@ -191,8 +191,7 @@ def verdict(summary, budget: float, best: str, others=None) -> tuple:
 
     A win is a mean accuracy above the other's by more than the seed spread: the two mean +- std
     intervals do not overlap (difference > std_a + std_b); below by more than it is said as such, the rest is
-    level. With one seed on either side there is no spread,
-    so nothing is judged a win.
+    level. With one seed on either side there is no spread, so nothing is judged a win.
     """
     at_budget = {entry["label"]: entry for entry in summary if entry["budget"] == budget}
     mine = at_budget[best]
