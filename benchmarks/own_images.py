@@ -12,7 +12,8 @@ saves it, and measures it with its own `model.evaluate` on `test/`. Then it runs
 
 with no preprocessing or augmentation flag, and reports what hsd_tf chose, the teacher's test accuracy as hsd_tf
 measures it against the model's own `evaluate`, and the student's test accuracy. With --learning_rates it runs
-once per rate and reports the run whose student scores best on the validation split (`val/`), never on `test/`.
+once per rate and reports the run whose student scores best on the validation split (`val/`), never on `test/`;
+with --seeds the chosen rate runs again at the other seeds, and the student is also reported as their mean.
 The user's model is trained once and read back from --workdir afterwards.
 
   rgb          scikit-learn's 1,797 digits, 8x8 upsampled to 32x32 RGB; a CNN with `Rescaling(1/255)` inside.
@@ -46,6 +47,8 @@ flags.DEFINE_list("hsd_flags", ["--joint_epochs=20", "--finetune_epochs=20", "--
 flags.DEFINE_string("run", None, "Folder of the hsd_tf run under --workdir (default: CASE_run).")
 flags.DEFINE_list("learning_rates", [], "Learning rates of the cascade to run, one run each (CASE_run_lrRATE); the "
                   "student's validation accuracy chooses among them. Empty: one run at the tool's default.")
+flags.DEFINE_list("seeds", ["0"], "Seeds of the cascade: the first runs every learning rate; the others run the "
+                  "chosen one (CASE_run_lrRATE_sSEED), and the student is reported as the mean over all seeds.")
 FLAGS = flags.FLAGS
 
 
@@ -136,13 +139,17 @@ def main(argv):
     user_accuracy = model.evaluate(test, verbose=0, return_dict=True)["accuracy"]
     print(f"user's model.evaluate on test/: {user_accuracy:.4f}", flush=True)
 
-    rows = [run_hsd(path, folder, learning_rate, user_accuracy) for learning_rate in FLAGS.learning_rates or [None]]
+    first_seed, *other_seeds = (int(seed) for seed in FLAGS.seeds)
+    rows = [run_hsd(path, folder, learning_rate, first_seed, user_accuracy)
+            for learning_rate in FLAGS.learning_rates or [None]]
     chosen = max(rows, key=lambda row: row["student_val"])  # ties: the first; the test split plays no part
     if len(rows) > 1:
         print("learning rate chosen on the student's validation accuracy: "
               + ", ".join(f"{row['learning_rate']}: val {row['student_val']:.4f} test {row['student']:.4f}"
                           for row in rows) + f" -> {chosen['learning_rate']}")
-    print(json.dumps({"chosen": chosen, "rows": rows}))
+    seeded = [chosen] + [run_hsd(path, folder, chosen["learning_rate"], seed, user_accuracy) for seed in other_seeds]
+    print(json.dumps({"chosen": chosen, "rows": rows + seeded[1:]}))
+
     def points(accuracy):
         return f"{round(100 * (accuracy - user_accuracy), 2) + 0.0:+.2f} points"
 
@@ -150,15 +157,19 @@ def main(argv):
           f"({points(chosen['hsd_teacher'])}); student {chosen['student']:.4f} "
           f"({points(chosen['student'])}) at {chosen['student_macs_fraction']:.3f} "
           f"of the MACs; {chosen['hsd_seconds']} s")
+    if other_seeds:
+        students = np.array([row["student"] for row in seeded])
+        print(f"student over seeds {', '.join(FLAGS.seeds)}: " + ", ".join(f"{s:.4f}" for s in students)
+              + f"; mean {students.mean():.4f} +- {students.std(ddof=1):.4f} ({points(students.mean())})")
 
 
-def run_hsd(path: str, folder: str, learning_rate, user_accuracy: float) -> dict:
-    """One hsd_tf run of the user's model on the folder (at `learning_rate`, or the tool's default); its row."""
-    suffix = f"_lr{learning_rate}" if learning_rate else ""
+def run_hsd(path: str, folder: str, learning_rate, seed: int, user_accuracy: float) -> dict:
+    """One hsd_tf run of the user's model on the folder at `learning_rate` (None: the tool's default) and `seed`."""
+    suffix = (f"_lr{learning_rate}" if learning_rate else "") + (f"_s{seed}" if seed else "")
     model_dir = os.path.join(FLAGS.workdir, (FLAGS.run or f"{FLAGS.case}_run") + suffix)
     command = [sys.executable, os.path.join(ROOT, "main.py"), f"--arch={path}", f"--teacher={path}",
                f"--dataset=folder:{folder}", "--prune_ratio=0.6", "--num_ta=2", f"--model_dir={model_dir}",
-               *FLAGS.hsd_flags] + ([f"--learning_rate={learning_rate}"] if learning_rate else [])
+               f"--seed={seed}", *FLAGS.hsd_flags] + ([f"--learning_rate={learning_rate}"] if learning_rate else [])
     print("$", " ".join(command[1:]), flush=True)
     start = time.time()
     run = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
@@ -171,10 +182,11 @@ def run_hsd(path: str, folder: str, learning_rate, user_accuracy: float) -> dict
     with open(os.path.join(model_dir, "results.json")) as f:
         results = json.load(f)
     student = results["views"][0]
-    return {"case": FLAGS.case, "learning_rate": learning_rate, "user_evaluate": user_accuracy,
+    return {"case": FLAGS.case, "learning_rate": learning_rate, "seed": seed, "user_evaluate": user_accuracy,
             "hsd_teacher": results["teacher"]["accuracy"], "student": student["accuracy"],
             "student_val": student["val_accuracy"], "student_macs_fraction": student["macs_fraction"],
             "chosen": chosen, "hsd_seconds": round(seconds)}
+
 
 if __name__ == "__main__":
     app.run(main)
