@@ -194,6 +194,11 @@ def _run(config) -> int:
         sys.exit(1)
     print(_summary(results))
     print(_where(config, results))
+    from hsd_tf.compare import advice  # pylint: disable=import-outside-toplevel
+
+    note = advice(results)
+    if note:
+        print(note)
     return 0
 
 

@@ -8,7 +8,8 @@ each exports its student. They share one teacher: `--teacher`, or one trained
 here once (`<model_dir>/teacher`). The comparison is written as compare.json
 (every run's results), compare.md (the table the console ends with) and
 compare.png (test accuracy against MACs; every view of the cascade is a point of
-the same plot, since one cascade run trains a family of models).
+the same plot, since one cascade run trains a family of models). `advice` is the
+line a cascade run ends with when its student lost much accuracy: the cue to compare.
 """
 
 import dataclasses
@@ -66,6 +67,31 @@ def compare(config: Config) -> Comparison:
         f.write(table)
     plot(runs, os.path.join(config.model_dir, "compare.png"), f"{config.arch} on {config.dataset}, {budget(config)}")
     return Comparison(runs, table, failures)
+
+
+# Validation accuracy the cascade's student may lose against its teacher before a run suggests --mode=compare.
+ADVICE_LOSS = 0.02
+
+
+def advice(results: dict) -> str:
+    """A line pointing to --mode=compare when the cascade's student lost much validation accuracy; else ''.
+
+    At 0.10 of the MACs the cascade's students measured below l1 pruning and scratch training on digits and
+    Fashion-MNIST (docs/teaching_assistants.md), so a large loss is when a user should measure the alternatives
+    before shipping. Validation accuracy, not test: the run held it out for decisions like this one.
+
+    Args:
+        results: A run's results.json content.
+
+    Returns:
+        The line, or '' for another method, a run without a validation split, or a smaller loss.
+    """
+    teacher_val, student_val = results["teacher"].get("val_accuracy"), results["views"][0].get("val_accuracy")
+    if results["method"] != "hsd" or teacher_val is None or teacher_val - student_val <= ADVICE_LOSS:
+        return ""
+    return (f"Note: the student is {100 * (teacher_val - student_val):.1f} points below the teacher on the validation "
+            "split. At small budgets l1 pruning and scratch training have done better than the cascade "
+            "(docs/teaching_assistants.md): --mode=compare trains them at the same MACs from this teacher.")
 
 
 DESCRIPTIONS = {

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from hsd_tf import compare
 from testing import run_main
 
 TINY_COMPARE = ["--dataset=digits", "--arch=vgg16", "--width_multiplier=0.0625", "--num_ta=1", "--batch_size=128",
@@ -91,3 +92,17 @@ def test_a_baseline_trains_another_runs_student_channels_with_masks_from(compare
     assert (student["macs"], student["params"], student["filters_kept"]) == (hsd["macs"], hsd["params"],
                                                                             hsd["filters_kept"])
     assert student["prune_ratio"] == pytest.approx(1 - hsd["filters_kept"] / hsd["filters_total"], abs=1e-4)
+
+
+def _results(method, teacher_val, student_val):
+    return {"method": method, "teacher": {"val_accuracy": teacher_val} if teacher_val is not None else {},
+            "views": [{"name": "student"} | ({"val_accuracy": student_val} if student_val is not None else {})]}
+
+
+def test_a_cascade_student_far_below_its_teacher_on_validation_points_to_compare():
+    note = compare.advice(_results("hsd", 0.9792, 0.7222))
+    assert note.startswith("Note: the student is 25.7 points below the teacher") and "--mode=compare" in note
+    assert compare.advice(_results("hsd", 0.90, 0.90 - compare.ADVICE_LOSS + 1e-6)) == ""
+    assert compare.advice(_results("hsd", 0.90, 0.95)) == ""  # above its teacher
+    assert compare.advice(_results("l1", 0.9792, 0.7222)) == ""  # a baseline is what compare would train
+    assert compare.advice(_results("hsd", None, None)) == ""  # --val_fraction=0: nothing held out to judge on

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from hsd_tf import compare
 from testing import ROOT, TINY, run_main
 
 
@@ -90,6 +91,7 @@ def test_end_to_end_then_resume_only_reports(tmp_path):
     assert exports["tflite"]["agreement"] >= 0.99
     assert os.path.getsize(exports["tflite"]["path"]) == exports["tflite"]["bytes"] > 0
     assert "student" in result.stdout and "tflite acc" in result.stdout and "min layer" in result.stdout
+    assert ("--mode=compare" in result.stdout) == bool(compare.advice(results))
     checkpoints = {p: os.path.getmtime(os.path.join(model_dir, p, "cascade.weights.h5"))
                    for p in ("joint", "frozen", "finetune")}
 
