@@ -61,9 +61,10 @@ _HELP = {
                      "([0, 1]), symmetric or tf ([-1, 1]), caffe, torch (keras.applications' conventions); auto: "
                      "with a trained --teacher, the one under which it scores best on the validation split "
                      "(printed), else the dataset's own normalisation.",
-    "augment": "Training augmentation: flip_crop (flips and shifted crops), crop (no flips: digits, text, medical "
-               "images), none; auto: the dataset's own (no flips on digits), and with a trained --teacher, flips only if its "
-               "validation accuracy holds on mirrored images (printed).",
+    "augment": "Training augmentation: flip_crop (flips and shifted crops), flip, crop (no flips: digits, text, "
+               "medical images), none; auto: the dataset's own (no flips on digits), and with a trained --teacher, "
+               "flips and crops each only if its validation accuracy holds on mirrored and on shifted images "
+               "(printed).",
     "custom_objects": "Modules (or .py files) that define the custom layers of a --arch/--teacher .keras file; "
                       "imported before it is loaded (keras_hub, for keras_hub models).",
     "data_dir": "tfds data directory; for imagenet2012, the folder holding the ILSVRC2012 archives.",

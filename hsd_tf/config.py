@@ -29,7 +29,7 @@ FINAL_CHECKPOINTS = {"hsd": ("finetune", "cascade.weights.h5"), "l1": ("finetune
                      "scratch": ("scratch", "student.weights.h5")}
 # `hsd_tf.data`'s choices, repeated here so that judging the settings loads no TensorFlow (tested to agree).
 PREPROCESSINGS = ("auto", "raw", "unit", "symmetric", "caffe", "torch", "tf")
-AUGMENTATIONS = ("auto", "flip_crop", "crop", "none")
+AUGMENTATIONS = ("auto", "flip_crop", "flip", "crop", "none")
 
 
 class ConfigError(ValueError):

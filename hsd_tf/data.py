@@ -66,7 +66,10 @@ class Data:
         train_examples_ds: Un-augmented training examples (use `train_from`).
         val: Held-out training examples, evaluation pipeline (None if
             val_fraction is 0).
+        val_examples_ds: The examples of `val`, as `train_examples_ds` gives
+            them (`augment` applies to them); None where `val` is.
         test: Test split, evaluation pipeline.
+        test_examples_ds: The examples of `test`, as `val_examples_ds`.
         num_classes: Number of labels.
         input_shape: (height, width, channels).
         train_examples: Examples in `train` per epoch before batching.
@@ -79,7 +82,9 @@ class Data:
     name: str
     train_examples_ds: tf.data.Dataset
     val: Optional[tf.data.Dataset]
+    val_examples_ds: Optional[tf.data.Dataset]
     test: tf.data.Dataset
+    test_examples_ds: tf.data.Dataset
     num_classes: int
     input_shape: Tuple[int, int, int]
     train_examples: int
@@ -197,8 +202,8 @@ def load(
             CIFAR and Fashion-MNIST, [-1, 1] on digits and folders, Keras' caffe
             on ImageNet); the others are the conventions models are trained with.
         augment: "auto" (the dataset's own: flips and crops, no flips on digits),
-            "flip_crop", "crop" or "none". (A run with a given teacher turns
-            "auto" into "crop" for a teacher that tells mirrored images apart.)
+            "flip_crop", "flip", "crop" or "none". (A run with a given teacher
+            turns "auto" into what the teacher is indifferent to.)
         model_shape: The model's input shape: a folder's images are read at its
             size and channels (`describe`).
 
@@ -237,7 +242,9 @@ def load(
         name=name,
         train_examples_ds=train,
         val=evaluation(val[0]) if val is not None else None,
+        val_examples_ds=val[0] if val is not None else None,
         test=evaluation(test[0]),
+        test_examples_ds=test[0],
         num_classes=num_classes,
         input_shape=shape,
         train_examples=train_examples,
@@ -303,13 +310,15 @@ def from_datasets(train, validation, test=None, batch_size: int = 128, input_sha
         raise DatasetError(f"batch_size is larger than the {train_examples} training examples. "
                            f"Received: batch_size={batch_size}")
 
-    def evaluation(source, what):
-        return examples(source, what).batch(eval_batch_size or batch_size).cache().prefetch(AUTOTUNE)
+    def evaluation(examples_ds):
+        return examples_ds.batch(eval_batch_size or batch_size).cache().prefetch(AUTOTUNE)
 
-    val = evaluation(validation, "validation")
+    val_examples = examples(validation, "validation")
+    test_examples = examples(test, "test") if test is not None else val_examples
+    val = evaluation(val_examples)
     return Data(
-        name="custom", train_examples_ds=train_ds, val=val,
-        test=evaluation(test, "test") if test is not None else val,
+        name="custom", train_examples_ds=train_ds, val=val, val_examples_ds=val_examples,
+        test=evaluation(test_examples) if test is not None else val, test_examples_ds=test_examples,
         num_classes=num_classes, input_shape=shape, train_examples=train_examples,
         steps_per_epoch=train_examples // batch_size, batch_size=batch_size, seed=seed,
         augment=lambda image, label, _: (image, label),
@@ -563,7 +572,7 @@ def _folder(path, val_fraction, shape, seed):
 
 
 PREPROCESSINGS = ("auto", "raw", "unit", "symmetric", "caffe", "torch", "tf")
-AUGMENTATIONS = ("auto", "flip_crop", "crop", "none")
+AUGMENTATIONS = ("auto", "flip_crop", "flip", "crop", "none")
 TORCH_MEAN, TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -613,8 +622,8 @@ def _preprocessors(name, shape, preprocessing="auto", augment="auto"):
     if name == "imagenet2012":
         to_unit = lambda image: tf.cast(image, tf.float32) / 255.0  # noqa: E731
         normalize = _caffe_unit if preprocessing == "auto" else convention(preprocessing, channels)
-        train = _imagenet_train(normalize, flip=augment == "flip_crop" or (augment == "auto" and flips(name)),
-                                crop=augment != "none")
+        train = _imagenet_train(normalize, flip=augment in ("flip_crop", "flip") or (augment == "auto" and flips(name)),
+                                crop=augment in ("auto", "flip_crop", "crop"))
         return train, lambda image, label: (normalize(_imagenet_center(to_unit(image))), label)
     if name in CIFAR_STATS:
         mean, std = CIFAR_STATS[name]
@@ -634,7 +643,7 @@ def _preprocessors(name, shape, preprocessing="auto", augment="auto"):
         pad = max(1, min(height, width) // 8)
     flip = flips(name)
     if augment != "auto":
-        flip, pad = augment == "flip_crop", pad if augment != "none" else 0
+        flip, pad = augment in ("flip_crop", "flip"), pad if augment in ("flip_crop", "crop") else 0
     if preprocessing == "auto":
         mean, std = tf.constant(mean, tf.float32), tf.constant(std, tf.float32)
         normalize = lambda image: (image - mean) / std  # noqa: E731

@@ -64,8 +64,8 @@ def test_a_teacher_that_tells_mirrored_images_apart_gets_no_flips(tmp_path, caps
                     preprocessing="symmetric")
     chosen = training._chosen_for_teacher(config, model, training.load_data(config, (8, 8, 3)))  # pylint: disable=protected-access
     assert capsys.readouterr().out.strip() == (
-        "Augmentation: crop: the teacher's validation accuracy is 1.0000, 0.0000 on mirrored images; "
-        "--augment=NAME chooses one.")
+        "Augmentation: crop: the teacher's validation accuracy is 1.0000, 0.0000 on mirrored images, 1.0000 on "
+        "shifted crops; --augment=NAME chooses one.")
     labels = set()
     for example in chosen.train_examples_ds:
         for seed in range(3):  # shifted by at most a pixel, never mirrored: the bright half stays on its side
@@ -74,3 +74,33 @@ def test_a_teacher_that_tells_mirrored_images_apart_gets_no_flips(tmp_path, caps
             assert (left < right) == bool(label.numpy())
             labels.add(int(label.numpy()))
     assert labels == {0, 1}
+
+
+def test_a_teacher_that_was_not_trained_on_shifts_gets_no_crops(tmp_path, capsys):
+    """A teacher that reads one edge of the image: a shifted crop puts padding there and it misreads the image."""
+    _folder(str(tmp_path))
+    x = keras.Input((8, 8, 3))
+    edge = keras.layers.Conv2D(1, 8, name="edge")(x)  # one 8x8 filter that sees only the leftmost column
+    model = keras.Model(x, keras.layers.Dense(2, name="logits")(keras.layers.Flatten()(edge)))
+    leftmost = np.zeros((8, 8, 3, 1), np.float32)
+    leftmost[:, 0] = 1.0
+    model.get_layer("edge").set_weights([leftmost, np.zeros(1, np.float32)])
+    model.get_layer("logits").set_weights([np.array([[-1.0, 1.0]], np.float32), np.zeros(2, np.float32)])
+    config = Config(dataset=f"folder:{tmp_path}", arch="unused", teacher="given", batch_size=8, verbose=1,
+                    preprocessing="symmetric")
+    chosen = training._chosen_for_teacher(config, model, training.load_data(config, (8, 8, 3)))  # pylint: disable=protected-access
+    printed = capsys.readouterr().out.strip()
+    # Bright images whose left column became black padding (-1) read as dark; mirrored ones keep a bright edge.
+    assert printed.startswith("Augmentation: flip: the teacher's validation accuracy is 1.0000, 1.0000 on mirrored "
+                              "images, 0.")
+    assert printed.endswith(" on shifted crops; --augment=NAME chooses one.")
+    assert float(printed.split(", ")[-1].split()[0]) < 1.0 - training.SHIFT_TOLERANCE
+    mirrored = 0
+    for image, label in chosen.train_examples_ds:
+        expected = image.numpy() * 2.0 - 1.0
+        for seed in range(3):  # the image or its mirror, never shifted
+            augmented = chosen.augment(image, label, tf.constant([seed, 0], tf.int64))[0].numpy()
+            is_mirror = np.allclose(augmented, expected[:, ::-1])
+            assert is_mirror or np.allclose(augmented, expected)
+            mirrored += is_mirror
+    assert mirrored > 0
