@@ -384,19 +384,24 @@ def _chosen_for_teacher(config: Config, teacher: keras.Model, data):
     """
     preprocessing, augment = config.preprocessing, config.augment
     validation = lambda candidate: candidate.val if candidate.val is not None else candidate.test  # noqa: E731
-    candidates, accuracies = {preprocessing: data}, {}  # each convention's data, loaded and measured once
+    loaded, accuracies = {(preprocessing, augment): data}, {}  # each (convention, augmentation) loaded once
+
+    def data_for(candidate_preprocessing, candidate_augment=config.augment):
+        key = (candidate_preprocessing, candidate_augment)
+        if key not in loaded:
+            loaded[key] = load_data(config, data.input_shape, *key)
+        return loaded[key]
+
     if preprocessing == "auto":
         for candidate_name in CANDIDATE_PREPROCESSINGS:
-            if candidate_name not in candidates:
-                candidates[candidate_name] = load_data(config, data.input_shape, candidate_name)
-            accuracies[candidate_name] = teacher_lib.accuracy(teacher, validation(candidates[candidate_name]))
+            accuracies[candidate_name] = teacher_lib.accuracy(teacher, validation(data_for(candidate_name)))
         preprocessing = max(accuracies, key=accuracies.get)  # ties: the earlier in CANDIDATE_PREPROCESSINGS
         if config.verbose:
             listed = ", ".join(f"{name} {accuracy:.4f}" for name, accuracy in accuracies.items())
             print(f"Preprocessing: {preprocessing}, under which the teacher scores best on the validation split "
                   f"({listed}); --preprocessing=NAME chooses one.", flush=True)
-    chosen = candidates[preprocessing]
     if augment == "auto":
+        chosen = data_for(preprocessing)
         accuracy = accuracies.get(preprocessing)
         if accuracy is None:
             accuracy = teacher_lib.accuracy(teacher, validation(chosen))
@@ -406,29 +411,28 @@ def _chosen_for_teacher(config: Config, teacher: keras.Model, data):
             flip = mirrored >= accuracy - FLIP_TOLERANCE
             probes.append(f"{mirrored:.4f} on mirrored images")
         if config.dataset != "imagenet2012":
-            shifted = teacher_lib.accuracy(teacher, _shifted_validation(config, chosen, preprocessing))
+            shifted = teacher_lib.accuracy(teacher, _shifted_validation(data_for(preprocessing, "crop"),
+                                                                        config.batch_size))
             crop = shifted >= accuracy - SHIFT_TOLERANCE
             probes.append(f"{shifted:.4f} on shifted crops")
         augment = {(True, True): "flip_crop", (True, False): "flip", (False, True): "crop"}.get((flip, crop), "none")
         if config.verbose:
             print(f"Augmentation: {augment}: the teacher's validation accuracy is {accuracy:.4f}, "
                   f"{', '.join(probes)}; --augment=NAME chooses one.", flush=True)
-    if augment == config.augment:
-        return chosen
-    return load_data(config, data.input_shape, preprocessing, augment)
+    return data_for(preprocessing, augment)
 
 
 def _mirrored(images, labels):
     return tf.image.flip_left_right(images), labels
 
 
-def _shifted_validation(config: Config, data, preprocessing: str):
-    """The validation split (else the test split) as shifted crops would train on it: each image once, seeded."""
-    cropping = load_data(config, data.input_shape, preprocessing, "crop")
+def _shifted_validation(cropping, batch_size: int):
+    """The validation split (else the test split) of `cropping`, a `Data` whose training transform is shifted
+    crops, as that transform would train on it: each image once, seeded."""
     examples = cropping.val_examples_ds if cropping.val is not None else cropping.test_examples_ds
     return examples.enumerate().map(
         lambda i, example: cropping.augment(*example, tf.stack([tf.constant(SHIFT_PROBE_SEED, tf.int64), i])),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(config.batch_size)
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)
 
 
 # A teacher trained on flips loses well under a point on mirrored images; one that was not loses many.
