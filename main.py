@@ -33,8 +33,10 @@ _HELP = {
               "joint + frozen + finetune epochs; scratch: l1's architecture from random weights, trained with the "
               "teacher's recipe for as many epochs.",
     "compare_methods": "The methods --mode=compare trains, each in <model_dir>/<method>.",
-    "dataset": "cifar10, cifar100, imagenet2012 (tfds), digits (offline, bundled with scikit-learn) "
-               "or folder:PATH (PATH/train/<class>/*, PATH/test/<class>/*).",
+    "dataset": "cifar10, cifar100, imagenet2012 (tfds), digits (offline, bundled with scikit-learn), "
+               "folder:PATH (PATH/train/<class>/*, PATH/test/<class>/*), or py:FILE.py (or py:module) whose "
+               "datasets() returns (train, validation, test) tf.data.Datasets of (inputs, targets) in your "
+               "model's structure: any task, with --arch=PATH.keras compiled with its loss and metrics.",
     "arch": "vgg16, resnet50 or mobilenet_v1 (built here); keras.applications.NAME (weights=None, built for the "
             "dataset); or PATH.keras, your own functional or Sequential model (add --teacher=PATH.keras if it is "
             "already trained).",
@@ -115,6 +117,9 @@ _HELP = {
                 "model_dir on storage every worker sees), tpu (TPU_NAME, or the local TPU VM).",
     "mixed_precision": "float32, or bfloat16 / float16 compute with float32 variables, logits and losses "
                        "(float16 adds dynamic loss scaling).",
+    "metric_direction": "Whether a higher or a lower primary metric (the model's first compiled metric) is better: "
+                        "it drives the teacher ladder and the comparison. auto: the metric's own (Keras' built-in "
+                        "metrics know theirs); a metric that does not say is refused in one line.",
 }
 
 
@@ -216,16 +221,25 @@ def _compare(config) -> int:
 
 
 def _summary(results) -> str:
-    """One line per model: costs, fewest filters kept by a layer, test accuracy, exported float32 TFLite accuracy."""
-    lines = [f"{'model':<10} {'prune':>6} {'params':>12} {'MACs':>14} {'min layer':>9} {'accuracy':>9} "
-             f"{'tflite acc':>11}"]
+    """One line per model: costs, fewest filters kept by a layer, the primary metric on the test split (accuracy for
+    a classifier) and the exported float32 TFLite file's."""
+    name = results.get("primary_metric", {}).get("name", "accuracy")
+    column, tflite_column = ("accuracy", "tflite acc") if name in ("accuracy", "acc") else (name[:14], "tflite")
+    width = max(9, len(column))
+    lines = [f"{'model':<10} {'prune':>6} {'params':>12} {'MACs':>14} {'min layer':>9} {column:>{width}} "
+             f"{tflite_column:>11}"]
     for entry in [dict(results["teacher"], name="teacher", prune_ratio=0.0)] + results["views"]:
         tflite = entry.get("exports", {}).get("tflite", {})
-        shown = "failed" if "error" in tflite else format(tflite["accuracy"], ".4f") if tflite else ""
+        shown = "failed" if "error" in tflite else format(_metric(tflite), ".4f") if tflite else ""
         fewest = entry.get("fewest_layer_filters", "")
         lines.append(f"{entry['name']:<10} {entry['prune_ratio']:>6.3f} {entry['params']:>12,} {entry['macs']:>14,} "
-                     f"{fewest:>9} {entry['accuracy']:>9.4f} {shown:>11}")
+                     f"{fewest:>9} {_metric(entry):>{width}.4f} {shown:>11}")
     return "\n".join(lines)
+
+
+def _metric(entry) -> float:
+    """An entry's primary metric: `metric`, or `accuracy` in results written before there were others."""
+    return entry["metric"] if "metric" in entry else entry["accuracy"]
 
 
 def _where(config, results) -> str:
@@ -246,11 +260,12 @@ def _profile(config):
     """The dry run: costs, mask groups and per-view layers of --arch, with no training."""
     from hsd_tf import costs, graph, masks, training  # pylint: disable=import-outside-toplevel
 
-    model_trace = training.check_model(config)
-    input_shape, num_classes = model_trace.input_shapes[0], int(model_trace.model.outputs[0].shape[-1])
+    subject = training.prepare(config)
+    model_trace = subject.trace
+    shapes = ", ".join("x".join(map(str, shape)) for shape in model_trace.input_shapes)
     report = costs.count(model_trace)
-    print(f"{config.arch} on {config.dataset} ({'x'.join(map(str, input_shape))}, {num_classes} classes, "
-          f"width x{config.width_multiplier})")
+    print(f"{config.arch} on {config.dataset} ({shapes}, width x{config.width_multiplier})")
+    print(subject.task.describe())
     print(costs.format_table(report))
     print(graph.describe(model_trace))
     names = ["student"] + [f"ta{i}" for i in range(1, config.num_ta + 1)]

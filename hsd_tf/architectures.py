@@ -10,7 +10,8 @@
 Every model is then traced (`hsd_tf.graph`) the same way: the built-in
 families are ordinary Keras models, with the Keras applications layer names
 (`conv2_block1_1_conv`, `conv2_block1_1_bn`, ...) so weights move between them by name.
-The cascade trains on logits: a final softmax is dropped (the argmax is unchanged).
+The cascade trains on logits: a final softmax or sigmoid is taken off for training and put back on the exported
+student (`without_final_activations`).
 """
 
 import functools
@@ -25,6 +26,8 @@ from typing import Optional, Sequence
 
 import keras
 import tensorflow as tf
+
+from hsd_tf import flatten as flatten_lib
 
 APPLICATIONS_PREFIX = "keras.applications."
 
@@ -190,13 +193,14 @@ def check_name(name: str) -> None:
                      f"PATH.keras saved model. Received: arch={name!r}")
 
 
-def get(name: str, input_shape, num_classes: int, width_multiplier: float = 1.0) -> keras.Model:
+def get(name: str, input_shape, num_classes: Optional[int], width_multiplier: float = 1.0) -> keras.Model:
     """Builds (or loads) the full-width model of `--arch`.
 
     Args:
         name: A built-in family, `keras.applications.NAME` or a `.keras` path.
-        input_shape: (height, width, channels) of the dataset.
-        num_classes: The dataset's classes.
+        input_shape: (height, width, channels) of the dataset (one shape per input, for a dataset of several).
+        num_classes: The dataset's classes; None for a dataset of any targets (`--dataset=py:`), which takes a
+            saved model.
         width_multiplier: Scales the built-in families' widths; must be 1 otherwise.
 
     Returns:
@@ -209,6 +213,9 @@ def get(name: str, input_shape, num_classes: int, width_multiplier: float = 1.0)
     check_name(name)
     if not width_multiplier > 0:
         raise ValueError(f"width_multiplier must be positive. Received: width_multiplier={width_multiplier}")
+    if num_classes is None and not name.endswith(".keras"):
+        raise ValueError("a dataset of any targets (--dataset=py:) is pruned with your own model, a .keras file; "
+                         f"the built-in and keras.applications models are image classifiers. Received: arch={name!r}")
     if name in ARCHITECTURES:
         return ARCHITECTURES[name](tuple(input_shape), num_classes, width_multiplier)
     if width_multiplier != 1.0:
@@ -229,8 +236,7 @@ def get(name: str, input_shape, num_classes: int, width_multiplier: float = 1.0)
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = 0.9
         return model
-    model = load_saved(name)
-    return check_fits(without_softmax(model), input_shape, num_classes, name)
+    return check_fits(load_saved(name), input_shape, num_classes, name)
 
 
 class MissingCustomObjectError(ValueError):
@@ -284,6 +290,16 @@ def _input_shape_in_config(path: str):
     return tuple(shape[1:]) if shape else None
 
 
+def compile_config(path: str) -> Optional[dict]:
+    """What a `.keras` file's model was compiled with (its loss, loss weights and metrics, serialized), read
+    without loading the model; None for a model saved uncompiled."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read("config.json")).get("compile_config") or None
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+
+
 def import_custom_objects(modules: Sequence[str]) -> None:
     """Imports the modules (or .py files) of `--custom_objects`, and registers every Keras layer class they define,
     so that a `.keras` file using them loads.
@@ -309,44 +325,25 @@ def import_custom_objects(modules: Sequence[str]) -> None:
              if isinstance(value, type) and issubclass(value, keras.layers.Layer)})
 
 
-WHAT_HSD_PRUNES = "hsd_tf prunes image classifiers: one image input (height, width, channels), class logits out"
-
-
-def check_classifier(model: keras.Model) -> None:
-    """Raises ValueError, in one line that says what hsd_tf prunes and what it found, unless `model` is one.
-
-    Two-input models, sequence models (Conv1D), segmentation maps and
-    autoencoders are outside the method: they are refused before anything
-    trains, rather than failing in the middle of a run.
-    """
-    inputs = [tuple(x.shape[1:]) for x in model.inputs]
-    outputs = [tuple(x.shape[1:]) for x in model.outputs]
-    if len(inputs) != 1:
-        found = f"{len(inputs)} inputs, of shapes {', '.join(map(str, inputs))}"
-    elif len(inputs[0]) != 3:
-        found = f"an input of shape {inputs[0]}, not an image"
-    elif len(outputs) != 1:
-        found = f"{len(outputs)} outputs, of shapes {', '.join(map(str, outputs))}"
-    elif len(outputs[0]) != 1:
-        found = f"an output of shape {outputs[0]}, not one logit per class (a segmentation map or an image?)"
-    else:
-        return
-    raise ValueError(f"{WHAT_HSD_PRUNES}; the model {model.name!r} has {found}")
-
-
-def check_fits(model: keras.Model, input_shape, num_classes: int, name: str) -> keras.Model:
-    """Returns `model` if it is an image classifier (`check_classifier`) that reads images of `input_shape` and has
-    `num_classes` outputs, else raises ValueError."""
-    if getattr(model, "inputs", None):
-        try:
-            check_classifier(model)
-        except ValueError as error:
-            raise ValueError(f"{error}. Received: arch={name!r}") from None
-    expected = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
-    if expected is None or len(expected) != len(input_shape) or any(
-            e is not None and e != d for e, d in zip(expected, input_shape)):
-        raise ValueError(f"The model reads inputs of shape {expected}, the dataset's images have shape "
-                         f"{tuple(input_shape)}. Received: arch={name!r}")
+def check_fits(model: keras.Model, input_shape, num_classes: Optional[int], name: str) -> keras.Model:
+    """Returns `model` if it reads inputs of `input_shape` and, for a dataset of `num_classes` classes (None: a
+    dataset of any targets, checked against the model's task), has one output of as many class scores; else
+    raises ValueError."""
+    inputs = getattr(model, "inputs", None) or [None]
+    for x, shape in zip(inputs, flatten_lib.per_input(input_shape, len(inputs))):
+        expected = tuple(x.shape[1:]) if x is not None else None
+        if shape is None:
+            continue
+        if expected is None or len(expected) != len(shape) or any(
+                e is not None and e != d for e, d in zip(expected, shape)):
+            raise ValueError(f"The model reads inputs of shape {expected}, the dataset's inputs have shape "
+                             f"{tuple(shape)}. Received: arch={name!r}")
+    if num_classes is None:
+        return model
+    if len(model.outputs) != 1 or len(model.outputs[0].shape) != 2:
+        shapes = ", ".join(str(tuple(x.shape[1:])) for x in model.outputs)
+        raise ValueError(f"The dataset is an image classification one; the model gives {shapes}, not one score per "
+                         f"class (a model of another task takes --dataset=py:FILE.py). Received: arch={name!r}")
     outputs = model.outputs[0].shape[-1]
     if outputs != num_classes:
         raise ValueError(f"The model has {outputs} outputs, the dataset {num_classes} classes. "
@@ -354,23 +351,54 @@ def check_fits(model: keras.Model, input_shape, num_classes: int, name: str) -> 
     return model
 
 
-def without_softmax(model: keras.Model) -> keras.Model:
-    """`model` with a final softmax removed (the cascade's losses take logits); unchanged if it has none, or if it
-    is subclassed (its layers are no graph to edit)."""
-    if not isinstance(model, keras.Sequential) and not hasattr(model, "_nodes_by_depth"):
-        return model
-    last = model.layers[-1] if model.layers else None
-    softmax = keras.activations.get("softmax")
-    if isinstance(last, keras.layers.Softmax) or (getattr(last, "activation", None) is softmax):
+def without_final_activations(model: keras.Model):
+    """`model` with the softmax or sigmoid that ends each output taken off, and what was taken off.
 
+    The cascade's losses work on logits (`hsd_tf.task`); the exported student
+    gets the activations back (`hsd_tf.slimming.with_final_activations`). A
+    softmax over another axis than the last, or a subclassed model (its layers
+    are no graph to edit), is left as it is.
+
+    Returns:
+        (the model, or a copy of it with the same weights; one of "softmax", "sigmoid" or None per output).
+    """
+    if not isinstance(model, keras.Sequential) and not hasattr(model, "_nodes_by_depth"):
+        return model, [None] * len(getattr(model, "outputs", None) or [None])
+    ends = [_final_activation(t._keras_history.operation) for t in model.outputs]  # pylint: disable=protected-access
+    if not any(ends):
+        return model, ends
+    built_in = {id(t._keras_history.operation) for t, end in zip(model.outputs, ends)  # pylint: disable=protected-access
+                if end and not isinstance(t._keras_history.operation, (keras.layers.Softmax, keras.layers.Activation))}  # pylint: disable=protected-access
+    if built_in:  # a layer whose own activation ends the model (Dense(..., activation="softmax")): a copy without it
         def clone(layer):
-            if layer is not last:
-                return layer.__class__.from_config(layer.get_config())
-            if isinstance(layer, (keras.layers.Softmax, keras.layers.Activation)):
-                return keras.layers.Identity(name=layer.name)
-            return layer.__class__.from_config({**layer.get_config(), "activation": None})
+            config = layer.get_config()
+            return layer.__class__.from_config({**config, "activation": None} if id(layer) in built_in else config)
 
         copy = keras.models.clone_model(model, clone_function=clone)
         copy.set_weights(model.get_weights())
-        return copy
-    return model
+        model = copy
+    # An activation layer ends an output: the output is its input, the logits (the layers are shared, not trained).
+    def logits(tensor):
+        history = tensor._keras_history  # pylint: disable=protected-access
+        return history.operation._inbound_nodes[history.node_index].input_tensors[0]  # pylint: disable=protected-access
+
+    outputs = [logits(t) if end and isinstance(t._keras_history.operation,  # pylint: disable=protected-access
+                                               (keras.layers.Softmax, keras.layers.Activation))
+               else t for t, end in zip(model.outputs, ends)]
+    structure = getattr(model, "_outputs_struct", None)
+    if isinstance(structure, dict):
+        outputs = dict(zip(sorted(structure), outputs))
+    elif len(outputs) == 1:
+        outputs = outputs[0]
+    return keras.Model(model.inputs if len(model.inputs) > 1 else model.inputs[0], outputs, name=model.name), ends
+
+
+def _final_activation(layer) -> Optional[str]:
+    """"softmax" or "sigmoid" where `layer` ends with one over the last axis, else None."""
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax" if layer.axis in (-1, [-1], (-1,)) else None
+    activation = getattr(layer, "activation", None)
+    for name in ("softmax", "sigmoid"):
+        if activation is keras.activations.get(name):
+            return name
+    return None

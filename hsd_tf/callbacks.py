@@ -12,22 +12,27 @@ from hsd_tf.checkpoints import TrainingError, write_json
 class TeacherLadder(keras.callbacks.Callback):
     """Moves the fine-tuning teacher up one rung once the student beats it.
 
-    After each epoch, if the student's validation accuracy exceeds the current
-    teacher's, the teacher becomes the next rung (T2, ..., TN, then the
+    After each epoch, if the student's validation metric is better than the
+    current teacher's, the teacher becomes the next rung (T2, ..., TN, then the
     pre-trained model). The rung is a model variable, so it is checkpointed
     with the weights and restored on resume.
 
     Args:
         names: Teacher name per rung.
-        accuracies: Validation accuracy per rung.
+        values: Validation value of the primary metric per rung.
         log_path: JSON file that records the switches.
+        monitor: The log key of the student's validation metric.
+        better: `better(value, than)`: whether a value beats another (the metric's direction).
+        metric: The metric's name, for the console.
     """
 
-    def __init__(self, names, accuracies, log_path):
+    def __init__(self, names, values, log_path, monitor="val_student_acc", better=lambda a, b: a > b,
+                 metric="accuracy"):
         super().__init__()
         self.names = list(names)
-        self.accuracies = list(accuracies)
+        self.values = list(values)
         self.log_path = log_path
+        self.monitor, self.better, self.metric = monitor, better, metric
 
     def switches(self) -> list:
         if not os.path.exists(self.log_path):
@@ -40,18 +45,19 @@ class TeacherLadder(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         rung = self.model.ladder_rung_value
-        accuracy = (logs or {}).get("val_student_acc")
-        if accuracy is None or rung + 1 >= len(self.names) or accuracy <= self.accuracies[rung]:
+        value = (logs or {}).get(self.monitor)
+        if value is None or rung + 1 >= len(self.names) or not self.better(value, self.values[rung]):
             return
         self.model.set_ladder_rung(rung + 1)
         switches = [s for s in self.switches() if s["epoch"] < epoch + 1]
         switches.append({
             "epoch": epoch + 1, "from": self.names[rung], "to": self.names[rung + 1],
-            "student_val_accuracy": float(accuracy), "teacher_val_accuracy": self.accuracies[rung],
+            "student_val_metric": float(value), "teacher_val_metric": self.values[rung],
         })
         write_json(self.log_path, switches)
-        print(f"\nTeacher ladder: student val accuracy {accuracy:.4f} > {self.names[rung]}'s "
-              f"{self.accuracies[rung]:.4f}; now taught by {self.names[rung + 1]}.")
+        relation = ">" if value > self.values[rung] else "<"
+        print(f"\nTeacher ladder: student val {self.metric} {value:.4f} {relation} {self.names[rung]}'s "
+              f"{self.values[rung]:.4f}; now taught by {self.names[rung + 1]}.")
 
 
 class MaskChangeLog(keras.callbacks.Callback):

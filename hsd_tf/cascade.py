@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from hsd_tf import costs, flatten, graph, losses, masks
+from hsd_tf import task as task_lib
 from hsd_tf.ratios import validate_macs_fractions, validate_prune_ratios
 
 PHASES = ("joint", "frozen", "finetune")
@@ -145,7 +146,7 @@ class Cascade(keras.Model):
 
     Args:
         model: The full-width functional or Sequential Keras model (or its
-            serialized config), from images to logits. It is cloned, never changed.
+            serialized config), from its inputs to logits. It is cloned, never changed.
         prune_ratios: Student first, strictly decreasing; with assistants the
             last is 0 (TN keeps every filter).
         macs_fractions: Instead of prune_ratios: each view's budget as a
@@ -172,6 +173,9 @@ class Cascade(keras.Model):
         saliency: How channels rank under `macs_fractions`: "score" (the
             paper's raw scores) or "per_mac" (scores against each channel's
             MACs, `masks.per_mac`).
+        task: The model's `hsd_tf.task.Task`: its own loss, the distillation
+            of its outputs and its metrics. Default: a classifier's
+            cross-entropy, KD and accuracy.
 
     Raises:
         graph.UnsupportedLayerError: A layer the tracer cannot follow.
@@ -194,6 +198,7 @@ class Cascade(keras.Model):
         round_to: int = 1,
         input_shape: Optional[Sequence[int]] = None,
         saliency: str = "score",
+        task: Optional[task_lib.Task] = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -256,8 +261,11 @@ class Cascade(keras.Model):
         object.__setattr__(self, "teacher", teacher)
         if teacher is not None:
             teacher_trace = (trace if teacher is model
-                             else graph.trace(teacher, unpruned_layers, trace.input_shapes[0]))
+                             else graph.trace(teacher, unpruned_layers, trace.input_shapes))
             object.__setattr__(self, "teacher_trace", teacher_trace)
+        if task is None:
+            task = task_lib.from_model(trace.model, [None] * len(trace.output_keys), task_lib.default_target_spec())
+        object.__setattr__(self, "task", task)
         # The teacher ladder of fine-tuning: its position is state to resume.
         self.ladder_rung = self.add_weight(
             shape=(), initializer="zeros", dtype="int32", trainable=False, name="ladder_rung"
@@ -266,47 +274,48 @@ class Cascade(keras.Model):
         self._trackers = {}
         for name in self.view_names:
             for key, metric in (
-                ("loss", keras.metrics.Mean), ("acc", keras.metrics.SparseCategoricalAccuracy),
-                ("kept", keras.metrics.Mean), ("ce", keras.metrics.Mean), ("kd", keras.metrics.Mean),
-                ("hint", keras.metrics.Mean), ("changes", keras.metrics.Sum),
+                ("loss", keras.metrics.Mean), ("kept", keras.metrics.Mean), ("ce", keras.metrics.Mean),
+                ("kd", keras.metrics.Mean), ("hint", keras.metrics.Mean), ("changes", keras.metrics.Sum),
             ):
                 self._trackers[f"{name}_{key}"] = metric(name=f"{name}_{key}")
         self._trackers["loss"] = keras.metrics.Mean(name="loss")
+        # The task's compiled metrics, one set per view, built now (in the strategy's scope, outside any step).
+        self._view_metrics = {name: task.built_metrics() for name in self.view_names}
 
-        dummy = tf.zeros((1,) + tuple(trace.input_shapes[0]))
+        dummy = [tf.zeros((1,) + tuple(shape), dtype) for shape, dtype in zip(trace.input_shapes, trace.input_dtypes)]
         for i in range(len(self.views)):
             self.view_forward(i, dummy, training=False)
         self.built = True
 
     # ----------------------------------------------------------------- forward
 
-    def view_forward(self, index: int, images, training=False, frozen: Optional[bool] = None, hard_masks=None):
+    def view_forward(self, index: int, inputs, training=False, frozen: Optional[bool] = None, hard_masks=None):
         """Logits and hint features of view `index`.
 
         Args:
             index: 0 for the student, i for TA i.
-            images: Image batch.
+            inputs: A batch: one tensor, or one per model input.
             training: Normalization (and dropout) mode.
             frozen: Use frozen masks; defaults to the phase's choice.
             hard_masks: The view's 0/1 masks, if already computed; else computed now from its scores.
 
         Returns:
-            (float32 logits, hints).
+            (float32 logits: one tensor, or a list of one per output; hints).
         """
         if frozen is None:
             frozen = self.phase != "joint"
-        outputs, hints = graph.run(self.trace, [images], self.layer_for(index),
+        outputs, hints = graph.run(self.trace, keras.tree.flatten(inputs), self.layer_for(index),
                                    self.views[index].masks(frozen, hard_masks), training)
-        return _float32(outputs[0]), hints
+        return _packed(outputs), hints
 
     def layer_for(self, index: int):
         """Maps a layer of the traced model to view `index`'s: its own stems, normalizations and head, else shared."""
         own = self.views[index].own
         return lambda layer: own.get(layer.name) or self.shared[layer.name]
 
-    def call(self, images, training=False):
+    def call(self, inputs, training=False):
         """The student's logits."""
-        return self.view_forward(0, images, training=training)[0]
+        return self.view_forward(0, inputs, training=training)[0]
 
     # ------------------------------------------------------------------- state
 
@@ -343,7 +352,7 @@ class Cascade(keras.Model):
         for view in self.views:
             view.remember_masks(view.hard_masks(frozen=False, fill=True))
 
-    def recalibrate_batch_norm(self, images_batches, views: Optional[Sequence[int]] = None) -> None:
+    def recalibrate_batch_norm(self, input_batches, views: Optional[Sequence[int]] = None) -> None:
         """Recomputes the views' BatchNorm statistics under their frozen masks.
 
         During joint training the masks move, and each view's moving averages
@@ -355,19 +364,19 @@ class Cascade(keras.Model):
         touched.
 
         Args:
-            images_batches: Iterable of image batches (training images).
+            input_batches: Iterable of input batches (training inputs).
             views: Indices of the views to recalibrate (default: every view).
         """
-        batches = list(images_batches)
+        batches = list(input_batches)
         for index in range(len(self.views)) if views is None else views:
             view = self.views[index]
             norms = [layer for layer in view.own.values() if isinstance(layer, keras.layers.BatchNormalization)]
             momenta = [bn.momentum for bn in norms]
             try:
-                for k, images in enumerate(batches):
+                for k, inputs in enumerate(batches):
                     for bn in norms:  # a running mean over the batches seen so far
                         bn.momentum = k / (k + 1)
-                    self.view_forward(index, images, training=True, frozen=True)
+                    self.view_forward(index, inputs, training=True, frozen=True)
             finally:
                 for bn, momentum in zip(norms, momenta):
                     bn.momentum = momentum
@@ -386,7 +395,7 @@ class Cascade(keras.Model):
             temperature=self.temperature, hint_weight=self.hint_weight,
             max_layer_prune_ratio=self.max_layer_prune_ratio, min_layer_filters=self.min_layer_filters,
             mask_hysteresis=self.mask_hysteresis, unpruned_layers=self.unpruned_layers,
-            macs_fractions=self.macs_fractions, round_to=self.round_to, saliency=self.saliency,
+            macs_fractions=self.macs_fractions, round_to=self.round_to, saliency=self.saliency, task=self.task,
             name=f"{self.name}_snapshot",
         )
         for key, layer in self.shared.items():
@@ -422,16 +431,16 @@ class Cascade(keras.Model):
         """The fine-tuning teacher's rung: 0..N-1 are T1..TN, N the pre-trained teacher."""
         return self._rung
 
-    def ladder_teacher(self, rung: int, images):
+    def ladder_teacher(self, rung: int, inputs):
         """Logits and hints of the fine-tuning teacher at `rung`."""
         if rung < len(self.views) - 1:
-            return self._ladder_forward(rung + 1, images, training=False, frozen=True)
-        return self.teacher_forward(images)
+            return self._ladder_forward(rung + 1, inputs, training=False, frozen=True)
+        return self.teacher_forward(inputs)
 
-    def teacher_forward(self, images):
+    def teacher_forward(self, inputs):
         """The pre-trained teacher's float32 logits and hints."""
-        outputs, hints = graph.run(self.teacher_trace, [images], training=False)
-        return _float32(outputs[0]), hints
+        outputs, hints = graph.run(self.teacher_trace, keras.tree.flatten(inputs), training=False)
+        return _packed(outputs), hints
 
     def hard_masks(self, index: int, frozen: Optional[bool] = None) -> List[np.ndarray]:
         """The 0/1 masks of view `index` as numpy arrays, group order."""
@@ -499,7 +508,7 @@ class Cascade(keras.Model):
 
     @property
     def metrics(self):
-        return list(self._trackers.values())
+        return list(self._trackers.values()) + list(self._view_metrics.values())
 
     def _active_views(self) -> range:
         return range(1) if self.phase == "finetune" else range(len(self.views))
@@ -509,18 +518,18 @@ class Cascade(keras.Model):
         shared = [v for layer in self.shared.values() for v in layer.trainable_variables]
         return shared + [v for i in views for v in self.views[i].weight_variables()]
 
-    def _teacher_outputs(self, index: int, outputs, images):
+    def _teacher_outputs(self, index: int, outputs, inputs):
         """Detached logits and hints of the teacher of view `index`."""
         if self.phase == "finetune":
-            return self.ladder_teacher(self._rung, images)
+            return self.ladder_teacher(self._rung, inputs)
         if index + 1 < len(outputs):
             return outputs[index + 1]
         if self.teacher is None:
             raise ValueError("Training the top view needs the pre-trained teacher; pass teacher=.")
-        return self.teacher_forward(images)
+        return self.teacher_forward(inputs)
 
     def train_step(self, data):
-        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        inputs, targets, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         active = self._active_views()
         frozen = self.phase != "joint"
         weights = self._weight_variables(active)
@@ -531,14 +540,14 @@ class Cascade(keras.Model):
         # dependency below guarantees it whatever order the runtime picks for independent ops.
         hard = [self.views[i].hard_masks(frozen) for i in active]
         with tf.GradientTape() as tape:
-            outputs = [self.view_forward(i, images, training=True, hard_masks=hard[i]) for i in active]
+            outputs = [self.view_forward(i, inputs, training=True, hard_masks=hard[i]) for i in active]
             terms = []
             for i in active:
-                teacher_logits, teacher_hints = self._teacher_outputs(i, outputs, images)
+                teacher_logits, teacher_hints = self._teacher_outputs(i, outputs, inputs)
                 terms.append(losses.pair_loss(
-                    labels, outputs[i][0], teacher_logits, outputs[i][1], teacher_hints,
+                    targets, outputs[i][0], teacher_logits, outputs[i][1], teacher_hints,
                     kd_weight=self.kd_weight, temperature=self.temperature,
-                    hint_weight=self.hint_weight,
+                    hint_weight=self.hint_weight, task=self.task, sample_weight=sample_weight,
                 ))
             total = tf.add_n([t["loss"] for t in terms])
             scaled_total = self.optimizer.scale_loss(total)
@@ -565,7 +574,7 @@ class Cascade(keras.Model):
             name = self.view_names[i]
             for key in ("loss", "ce", "kd", "hint"):
                 self._trackers[f"{name}_{key}"].update_state(terms[i][key] * replicas)
-            self._trackers[f"{name}_acc"].update_state(labels, outputs[i][0])
+            self.task.update(self._view_metrics[name], targets, keras.tree.flatten(outputs[i][0]), sample_weight)
             self._trackers[f"{name}_kept"].update_state(self.views[i].kept_fraction(current[i]))
         self._trackers["loss"].update_state(total * replicas)
         return self._logs(active, frozen)
@@ -585,21 +594,38 @@ class Cascade(keras.Model):
         self.score_optimizer.apply([g for g, _ in pairs], [s for _, s in pairs])
 
     def test_step(self, data):
-        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        inputs, targets, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         active = self._active_views()
         frozen = self.phase != "joint"
         for i in active:
-            logits, _ = self.view_forward(i, images, training=False)
+            logits, _ = self.view_forward(i, inputs, training=False)
             name = self.view_names[i]
-            self._trackers[f"{name}_acc"].update_state(labels, logits)
+            self.task.update(self._view_metrics[name], targets, keras.tree.flatten(logits), sample_weight)
             self._trackers[f"{name}_kept"].update_state(self.views[i].kept_fraction(self.views[i].hard_masks(frozen)))
-        return {k: self._trackers[k].result()
-                for i in active for k in (f"{self.view_names[i]}_acc", f"{self.view_names[i]}_kept")}
+        logs = {}
+        for i in active:
+            logs.update(self._metric_logs(self.view_names[i]))
+            logs[f"{self.view_names[i]}_kept"] = self._trackers[f"{self.view_names[i]}_kept"].result()
+        return logs
+
+    def _metric_logs(self, name: str) -> dict:
+        """View `name`'s task metrics under their log names (`student_acc`, `student_mean_io_u`, ...)."""
+        return {f"{name}_{self.task.log_name(key)}": value for key, value in self._view_metrics[name].result().items()}
+
+    def metric_name(self, view: str = "student") -> str:
+        """The log key of a view's primary metric (what `evaluate` and the teacher ladder report)."""
+        return f"{view}_{self.task.log_name()}"
 
     def _logs(self, active, frozen) -> dict:
-        per_view = ("loss", "acc", "kept") if frozen else ("loss", "acc", "kept", "changes")
-        keys = ["loss"] + [f"{self.view_names[i]}_{k}" for i in active for k in per_view]
-        return {k: self._trackers[k].result() for k in keys}
+        logs = {"loss": self._trackers["loss"].result()}
+        for i in active:
+            name = self.view_names[i]
+            logs[f"{name}_loss"] = self._trackers[f"{name}_loss"].result()
+            logs.update(self._metric_logs(name))
+            logs[f"{name}_kept"] = self._trackers[f"{name}_kept"].result()
+            if not frozen:
+                logs[f"{name}_changes"] = self._trackers[f"{name}_changes"].result()
+        return logs
 
     def get_config(self):
         return {
@@ -680,3 +706,9 @@ def _float32(logits):
     if keras.backend.standardize_dtype(logits.dtype) != "float32":
         logits = keras.ops.cast(logits, "float32")  # mixed precision: softmax and losses need the range
     return logits
+
+
+def _packed(outputs: list):
+    """float32 outputs as Keras gives a model's: the one tensor, or the list."""
+    outputs = [_float32(o) for o in outputs]
+    return outputs[0] if len(outputs) == 1 else outputs

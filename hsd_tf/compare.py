@@ -7,8 +7,9 @@ run of `hsd_tf.training` in `<model_dir>/<method>`, so each resumes on its own a
 each exports its student. They share one teacher: `--teacher`, or one trained
 here once (`<model_dir>/teacher`). The comparison is written as compare.json
 (every run's results), compare.md (the table the console ends with) and
-compare.png (test accuracy against MACs; every view of the cascade is a point of
-the same plot, since one cascade run trains a family of models). `advice` is the
+compare.png (the primary metric on the test split, accuracy for a classifier,
+against MACs; every view of the cascade is a point of the same plot, since one
+cascade run trains a family of models). `advice` is the
 line a cascade run ends with when its student lost much accuracy: the cue to compare.
 """
 
@@ -43,13 +44,11 @@ def compare(config: Config) -> Comparison:
     Raises:
         ConfigError: A bad setting or model, before anything is trained.
     """
-    config.validate()
+    subject = training.prepare(config)  # a refusal before the teacher trains costs no training
     config.check_model_dir()
-    if not config.teacher:  # the model is checked before its teacher trains: a refusal costs no training
-        training.check_model(config)
     with model_dir_lock(config.model_dir, training.refuse(config)):
         config.save()
-        teacher = config.teacher or training.pretrain_teacher(dataclasses.replace(config, mode="train"))
+        teacher = config.teacher or training.pretrain_teacher(dataclasses.replace(config, mode="train"), subject)
     runs, failures = {}, []
     for method in config.compare_methods:
         run = dataclasses.replace(config, mode="train", method=method, teacher=teacher,
@@ -69,16 +68,20 @@ def compare(config: Config) -> Comparison:
     return Comparison(runs, table, failures)
 
 
-# Validation accuracy the cascade's student may lose against its teacher before a run suggests --mode=compare.
+# Validation accuracy the cascade's student may lose against its teacher before a run suggests --mode=compare; for a
+# metric where lower is better (an error), the fraction of the teacher's value it may lose.
 ADVICE_LOSS = 0.02
+ADVICE_RELATIVE_LOSS = 0.10
 
 
 def advice(results: dict) -> str:
-    """A line pointing to --mode=compare when the cascade's student lost much validation accuracy; else ''.
+    """A line pointing to --mode=compare when the cascade's student lost much on validation; else ''.
 
     At 0.10 of the MACs the cascade's students measured below l1 pruning and scratch training on digits and
     Fashion-MNIST (docs/teaching_assistants.md), so a large loss is when a user should measure the alternatives
-    before shipping. Validation accuracy, not test: the run held it out for decisions like this one.
+    before shipping. Validation, not test: the run held it out for decisions like this one. The measure is the
+    primary metric (accuracy for a classifier): more than 2 points lost where higher is better, more than 10% of
+    the teacher's value where lower is (an error).
 
     Args:
         results: A run's results.json content.
@@ -86,12 +89,31 @@ def advice(results: dict) -> str:
     Returns:
         The line, or '' for another method, a run without a validation split, or a smaller loss.
     """
-    teacher_val, student_val = results["teacher"].get("val_accuracy"), results["views"][0].get("val_accuracy")
-    if results["method"] != "hsd" or teacher_val is None or teacher_val - student_val <= ADVICE_LOSS:
+    teacher_val, student_val = _val(results["teacher"]), _val(results["views"][0])
+    if results["method"] != "hsd" or teacher_val is None or student_val is None:
         return ""
-    return (f"Note: the student is {100 * (teacher_val - student_val):.1f} points below the teacher on the validation "
-            "split. At small budgets l1 pruning and scratch training have done better than the cascade "
-            "(docs/teaching_assistants.md): --mode=compare trains them at the same MACs from this teacher.")
+    metric = results.get("primary_metric", {"name": "accuracy", "higher_is_better": True})
+    if metric["higher_is_better"]:
+        if teacher_val - student_val <= ADVICE_LOSS:
+            return ""
+        lost = f"{100 * (teacher_val - student_val):.1f} points below"
+    else:
+        if student_val - teacher_val <= ADVICE_RELATIVE_LOSS * abs(teacher_val):
+            return ""
+        lost = f"{100 * (student_val - teacher_val) / max(abs(teacher_val), 1e-12):.0f}% worse than"
+    name = "" if metric["name"] in ("accuracy", "acc") else f" in {metric['name']}"
+    return (f"Note: the student is {lost} the teacher{name} on the validation split. At small budgets l1 pruning and "
+            "scratch training have done better than the cascade (docs/teaching_assistants.md): --mode=compare "
+            "trains them at the same MACs from this teacher.")
+
+
+def _val(entry: dict):
+    """An entry's primary metric on the validation split (`val_accuracy` in results from before there were others)."""
+    return entry.get("val_metric", entry.get("val_accuracy"))
+
+
+def _test(entry: dict) -> float:
+    return entry["metric"] if "metric" in entry else entry["accuracy"]
 
 
 DESCRIPTIONS = {
@@ -115,24 +137,35 @@ def rows(runs: dict) -> list:
     return found
 
 
+def _metric_name(runs: dict) -> tuple:
+    """(name, higher is better) of the runs' primary metric."""
+    metric = next(iter(runs.values())).get("primary_metric", {"name": "accuracy", "higher_is_better": True})
+    return metric["name"], metric["higher_is_better"]
+
+
 def markdown(runs: dict, config: Config) -> str:
-    """The comparison table: cost, accuracies and time of every model."""
+    """The comparison table: cost, the primary metric (accuracy for a classifier) and time of every model."""
     teacher = next(iter(runs.values()))["teacher"]
+    name, higher = _metric_name(runs)
+    percent = name in ("accuracy", "acc")
+    shown = (lambda v: format(100 * v, ".2f")) if percent else (lambda v: format(v, ".4g"))  # noqa: E731
+    label = "accuracy" if percent else f"{name} ({'higher' if higher else 'lower'} is better)"
     lines = [
         f"# {config.arch} on {config.dataset}: {', '.join(runs)} at {budget(config)}",
         "",
-        f"Every method trains {config.epochs_after_teacher()} epochs after the same teacher. Test accuracy; "
-        "validation accuracy on the hold-out of the training split (what model selection may use).",
+        f"Every method trains {config.epochs_after_teacher()} epochs after the same teacher. Test {label}; "
+        f"validation {name} on the hold-out of the training split (what model selection may use).",
         "",
-        "| model | params | MACs | MACs / teacher | val accuracy | test accuracy | vs teacher |",
+        f"| model | params | MACs | MACs / teacher | val {name} | test {name} | vs teacher |",
         "|---|---|---|---|---|---|---|",
     ]
-    for label, entry in rows(runs):
-        val = entry.get("val_accuracy")
+    for label_, entry in rows(runs):
+        val = _val(entry)
+        difference = _test(entry) - _test(teacher)
         lines.append(
-            f"| {label} | {entry['params']:,} | {entry['macs']:,} | {entry['macs'] / teacher['macs']:.3f} | "
-            f"{'' if val is None else format(100 * val, '.2f')} | {100 * entry['accuracy']:.2f} | "
-            f"{round(100 * (entry['accuracy'] - teacher['accuracy']), 2) + 0.0:+.2f} |")
+            f"| {label_} | {entry['params']:,} | {entry['macs']:,} | {entry['macs'] / teacher['macs']:.3f} | "
+            f"{'' if val is None else shown(val)} | {shown(_test(entry))} | "
+            + (f"{round(100 * difference, 2) + 0.0:+.2f} |" if percent else f"{difference + 0.0:+.4g} |"))
     seconds = {method: results.get("wall_seconds_this_invocation") for method, results in runs.items()}
     lines += ["", "Training time (s, the invocation that finished each run): "
               + ", ".join(f"{method} {value}" for method, value in seconds.items() if value is not None), ""]
@@ -140,31 +173,33 @@ def markdown(runs: dict, config: Config) -> str:
 
 
 def plot(runs: dict, path: str, title: str) -> None:
-    """Test accuracy against MACs (log axis): each method's student, the cascade's views as one family."""
+    """The primary metric on the test split against MACs (log axis): each method's student, the cascade's views as
+    one family."""
     import matplotlib  # pylint: disable=import-outside-toplevel
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
+    name, higher = _metric_name(runs)
+    scale = 100 if name in ("accuracy", "acc") else 1
     figure, axes = plt.subplots(figsize=(6.5, 4.5))
     teacher = next(iter(runs.values()))["teacher"]
     for method, results in runs.items():
         views = results["views"]
-        line = axes.plot([v["macs"] for v in views], [100 * v["accuracy"] for v in views],
+        line = axes.plot([v["macs"] for v in views], [scale * _test(v) for v in views],
                          marker="o", linestyle="--" if len(views) > 1 else "",
                          label=f"{method}" + (" (student, then each view)" if len(views) > 1 else ""))[0]
-        axes.plot([views[0]["macs"]], [100 * views[0]["accuracy"]], marker="o", markersize=11, color=line.get_color())
+        axes.plot([views[0]["macs"]], [scale * _test(views[0])], marker="o", markersize=11, color=line.get_color())
         for view in views[1:]:
-            axes.annotate(view["name"], (view["macs"], 100 * view["accuracy"]), textcoords="offset points",
+            axes.annotate(view["name"], (view["macs"], scale * _test(view)), textcoords="offset points",
                           xytext=(4, 4), fontsize=8, color=line.get_color())
-    axes.plot([teacher["macs"]], [100 * teacher["accuracy"]], "k*", markersize=13, label="teacher (dense)")
+    axes.plot([teacher["macs"]], [scale * _test(teacher)], "k*", markersize=13, label="teacher (dense)")
     axes.set_xscale("log")
     axes.set_xlabel("MACs (log scale)")
-    axes.set_ylabel("test accuracy (%)")
+    axes.set_ylabel("test accuracy (%)" if scale == 100 else f"test {name} ({'higher' if higher else 'lower'} is better)")
     axes.set_title(title)
     axes.grid(alpha=0.3, which="both")
     axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
-

@@ -30,6 +30,7 @@ FINAL_CHECKPOINTS = {"hsd": ("finetune", "cascade.weights.h5"), "l1": ("finetune
 # `hsd_tf.data`'s choices, repeated here so that judging the settings loads no TensorFlow (tested to agree).
 PREPROCESSINGS = ("auto", "raw", "unit", "symmetric", "caffe", "torch", "tf")
 AUGMENTATIONS = ("auto", "flip_crop", "flip", "crop", "none")
+METRIC_DIRECTIONS = ("auto", "higher", "lower")  # `hsd_tf.task.DIRECTIONS`
 
 
 class ConfigError(ValueError):
@@ -102,6 +103,7 @@ class Config:
     mixed_precision: str = "float32"
     deterministic: bool = False
     tensorboard: bool = True
+    metric_direction: str = "auto"
 
     def prune_ratios(self) -> List[float]:
         """Student first: the explicit TA list, or even spacing down to 0 (the student's alone for a baseline)."""
@@ -150,6 +152,18 @@ class Config:
             root = self.dataset[len("folder:"):]
             if not os.path.isdir(root):
                 raise ConfigError("dataset", self.dataset, "folder not found")
+        if self.dataset.startswith("py:"):
+            source = self.dataset[len("py:"):]
+            if source.endswith(".py") and not os.path.isfile(source):
+                raise ConfigError("dataset", self.dataset, "file not found")
+            if not self.arch.endswith(".keras") and not self.arch.startswith("python:"):
+                raise ConfigError("arch", self.arch, "a dataset of any targets (--dataset=py:) is pruned with your own "
+                                  "model, a .keras file")
+            if self.preprocessing != "auto" or self.augment != "auto":
+                raise ConfigError("preprocessing" if self.preprocessing != "auto" else "augment",
+                                  self.preprocessing if self.preprocessing != "auto" else self.augment,
+                                  "applies to image datasets; a --dataset=py: module gives its examples as the model "
+                                  "reads them")
         if self.dataset == "imagenet2012" and not self.data_dir and self.mode == "train":
             raise ConfigError("data_dir", self.data_dir, "imagenet2012 needs the folder holding the ILSVRC2012 archives")
         if self.num_ta < 0:
@@ -214,6 +228,7 @@ class Config:
         for name in ("hint_weight", "weight_decay"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, getattr(self, name), "must be 0 or more")
+        _choice("metric_direction", self.metric_direction, METRIC_DIRECTIONS)
         _choice("preprocessing", self.preprocessing, PREPROCESSINGS)
         _choice("augment", self.augment, AUGMENTATIONS)
         for module in self.custom_objects:

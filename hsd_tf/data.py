@@ -17,7 +17,10 @@ downloads them.
 """
 
 import dataclasses
+import functools
 import gzip
+import importlib
+import importlib.util
 import os
 import socket
 import urllib.parse
@@ -28,7 +31,7 @@ import tensorflow as tf
 
 AUTOTUNE = tf.data.AUTOTUNE
 TFDS_DATASETS = ("cifar10", "cifar100", "imagenet2012")
-DATASETS = TFDS_DATASETS + ("digits", "fashion_mnist", "folder:PATH")
+DATASETS = TFDS_DATASETS + ("digits", "fashion_mnist", "folder:PATH", "py:FILE.py")
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
 
 # Per-channel statistics of the training images, in [0, 1] RGB.
@@ -70,13 +73,14 @@ class Data:
             them (`augment` applies to them); None where `val` is.
         test: Test split, evaluation pipeline.
         test_examples_ds: The examples of `test`, as `val_examples_ds`.
-        num_classes: Number of labels.
-        input_shape: (height, width, channels).
+        num_classes: Number of labels (0 for a dataset of other targets, `--dataset=py:`).
+        input_shape: (height, width, channels); for a dataset of other inputs their shape, one per input
+            for several.
         train_examples: Examples in `train` per epoch before batching.
         steps_per_epoch: Training batches per epoch.
         batch_size: Global training batch size.
         seed: Shuffle and augmentation seed.
-        augment: `(image, label, seed pair) -> (image, label)`, stateless.
+        augment: `(inputs, targets[, sample weights], seed pair) -> the example`, stateless.
     """
 
     name: str
@@ -86,12 +90,17 @@ class Data:
     test: tf.data.Dataset
     test_examples_ds: tf.data.Dataset
     num_classes: int
-    input_shape: Tuple[int, int, int]
+    input_shape: tuple
     train_examples: int
     steps_per_epoch: int
     batch_size: int
     seed: int
     augment: Callable
+
+    @property
+    def target_spec(self):
+        """The targets of one evaluation batch: `tf.TensorSpec`s in the model's output structure."""
+        return self.test.element_spec[1]
 
     def train_from(self, first_epoch: int, epochs: int) -> tf.data.Dataset:
         """Training batches of epochs first_epoch .. epochs-1, steps_per_epoch each.
@@ -125,7 +134,7 @@ def validate_name(name: str) -> None:
     """Raises DatasetError for a name that is none of `DATASETS`."""
     if name in TFDS_DATASETS or name in ("digits", "fashion_mnist"):
         return
-    if name.startswith("folder:") and len(name) > len("folder:"):
+    if name.startswith(("folder:", "py:")) and len(name.split(":", 1)[1]) > 0:
         return
     raise DatasetError(f"Unknown dataset; expected one of {', '.join(DATASETS)}. Received: dataset={name!r}")
 
@@ -256,56 +265,77 @@ def load(
 
 
 def from_datasets(train, validation, test=None, batch_size: int = 128, input_shape=None, num_classes: int = 0,
-                  seed: int = 0, eval_batch_size: Optional[int] = None) -> Data:
-    """A `Data` over the user's own examples, for `hsd_tf.prune`.
+                  seed: int = 0, eval_batch_size: Optional[int] = None, input_keys=None, name: str = "custom") -> Data:
+    """A `Data` over the user's own examples, for `hsd_tf.prune` and `--dataset=py:`.
 
-    The images are used as they are (no normalisation, no augmentation: the
+    The examples are used as they are (no normalisation, no augmentation: the
     model was trained on them this way); each epoch reshuffles the training
     examples from the seed.
 
     Args:
-        train: (image, label) examples: a `tf.data.Dataset`, batched or not,
-            or an (images, labels) pair of arrays.
+        train: (inputs, targets) or (inputs, targets, sample weights) examples in the model's structure (one
+            array, a list or a dict of inputs; a target per output, a list or a dict of them): a `tf.data.Dataset`,
+            batched or not, or an (inputs, targets) pair of arrays.
         validation: Held-out examples, the same kinds; they drive the teacher ladder.
-        test: Examples the results report accuracy on; default: `validation`.
+        test: Examples the results report on; default: `validation`.
         batch_size: Global training batch size.
-        input_shape: The model's input shape without the batch axis; sizes it
-            leaves open (None) are taken from the training images, and None
-            (a subclassed model) means any image (height, width, channels).
-        num_classes: The model's outputs.
+        input_shape: The model's input shape without the batch axis (one per input for several); sizes it
+            leaves open (None) are taken from the training examples, and None (a subclassed model) means any
+            image (height, width, channels).
+        num_classes: The model's classes, for a classifier; 0 otherwise.
         seed: Shuffle seed.
         eval_batch_size: Evaluation batch size (default: batch_size).
+        input_keys: The model's input names in its order, for inputs given as a dict.
+        name: The dataset's name in results and messages.
 
     Returns:
-        A `Data`.
+        A `Data` whose inputs are one tensor, or a tuple in the model's input order.
 
     Raises:
         DatasetError: Data of the wrong kind or shape, or fewer training examples than a batch.
     """
-    input_shape = tuple(input_shape) if input_shape is not None else (None, None, None)
-    rank = len(input_shape)
+    shapes = input_shape if input_shape is not None and len(input_shape) and all(
+        isinstance(d, (tuple, list)) for d in input_shape) else [input_shape if input_shape is not None else
+                                                                 (None, None, None)]
+    shapes = [tuple(shape) for shape in shapes]
 
     def examples(source, what):
-        if isinstance(source, (tuple, list)) and len(source) == 2:
-            source = tf.data.Dataset.from_tensor_slices((np.asarray(source[0], np.float32), np.asarray(source[1])))
+        if isinstance(source, (tuple, list)) and len(source) == 2 and not isinstance(source, tf.data.Dataset):
+            source = tf.data.Dataset.from_tensor_slices(tuple(_as_arrays(part) for part in source))
         if not isinstance(source, tf.data.Dataset):
-            raise DatasetError(f"{what} must be a tf.data.Dataset of (image, label) or an (images, labels) pair. "
-                               f"Received: {what} of type {type(source).__name__}")
-        image_rank = len(source.element_spec[0].shape)
-        if image_rank == rank + 1:
+            raise DatasetError(f"{what} must be a tf.data.Dataset of (inputs, targets) or an (inputs, targets) pair of "
+                               f"arrays. Received: {what} of type {type(source).__name__}")
+        spec = source.element_spec
+        if not isinstance(spec, tuple) or len(spec) not in (2, 3):
+            raise DatasetError(f"{what} must give (inputs, targets) or (inputs, targets, sample weights) examples. "
+                               f"Received: {what} element_spec={spec}")
+        inputs = _ordered(spec[0], input_keys, what)
+        if len(inputs) != len(shapes):
+            raise DatasetError(f"{what} gives {len(inputs)} input(s) per example; the model takes {len(shapes)}. "
+                               f"Received: {what} element_spec={spec}")
+        found = [tuple(x.shape) for x in inputs]
+        if all(_fits(shape[1:], expected) for shape, expected in zip(found, shapes)):
             source = source.unbatch()
-        elif image_rank != rank:
-            raise DatasetError(f"{what}'s images have {image_rank} axes; the model reads {rank} per image. "
-                               f"Received: {what} element_spec={source.element_spec}")
-        return source.map(lambda image, label: (tf.cast(image, tf.float32), tf.cast(tf.reshape(label, []), tf.int32)))
+        elif not all(_fits(shape, expected) for shape, expected in zip(found, shapes)):
+            what_reads = "images" if len(shapes) == 1 and len(shapes[0]) == 3 else "inputs"
+            rank = len(found[0])
+            if rank not in (len(shapes[0]), len(shapes[0]) + 1):
+                raise DatasetError(f"{what}'s {what_reads} have {rank} axes; the model reads {len(shapes[0])} per "
+                                   f"example. Received: {what} element_spec={spec}")
+            raise DatasetError(f"{what}'s {what_reads} have shape {', '.join(map(str, found))}; the model reads "
+                               f"{', '.join(map(str, shapes))} per example. Received: {what} element_spec={spec}")
+        return source.map(functools.partial(_standard_example, input_keys=input_keys))
 
     train_ds = examples(train, "train").cache()
-    found = tuple(train_ds.element_spec[0].shape)
-    shape = tuple(d if d is not None else f for d, f in zip(input_shape, found))
-    if None in shape or any(d != f for d, f in zip(shape, found) if f is not None):
-        raise DatasetError(f"train's images have shape {found}; the model reads {input_shape}: give images of one "
-                           f"fixed size that fits it. Received: train element_spec={train_ds.element_spec}")
-    train_examples = int(train_ds.reduce(0, lambda count, _: count + 1))
+    found = [tuple(x.shape) for x in _ordered(train_ds.element_spec[0], None, "train")]
+    resolved = []
+    for given, seen in zip(shapes, found):
+        shape = tuple(d if d is not None else f for d, f in zip(given, seen))
+        if len(seen) != len(given) or None in shape or any(d != f for d, f in zip(shape, seen) if f is not None):
+            raise DatasetError(f"train's inputs have shape {seen}; the model reads {given}: give inputs of one fixed "
+                               f"size that fits it. Received: train element_spec={train_ds.element_spec}")
+        resolved.append(shape)
+    train_examples = int(train_ds.reduce(0, lambda count, *_: count + 1))
     if train_examples < batch_size:
         raise DatasetError(f"batch_size is larger than the {train_examples} training examples. "
                            f"Received: batch_size={batch_size}")
@@ -317,12 +347,91 @@ def from_datasets(train, validation, test=None, batch_size: int = 128, input_sha
     test_examples = examples(test, "test") if test is not None else val_examples
     val = evaluation(val_examples)
     return Data(
-        name="custom", train_examples_ds=train_ds, val=val, val_examples_ds=val_examples,
+        name=name, train_examples_ds=train_ds, val=val, val_examples_ds=val_examples,
         test=evaluation(test_examples) if test is not None else val, test_examples_ds=test_examples,
-        num_classes=num_classes, input_shape=shape, train_examples=train_examples,
-        steps_per_epoch=train_examples // batch_size, batch_size=batch_size, seed=seed,
-        augment=lambda image, label, _: (image, label),
+        num_classes=num_classes, input_shape=resolved[0] if len(resolved) == 1 else tuple(resolved),
+        train_examples=train_examples, steps_per_epoch=train_examples // batch_size, batch_size=batch_size,
+        seed=seed, augment=lambda *example: example[:-1],
     )
+
+
+def _fits(shape, expected) -> bool:
+    """Whether an example (or a batch without its batch axis) of `shape` fits a model input of `expected` shape."""
+    return len(shape) == len(expected) and all(a is None or b is None or a == b for a, b in zip(shape, expected))
+
+
+def _as_arrays(part):
+    """Arrays of one side of an (inputs, targets) pair, in its structure; floats as float32."""
+    def array(value):
+        value = np.asarray(value)
+        return value.astype(np.float32) if np.issubdtype(value.dtype, np.floating) else value
+    return tf.nest.map_structure(array, part) if isinstance(part, (dict, list, tuple)) else array(part)
+
+
+def _ordered(inputs, input_keys, what) -> list:
+    """The inputs of one example (or their specs) as a list in the model's order."""
+    if isinstance(inputs, dict):
+        if input_keys is None or set(inputs) != set(input_keys):
+            raise DatasetError(f"{what} gives inputs named {sorted(inputs)}; the model's inputs are "
+                               f"{list(input_keys or [])}. Received: {what} inputs {sorted(inputs)}")
+        return [inputs[key] for key in input_keys]
+    return list(inputs) if isinstance(inputs, (tuple, list)) else [inputs]
+
+
+def _standard_example(inputs, targets, *weights, input_keys=None):
+    """An example as the cascade reads it: inputs one tensor or a tuple in the model's order, floats as float32,
+    integers as int32; one integer class label per example as a scalar (hsd_tf's own labels)."""
+    def cast(value):
+        if value.dtype.is_floating:
+            return tf.cast(value, tf.float32)
+        return tf.cast(value, tf.int32) if value.dtype.is_integer else value
+
+    inputs = [cast(x) for x in _ordered(inputs, input_keys, "the data")]
+    targets = tf.nest.map_structure(cast, targets)
+    if isinstance(targets, tf.Tensor) and targets.dtype.is_integer and targets.shape.num_elements() == 1:
+        targets = tf.reshape(targets, [])
+    inputs = inputs[0] if len(inputs) == 1 else tuple(inputs)
+    return (inputs, targets) + tuple(tf.cast(w, tf.float32) for w in weights)
+
+
+def load_module(dataset: str, batch_size: int, input_shape, input_keys, seed: int = 0) -> Data:
+    """`--dataset=py:FILE.py` (or `py:module`): the `Data` of the module's `datasets()`, which returns
+    (train, validation, test) `tf.data.Dataset`s of (inputs, targets) in the model's structure.
+
+    Raises:
+        DatasetError: The module cannot be imported, has no `datasets()`, or it returns something else (one line).
+    """
+    received = f"Received: dataset={dataset!r}"
+    source = dataset[len("py:"):]
+    try:
+        if source.endswith(".py"):
+            spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(source))[0], source)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(source)
+    except Exception as error:  # pylint: disable=broad-except  (the user's code: one line)
+        raise DatasetError(f"--dataset: {source} cannot be imported ({type(error).__name__}: "
+                           f"{' '.join(str(error).split())[:200]}). {received}") from None
+    if not callable(getattr(module, "datasets", None)):
+        raise DatasetError(f"--dataset: {source} defines no function datasets() returning (train, validation, test) "
+                           f"tf.data.Datasets of (inputs, targets). {received}")
+    try:
+        splits = module.datasets()
+    except Exception as error:  # pylint: disable=broad-except
+        raise DatasetError(f"--dataset: {source}'s datasets() failed ({type(error).__name__}: "
+                           f"{' '.join(str(error).split())[:200]}). {received}") from None
+    if not isinstance(splits, (tuple, list)) or len(splits) != 3 or not all(
+            isinstance(split, tf.data.Dataset) for split in splits):
+        found = (f"a {type(splits).__name__} of {len(splits)}" if isinstance(splits, (tuple, list))
+                 else type(splits).__name__)
+        raise DatasetError(f"--dataset: {source}'s datasets() must return (train, validation, test), three "
+                           f"tf.data.Datasets of (inputs, targets); it returned {found}. {received}")
+    try:
+        return from_datasets(*splits, batch_size=batch_size, input_shape=input_shape, seed=seed,
+                             input_keys=input_keys, name=dataset)
+    except DatasetError as error:
+        raise DatasetError(f"--dataset: {error}") from None
 
 
 # --------------------------------------------------------------------- digits

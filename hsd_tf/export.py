@@ -25,6 +25,7 @@ why, and the others are kept.
 
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -41,6 +42,11 @@ FORMATS = ("savedmodel", "tflite", "tflite_dynamic", "tflite_int8")
 _TFLITE_SUFFIX = {"tflite": "", "tflite_dynamic": "_dynamic", "tflite_int8": "_int8"}
 MIN_AGREEMENT = 0.99
 MAX_ACCURACY_GAP = 0.01
+# A model of another task: its float files' outputs within this of the Keras model's, relative to each output's
+# largest value (float32 rounding in TFLite is below 1e-5 on every model measured), and a primary metric where lower
+# is better (an error) within this fraction of the Keras model's.
+MAX_OUTPUT_GAP = 1e-3
+MAX_RELATIVE_GAP = 0.02
 # Quantized files may flip the top-1 class of near ties (a ResNet50's int8 file commonly agrees with its float
 # model on ~95% of ImageNet), so only their accuracy is held to the Keras model's; float files must also agree.
 QUANTIZED = ("tflite_dynamic", "tflite_int8")
@@ -52,12 +58,14 @@ class ExportError(RuntimeError):
     Attributes:
         failures: One line per failed file: the model, the format and why.
         results: The run's results (results.json), every other export in it.
+        student: The slim student the run built (a Keras model), which no failed file loses.
     """
 
-    def __init__(self, failures: List[str], results: dict):
+    def __init__(self, failures: List[str], results: dict, student=None):
         super().__init__("\n".join(failures))
         self.failures = failures
         self.results = results
+        self.student = student
 
 
 def validate_formats(formats: Iterable[str]) -> None:
@@ -67,16 +75,48 @@ def validate_formats(formats: Iterable[str]) -> None:
 
 
 def write_savedmodel(model, path: str) -> None:
-    """A SavedModel whose `serve` endpoint is the model in inference mode."""
+    """A SavedModel whose `serve` endpoint is the model in inference mode.
+
+    One input and one output: a tensor in, a tensor out, as always. Several:
+    the inputs named as the model's (`signature_names`), and a dict of the
+    outputs by name, so that a SavedModel or TFLite signature maps each by name
+    (TFLite orders its tensors otherwise than the model).
+    """
     import keras  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel  (hsd_tf.config reads FORMATS without it)
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    signature = [tf.TensorSpec((None,) + tuple(model.inputs[0].shape[1:]), tf.float32)]
-    archive.add_endpoint("serve", lambda images: model(images, training=False), input_signature=signature)
+    input_names, output_names = signature_names(model)
+    signature = [tf.TensorSpec((None,) + tuple(x.shape[1:]), x.dtype, name=name)
+                 for x, name in zip(model.inputs, input_names)]
+    if len(model.inputs) == 1 and len(model.outputs) == 1:
+        archive.add_endpoint("serve", lambda inputs: model(inputs, training=False), input_signature=signature)
+    else:
+        def serve(*inputs):
+            outputs = keras.tree.flatten(model(list(inputs) if len(inputs) > 1 else inputs[0], training=False))
+            return dict(zip(output_names, outputs))
+
+        archive.add_endpoint("serve", serve, input_signature=signature)
     with quiet.native_stderr_silenced():
         archive.write_out(path, verbose=False)
+
+
+def signature_names(model):
+    """(input names, output names) of the exported signature: the model's own, made valid signature keys."""
+    def key(name):
+        return re.sub(r"[^A-Za-z0-9_]", "_", name)
+    outputs = keras_output_names(model)
+    return [key(x.name) for x in model.inputs], [key(name) for name in outputs]
+
+
+def keras_output_names(model) -> List[str]:
+    """The model's output names in its order (dict keys for dict outputs)."""
+    structure = getattr(model, "_outputs_struct", None)
+    if isinstance(structure, dict):
+        return sorted(structure)
+    names = list(getattr(model, "output_names", None) or [])
+    return names if len(names) == len(model.outputs) else [f"output_{i}" for i in range(len(model.outputs))]
 
 
 def tflite_path(directory: str, name: str, fmt: str) -> str:
@@ -87,10 +127,10 @@ def export_model(model, directory: str, formats: Iterable[str], representative_i
     """Writes a Keras model in the requested formats, files named after the model.
 
     Args:
-        model: A plain Keras model from images to logits.
+        model: A plain Keras model.
         directory: Output folder.
         formats: Some of `FORMATS`.
-        representative_images: float32 images (N, H, W, C) for int8 calibration.
+        representative_images: Inputs for int8 calibration: an array (N, ...), or a list of one per model input.
 
     Returns:
         Format -> path written.
@@ -107,7 +147,8 @@ def export_model(model, directory: str, formats: Iterable[str], representative_i
         write_savedmodel(model, saved)
         for fmt in formats:
             if fmt != "savedmodel":
-                paths[fmt] = _write_tflite(saved, tflite_path(directory, model.name, fmt), fmt, representative_images)
+                paths[fmt] = _write_tflite(saved, tflite_path(directory, model.name, fmt), fmt,
+                                           _calibration(model, representative_images))
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -116,18 +157,19 @@ def export_model(model, directory: str, formats: Iterable[str], representative_i
 
 def export_and_verify(model, directory: str, formats: Iterable[str], dataset, representative_images=None,
                       on_entry: Optional[Callable[[str, dict], None]] = None,
-                      reference: Optional["Reference"] = None) -> Dict[str, dict]:
+                      reference: Optional["Reference"] = None, task=None) -> Dict[str, dict]:
     """Writes and verifies each format on its own; a failure is reported and the other formats are kept.
 
     Args:
-        model: A plain Keras model from images to logits.
+        model: A plain Keras model.
         directory: Output folder.
         formats: Some of `FORMATS`.
-        dataset: Evaluation (images, labels) batches.
-        representative_images: float32 images for int8 calibration.
+        dataset: Evaluation (inputs, targets) batches.
+        representative_images: Inputs for int8 calibration (`representative_sample`).
         on_entry: Called with (format, entry) as soon as each format is done, so
             that a caller can record it before the next, riskier, conversion.
         reference: The model's `Reference` on `dataset`, if already computed.
+        task: The model's `hsd_tf.task.Task` (default: a classifier).
 
     Returns:
         Format -> the entry of `verify`; a format that could not be written has
@@ -136,7 +178,7 @@ def export_and_verify(model, directory: str, formats: Iterable[str], dataset, re
     formats = list(formats)
     validate_formats(formats)
     os.makedirs(directory, exist_ok=True)
-    reference = reference or Reference(model, dataset)
+    reference = reference or Reference(model, dataset, task)
     entries = {}
 
     def done(fmt, entry):
@@ -155,7 +197,7 @@ def export_and_verify(model, directory: str, formats: Iterable[str], dataset, re
         for fmt in formats:
             try:
                 path = saved if fmt == "savedmodel" else _write_tflite(
-                    saved, tflite_path(directory, model.name, fmt), fmt, representative_images)
+                    saved, tflite_path(directory, model.name, fmt), fmt, _calibration(model, representative_images))
             except Exception as error:  # pylint: disable=broad-except
                 done(fmt, {"error": f"conversion failed: {why(error)}"})
                 continue
@@ -166,36 +208,72 @@ def export_and_verify(model, directory: str, formats: Iterable[str], dataset, re
     return entries
 
 
-def verify(paths: Dict[str, str], keras_model, dataset) -> Dict[str, dict]:
+def verify(paths: Dict[str, str], keras_model, dataset, task=None) -> Dict[str, dict]:
     """Runs every exported file on a dataset against the Keras model.
 
     Args:
         paths: Format -> path, from `export_model`.
         keras_model: The model that was exported.
-        dataset: Evaluation (images, labels) batches.
+        dataset: Evaluation (inputs, targets) batches.
+        task: The model's `hsd_tf.task.Task` (default: a classifier).
 
     Returns:
-        Format -> {"path", "bytes", "accuracy", "agreement"}; "keras" holds the
-        Keras model's own accuracy. Agreement is the fraction of examples on
-        which the file's top-1 class equals the Keras model's. A file that
-        fails (agreement under 99%, accuracy more than 1 point off, or a
-        runtime that crashes on it) also has an "error" saying why.
+        Format -> the entry of `Reference.check`; "keras" holds the Keras model's own figures.
     """
-    reference = Reference(keras_model, dataset)
-    report = {"keras": {"accuracy": reference.accuracy}}
+    reference = Reference(keras_model, dataset, task)
+    report = {"keras": reference.figures()}
     report.update((fmt, reference.check(fmt, path)) for fmt, path in paths.items())
     return report
 
 
 class Reference:
-    """The Keras model's labels, top-1 predictions and accuracy on a dataset (inference mode), to check files
-    against."""
+    """The Keras model's outputs and figures on a dataset (inference mode), to check files against.
 
-    def __init__(self, keras_model, dataset):
+    A classifier (the default) is checked as it always was: its top-1 class
+    agrees with the Keras model's on at least `MIN_AGREEMENT` of the examples
+    (float files) and its accuracy is within `MAX_ACCURACY_GAP`. Any other
+    task: a float file's every output is within `MAX_OUTPUT_GAP` of the Keras
+    model's, relative to that output's largest value, and the primary metric
+    (`hsd_tf.task`) within `MAX_ACCURACY_GAP` for a metric where higher is
+    better, `MAX_RELATIVE_GAP` of the Keras model's for one where lower is
+    (an error); a quantized file, the metric only.
+
+    Args:
+        keras_model: The model exported (its outputs as the user's model gives them).
+        dataset: Evaluation (inputs, targets) batches.
+        task: The model's `hsd_tf.task.Task`; None: a classifier of one output.
+    """
+
+    def __init__(self, keras_model, dataset, task=None):
         self.dataset = dataset
-        self.labels = labels_of(dataset)
-        self.predicted = predictions(lambda x: keras_model(x, training=False), dataset)
-        self.accuracy = float(np.mean(self.predicted == self.labels))
+        self.names = signature_names(keras_model)
+        self.task = task if task is not None and not task.is_classifier else None
+        self.outputs = outputs_of(lambda inputs: keras_model(_model_inputs(inputs), training=False), dataset)
+        if self.task is None:
+            self.labels = labels_of(dataset)
+            self.predicted = _top1(self.outputs[0])
+            self.accuracy = float(np.mean(self.predicted == self.labels))
+        else:
+            self.metrics = self._metrics(self.outputs)
+
+    def figures(self) -> dict:
+        """The Keras model's own: its accuracy, or its metrics and primary metric."""
+        if self.task is None:
+            return {"accuracy": self.accuracy}
+        return {"metric": self.metrics[self.task.primary], "metrics": self.metrics}
+
+    def _metrics(self, outputs) -> dict:
+        """The task's metrics of outputs (already activated) against the dataset's targets."""
+        metrics = self.task.new_metrics()
+        start = 0
+        for batch in self.dataset:
+            _, targets, weights = _unpack(batch)
+            size = int(np.shape(_flat_values(targets)[0])[0])
+            found = [o[start:start + size] for o in outputs]
+            metrics.update_state(self.task.structured(self.task.flat(targets)), self.task.structured(found),
+                                 sample_weight=weights)
+            start += size
+        return {name: float(value) for name, value in metrics.result().items()}
 
     def check(self, fmt: str, path: str) -> dict:
         runtime = None
@@ -203,38 +281,61 @@ class Reference:
             if fmt == "savedmodel":
                 import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-                loaded = tf.saved_model.load(path)
-                predicted = predictions(lambda x, f=loaded.serve: f(tf.constant(x)), self.dataset)
+                loaded = tf.saved_model.load(path)  # held: its variables live as long as it does
+                found = outputs_of(lambda inputs: loaded.serve(*[tf.constant(x) for x in _flat_inputs(inputs)]),
+                                   self.dataset)
             else:
-                predicted, runtime = self._run_tflite(path)
+                found, runtime = self._run_tflite(path)
         except Exception as error:  # pylint: disable=broad-except
             return {"path": path, "bytes": _size(path), "error": f"could not be run: {why(error)}"}
-        entry = {"path": path, "bytes": _size(path), "accuracy": float(np.mean(predicted == self.labels)),
-                 "agreement": float(np.mean(predicted == self.predicted))}
+        entry = {"path": path, "bytes": _size(path)}
+        lossless = fmt not in QUANTIZED
+        if self.task is None:
+            predicted = _top1(found[0])
+            entry.update(accuracy=float(np.mean(predicted == self.labels)),
+                         agreement=float(np.mean(predicted == self.predicted)))
+            failed = ((lossless and entry["agreement"] < MIN_AGREEMENT)
+                      or abs(entry["accuracy"] - self.accuracy) > MAX_ACCURACY_GAP)
+            why_failed = (f"accuracy {entry['accuracy']:.4f} against the Keras model's {self.accuracy:.4f} (needs "
+                          f"within {MAX_ACCURACY_GAP:.2f}), top-1 class the same as the Keras model's on "
+                          f"{entry['agreement']:.1%} of the test examples" + (f" (needs {MIN_AGREEMENT:.0%})"
+                                                                              if lossless else ""))
+        else:
+            metrics = self._metrics(found)
+            name, value, expected = self.task.primary, metrics[self.task.primary], self.metrics[self.task.primary]
+            entry.update(metric=value, metrics=metrics, output_gap=output_gap(found, self.outputs))
+            allowed = (MAX_ACCURACY_GAP if self.task.higher_is_better
+                       else MAX_RELATIVE_GAP * max(abs(expected), 1e-12))
+            failed = abs(value - expected) > allowed or (lossless and entry["output_gap"] > MAX_OUTPUT_GAP)
+            why_failed = (f"{name} {value:.4g} against the Keras model's {expected:.4g} (needs within {allowed:.3g}), "
+                          f"outputs within {entry['output_gap']:.2g} of the Keras model's, relative to their largest "
+                          "value" + (f" (needs {MAX_OUTPUT_GAP:g})" if lossless else ""))
         if runtime:
             entry["runtime"] = runtime
-        lossless = fmt not in QUANTIZED
-        if (lossless and entry["agreement"] < MIN_AGREEMENT) or abs(entry["accuracy"] - self.accuracy) > MAX_ACCURACY_GAP:
-            entry["error"] = (f"failed verification: accuracy {entry['accuracy']:.4f} against the Keras model's "
-                              f"{self.accuracy:.4f} (needs within {MAX_ACCURACY_GAP:.2f}), top-1 class the same as the "
-                              f"Keras model's on {entry['agreement']:.1%} of the test examples"
-                              + (f" (needs {MIN_AGREEMENT:.0%})" if lossless else ""))
+        if failed:
+            entry["error"] = f"failed verification: {why_failed}"
         return entry
 
     def _run_tflite(self, path: str):
-        """Top-1 predictions of a .tflite file, and a note when only LiteRT's built-in kernels could run it."""
+        """The outputs of a .tflite file, and a note when only LiteRT's built-in kernels could run it."""
         try:
-            with _ChildInterpreter(path) as interpreter:
-                return predictions(interpreter, self.dataset), None
+            with _ChildInterpreter(path, names=self.names) as interpreter:
+                return outputs_of(interpreter, self.dataset), None
         except RuntimeError as error:
             if "XNNPACK" not in str(error):
                 raise
             refused = str(error)
-        with _ChildInterpreter(path, xnnpack=False) as interpreter:
-            predicted = predictions(interpreter, self.dataset)
-        return predicted, ("LiteRT's built-in kernels: the XNNPACK delegate cannot run this file "
-                           f"({refused[:160]}); run it with experimental_op_resolver_type="
-                           "OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES")
+        with _ChildInterpreter(path, xnnpack=False, names=self.names) as interpreter:
+            found = outputs_of(interpreter, self.dataset)
+        return found, ("LiteRT's built-in kernels: the XNNPACK delegate cannot run this file "
+                       f"({refused[:160]}); run it with experimental_op_resolver_type="
+                       "OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES")
+
+
+def output_gap(found, expected) -> float:
+    """The largest |found - expected| of an output relative to that output's largest |expected|, over the outputs."""
+    return max(float(np.abs(np.asarray(f, np.float64) - np.asarray(e, np.float64)).max()
+                     / max(float(np.abs(e).max()), 1e-12)) for f, e in zip(found, expected))
 
 
 def _savedmodel_path(model, directory: str, keep: bool):
@@ -245,6 +346,14 @@ def _savedmodel_path(model, directory: str, keep: bool):
     return os.path.join(scratch, "savedmodel"), scratch
 
 
+def _calibration(model, representative_images):
+    """int8 calibration inputs as `_convert` takes them: the array of a one-input model, else a dict by the
+    signature's input names."""
+    if representative_images is None or not isinstance(representative_images, (list, tuple)):
+        return representative_images
+    return dict(zip(signature_names(model)[0], representative_images))
+
+
 def _write_tflite(saved_model: str, path: str, fmt: str, representative_images) -> str:
     content = _convert(saved_model, fmt, representative_images)
     with open(path, "wb") as f:
@@ -253,6 +362,8 @@ def _write_tflite(saved_model: str, path: str, fmt: str, representative_images) 
 
 
 def _convert(saved_model: str, fmt: str, representative_images) -> bytes:
+    """The .tflite bytes of a SavedModel. `representative_images`: for int8 calibration, an array of inputs, or a
+    dict of them by signature input name (a model of several inputs: TFLite orders its tensors otherwise)."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
@@ -263,9 +374,14 @@ def _convert(saved_model: str, fmt: str, representative_images) -> bytes:
         if representative_images is None:
             raise ValueError("tflite_int8 needs representative_images for calibration.")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([image[None]] for image in representative_images)
+        if isinstance(representative_images, dict):
+            count = len(next(iter(representative_images.values())))
+            converter.representative_dataset = lambda: ({name: values[i:i + 1] for name, values in
+                                                         representative_images.items()} for i in range(count))
+        else:
+            converter.representative_dataset = lambda: ([image[None]] for image in representative_images)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
+        converter.inference_input_type = tf.int8  # float inputs only: integer tokens stay integers
         converter.inference_output_type = tf.int8
     with quiet.native_stderr_silenced():  # the converter's C++ settings dump, "fully_quantize: 0, ..."
         return converter.convert()
@@ -273,15 +389,22 @@ def _convert(saved_model: str, fmt: str, representative_images) -> bytes:
 
 def why(error: BaseException) -> str:
     """One line of an error: the converter's first diagnostic ("error: 'tf.X' op is neither a custom op ..."),
-    else the message's first line."""
+    else the whole message on one line (Keras' own explain themselves over several)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     diagnostics = [line.split("error: ", 1)[1] for line in lines if "error: " in line]
-    text = diagnostics[0] if diagnostics else (lines[0] if lines else type(error).__name__)
-    return text[:300]
+    if diagnostics:
+        return diagnostics[0][:300]
+    return (" ".join(lines) if lines else type(error).__name__)[:600]
 
 
 class TFLiteModel:
-    """A .tflite file run with LiteRT's interpreter; float32 images in, float32 logits out.
+    """A .tflite file run with LiteRT's interpreter: float32 inputs in (integer tokens as integers), float32
+    outputs out (int8 files quantized and dequantized here).
+
+    A file of one input and one output runs on the interpreter's tensors; one of
+    several, on its signature, each input and output by name, in the order of
+    their names (`signature_names` makes them; TFLite orders its tensors
+    otherwise than the model).
 
     Args:
         path: The .tflite file.
@@ -297,30 +420,52 @@ class TFLiteModel:
             self.interpreter = Interpreter(model_path=path, num_threads=num_threads,
                                            experimental_op_resolver_type=resolver)
             self.interpreter.allocate_tensors()
-        self._input = self.interpreter.get_input_details()[0]
-        self._output = self.interpreter.get_output_details()[0]
+        inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
+        self.runner = None
+        if len(inputs) > 1 or len(outputs) > 1:
+            self.runner = self.interpreter.get_signature_runner()
+            self._inputs = dict(sorted(self.runner.get_input_details().items()))
+            self._outputs = dict(sorted(self.runner.get_output_details().items()))
+        else:
+            self._input, self._output = inputs[0], outputs[0]
         self._batch = None
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        images = np.asarray(images, np.float32)
+    def __call__(self, *inputs: np.ndarray):
+        """One array per input (in the order of the signature's input names) -> the output, or one per output
+        (in the order of their names)."""
+        if self.runner is not None:
+            feed = {name: _quantized(x, detail) for (name, detail), x in zip(self._inputs.items(), inputs)}
+            found = self.runner(**feed)
+            return [_dequantized(found[name], detail) for name, detail in self._outputs.items()]
+        images = _quantized(inputs[0], self._input)
         if self._batch != images.shape:
             self.interpreter.resize_tensor_input(self._input["index"], images.shape)
             self.interpreter.allocate_tensors()
             self._batch = images.shape
-        if self._input["dtype"] == np.int8:
-            scale, zero_point = self._input["quantization"]
-            images = np.clip(np.round(images / scale + zero_point), -128, 127).astype(np.int8)
         self.interpreter.set_tensor(self._input["index"], images)
         self.interpreter.invoke()
-        logits = self.interpreter.get_tensor(self._output["index"])
-        if self._output["dtype"] == np.int8:
-            scale, zero_point = self._output["quantization"]
-            logits = (logits.astype(np.float32) - zero_point) * scale
-        return logits
+        return _dequantized(self.interpreter.get_tensor(self._output["index"]), self._output)
 
 
-# The child: reads image batches from stdin, writes top-1 classes to its original stdout (`send_array`).
-# Native code's own prints go to stderr, so they cannot corrupt the stream.
+def _quantized(values, detail) -> np.ndarray:
+    """An input as the file takes it: float32, integers as they are, or int8 by the input's quantization."""
+    values = np.asarray(values)
+    if detail["dtype"] == np.int8:
+        scale, zero_point = detail["quantization"]
+        return np.clip(np.round(values.astype(np.float32) / scale + zero_point), -128, 127).astype(np.int8)
+    return values.astype(detail["dtype"])
+
+
+def _dequantized(values, detail) -> np.ndarray:
+    if detail["dtype"] == np.int8:
+        scale, zero_point = detail["quantization"]
+        return (values.astype(np.float32) - zero_point) * scale
+    return values
+
+
+# The child: reads batches (a count, then one array per input, in the order of the signature's input names) from
+# stdin, writes the outputs the same way to its original stdout (`send_arrays`). Native code's own prints go to
+# stderr, so they cannot corrupt the stream.
 _CHILD = """
 import os, sys
 import numpy as np
@@ -328,12 +473,13 @@ stream = os.fdopen(os.dup(1), "wb")
 os.dup2(2, 1)
 from hsd_tf.export import TFLiteModel
 model = TFLiteModel(sys.argv[1], xnnpack=sys.argv[2] == "xnnpack")
-from hsd_tf.export import receive_array, send_array
+from hsd_tf.export import receive_arrays, send_arrays
 while True:
-    images = receive_array(sys.stdin.buffer)
-    if images is None:
+    inputs = receive_arrays(sys.stdin.buffer)
+    if inputs is None:
         break
-    send_array(stream, np.argmax(model(images), axis=-1))
+    outputs = model(*inputs)
+    send_arrays(stream, outputs if isinstance(outputs, list) else [outputs])
 """
 
 
@@ -343,14 +489,16 @@ def child_command(path: str, xnnpack: bool = True) -> List[str]:
 
 
 class _ChildInterpreter:
-    """A .tflite file run by LiteRT in a child process: top-1 classes of image batches.
+    """A .tflite file run by LiteRT in a child process: the outputs of batches of inputs.
 
     A runtime that aborts or crashes takes only the child down; the error then
     names the signal and the child's last line of stderr.
     """
 
-    def __init__(self, path: str, xnnpack: bool = True):
+    def __init__(self, path: str, xnnpack: bool = True, names=None):
         self.path = path
+        # The model's input and output names, by which the file's signature is ordered (`TFLiteModel`).
+        self.input_names, self.output_names = names or ([], [])
         self.log = tempfile.TemporaryFile()
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
@@ -360,15 +508,27 @@ class _ChildInterpreter:
     def __enter__(self):
         return self
 
-    def __call__(self, images) -> np.ndarray:
+    def input_order(self, count: int) -> list:
+        """The model's inputs as the child takes them: by name (the order itself for one)."""
+        return sorted(range(count), key=self.input_names.__getitem__) if count > 1 else [0]
+
+    def output_order(self, count: int) -> list:
+        return sorted(range(count), key=self.output_names.__getitem__) if count > 1 else [0]
+
+    def __call__(self, inputs) -> list:
+        """The file's outputs (a list, in the model's order) of one batch of inputs (one array, or a list in the
+        model's order)."""
+        arrays = [np.asarray(x) for x in _flat_inputs(inputs)]
+        arrays = [x.astype(np.float32) if np.issubdtype(x.dtype, np.floating) else x for x in arrays]
         try:
-            send_array(self.process.stdin, np.asarray(images, np.float32))
-            found = receive_array(self.process.stdout)
+            send_arrays(self.process.stdin, [arrays[i] for i in self.input_order(len(arrays))])
+            found = receive_arrays(self.process.stdout)
         except OSError:  # a closed pipe: the child is gone
             found = None
         if found is None:
             raise RuntimeError(self._death())
-        return found
+        order = self.output_order(len(found))
+        return [found[order.index(i)] for i in range(len(found))]
 
     def _death(self) -> str:
         code = self.process.wait()
@@ -406,6 +566,22 @@ def receive_array(stream) -> Optional[np.ndarray]:
     return None if data is None else np.frombuffer(data, dtype).reshape(shape)
 
 
+def send_arrays(stream, arrays) -> None:
+    """Writes a list of arrays: their count, then each (`send_array`)."""
+    send_array(stream, np.array([len(arrays)], np.int64))
+    for array in arrays:
+        send_array(stream, array)
+
+
+def receive_arrays(stream) -> Optional[list]:
+    """Reads what `send_arrays` wrote; None at the end of the stream (or if it was cut short)."""
+    count = receive_array(stream)
+    if count is None:
+        return None
+    arrays = [receive_array(stream) for _ in range(int(count[0]))]
+    return None if any(a is None for a in arrays) else arrays
+
+
 def _read_exactly(stream, count: int) -> Optional[bytes]:
     chunks, left = [], count
     while left:
@@ -417,14 +593,46 @@ def _read_exactly(stream, count: int) -> Optional[bytes]:
     return b"".join(chunks)
 
 
-def predictions(model, dataset) -> np.ndarray:
-    """Argmax predictions of a callable model over an (images, labels) dataset."""
-    outputs = [np.asarray(model(images.numpy())) for images, _ in dataset]
-    return np.concatenate([o if o.ndim == 1 else np.argmax(o, axis=-1) for o in outputs])
+def outputs_of(model, dataset) -> list:
+    """A callable model's outputs over a dataset of (inputs, targets[, weights]) batches: one array per output,
+    every batch concatenated."""
+    batches = [[np.asarray(o) for o in _flat_values(model(_unpack(batch)[0]))] for batch in dataset]
+    return [np.concatenate(parts) for parts in zip(*batches)]
 
 
 def labels_of(dataset) -> np.ndarray:
-    return np.concatenate([labels.numpy() for _, labels in dataset])
+    return np.concatenate([np.asarray(_flat_values(_unpack(batch)[1])[0]) for batch in dataset])
+
+
+def _top1(outputs: np.ndarray) -> np.ndarray:
+    return outputs if outputs.ndim == 1 else np.argmax(outputs, axis=-1)
+
+
+def _unpack(batch):
+    """(inputs, targets, weights or None) of a batch."""
+    batch = tuple(batch)
+    return batch[0], batch[1], batch[2] if len(batch) > 2 else None
+
+
+def _flat_values(values) -> list:
+    """The leaves of an output or target structure (a tensor, a list, a dict by key order) as a list."""
+    if isinstance(values, dict):
+        return [v for key in sorted(values) for v in _flat_values(values[key])]
+    if isinstance(values, (list, tuple)):
+        return [v for item in values for v in _flat_values(item)]
+    return [values]
+
+
+
+def _flat_inputs(inputs) -> list:
+    """A batch's inputs as numpy arrays, one per model input."""
+    return [x.numpy() if hasattr(x, "numpy") else np.asarray(x) for x in _flat_values(inputs)]
+
+
+def _model_inputs(inputs):
+    """A batch as a functional model takes it: the one tensor of a one-input model, else the list."""
+    inputs = _flat_values(inputs)
+    return inputs[0] if len(inputs) == 1 else inputs
 
 
 def _size(path: str) -> int:
@@ -433,11 +641,12 @@ def _size(path: str) -> int:
     return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
 
 
-def representative_sample(dataset, count: int = 200) -> np.ndarray:
-    """Up to `count` images from a batched dataset, for int8 calibration."""
-    images = []
-    for batch, _ in dataset:
-        images.append(batch.numpy())
-        if sum(len(b) for b in images) >= count:
+def representative_sample(dataset, count: int = 200):
+    """Up to `count` examples' inputs from a batched dataset, for int8 calibration: an array, or one per input."""
+    parts = []
+    for batch in dataset:
+        parts.append(_flat_inputs(_unpack(batch)[0]))
+        if sum(len(p[0]) for p in parts) >= count:
             break
-    return np.concatenate(images)[:count]
+    arrays = [np.concatenate(values)[:count] for values in zip(*parts)]
+    return arrays[0] if len(arrays) == 1 else arrays

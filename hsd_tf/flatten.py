@@ -108,21 +108,30 @@ def graph_of(model):
     return model if hasattr(model, "_nodes_by_depth") else None
 
 
+def per_input(input_shape, count: int) -> list:
+    """`input_shape` as one shape (or None) per input: a list of shapes as it is, one shape for the first input."""
+    if input_shape is not None and len(input_shape) and all(
+            isinstance(d, (tuple, list)) or d is None for d in input_shape):
+        return list(input_shape) + [None] * (count - len(input_shape))
+    return [input_shape] + [None] * (count - 1)
+
+
 def _input_shapes(model, graph, input_shape) -> List[Tuple[int, ...]]:
     if graph is None:
-        if input_shape is None:
+        shape = per_input(input_shape, 1)[0]
+        if shape is None:
             raise FlattenError(f"Model {model.name!r} ({type(model).__name__}) is subclassed and has no input "
                                "shape of its own; give the image size (input_shape, or --image_size).")
-        return [tuple(int(d) for d in input_shape)]
+        return [tuple(int(d) for d in shape)]
     shapes = []
-    for x in graph.inputs:
+    for x, given in zip(graph.inputs, per_input(input_shape, len(graph.inputs))):
         shape = tuple(x.shape[1:])
         if any(d is None for d in shape):
-            if input_shape is None or len(input_shape) != len(shape) or any(
-                    d is not None and d != g for d, g in zip(shape, input_shape)):
+            if given is None or len(given) != len(shape) or any(
+                    d is not None and d != g for d, g in zip(shape, given)):
                 raise FlattenError(f"Model {model.name!r} reads inputs of shape {shape}, with unknown dimensions; "
                                    f"give the image size to trace it at. Received: input_shape={input_shape}")
-            shape = tuple(int(d) for d in input_shape)
+            shape = tuple(int(d) for d in given)
         shapes.append(shape)
     return shapes
 

@@ -48,15 +48,18 @@ import tensorflow as tf
 from hsd_tf import flatten as flatten_lib
 
 # Layers that act on each channel alone: a channel's label passes through.
+# Pooling, padding, cropping, upsampling and spatial dropout of sequences (1-D), images (2-D) and volumes (3-D):
+# each channel alone, and a zero channel stays zero.
+SPATIAL_PER_CHANNEL = tuple(
+    getattr(keras.layers, f"{kind}{rank}D") for rank in (1, 2, 3)
+    for kind in ("MaxPooling", "AveragePooling", "GlobalAveragePooling", "GlobalMaxPooling", "ZeroPadding",
+                 "Cropping", "UpSampling", "SpatialDropout"))
 PER_CHANNEL = (
     keras.layers.BatchNormalization, keras.layers.Activation, keras.layers.ReLU, keras.layers.LeakyReLU,
     keras.layers.PReLU, keras.layers.ELU, keras.layers.Softmax, keras.layers.Dropout,
-    keras.layers.SpatialDropout2D, keras.layers.GaussianNoise, keras.layers.GaussianDropout,
-    keras.layers.MaxPooling2D, keras.layers.AveragePooling2D, keras.layers.GlobalAveragePooling2D,
-    keras.layers.GlobalMaxPooling2D, keras.layers.ZeroPadding2D, keras.layers.Cropping2D,
-    keras.layers.UpSampling2D, keras.layers.Rescaling, keras.layers.Normalization, keras.layers.Identity,
-    keras.layers.InputLayer,
-)
+    keras.layers.GaussianNoise, keras.layers.GaussianDropout, keras.layers.Rescaling, keras.layers.Normalization,
+    keras.layers.Identity, keras.layers.InputLayer,
+) + SPATIAL_PER_CHANNEL
 # Spatial preprocessing and augmentation: each channel alone, and a zero channel stays zero.
 SPATIAL = (
     keras.layers.Resizing, keras.layers.CenterCrop, keras.layers.RandomCrop, keras.layers.RandomFlip,
@@ -66,31 +69,33 @@ SPATIAL = (
 AUGMENTING = (keras.layers.RandomContrast, keras.layers.RandomBrightness)
 MERGING = (keras.layers.Add, keras.layers.Multiply, keras.layers.Subtract, keras.layers.Average,
            keras.layers.Maximum, keras.layers.Minimum)
-CONVS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D, keras.layers.SeparableConv2D,
-         keras.layers.Conv2DTranspose)
+PLAIN_CONVS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+SEPARABLE_CONVS = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+TRANSPOSED_CONVS = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)
+DEPTHWISE_CONVS = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+CONVS = PLAIN_CONVS + SEPARABLE_CONVS + TRANSPOSED_CONVS
 NORMALIZATIONS = (keras.layers.BatchNormalization, keras.layers.LayerNormalization,
                   keras.layers.GroupNormalization)
 # Element-wise keras.ops calls recorded as graph nodes (MobileNetV3's `x + 3.0`, hard-swish).
 ELEMENTWISE_OPS = frozenset((
-    "Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum", "Minimum", "Negative", "Abs", "Square",
-    "Sqrt", "Relu", "Relu6", "Sigmoid", "HardSigmoid", "Silu", "HardSilu", "Gelu", "Tanh", "Elu", "Selu",
-    "Softplus", "LeakyRelu",
+    "Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum", "Minimum", "Negative", "Abs", "Absolute",
+    "Square", "Sqrt", "Relu", "Relu6", "Sigmoid", "HardSigmoid", "Silu", "HardSilu", "Gelu", "Tanh", "Elu", "Selu",
+    "Softplus", "LeakyRelu", "Sign", "Exp", "Log", "Log1p", "Expm1", "Softsign", "Round", "Floor", "Ceil",
 ))
 # Ops that map a zero channel to zero whatever else they do: no mask needed after them.
 ZERO_KEEPING = (
     keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.PReLU, keras.layers.ELU, keras.layers.Dropout,
-    keras.layers.SpatialDropout2D, keras.layers.GaussianDropout, keras.layers.MaxPooling2D,
-    keras.layers.AveragePooling2D, keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D,
-    keras.layers.ZeroPadding2D, keras.layers.Cropping2D, keras.layers.UpSampling2D, keras.layers.Identity,
-    keras.layers.Flatten, keras.layers.Reshape, keras.layers.Concatenate, keras.layers.InputLayer,
-) + MERGING + SPATIAL
+    keras.layers.GaussianDropout, keras.layers.Identity, keras.layers.Flatten, keras.layers.Reshape,
+    keras.layers.Concatenate, keras.layers.InputLayer,
+) + SPATIAL_PER_CHANNEL + MERGING + SPATIAL
 ZERO_KEEPING_ACTIVATIONS = frozenset((
     "relu", "relu6", "leaky_relu", "elu", "selu", "tanh", "silu", "swish", "gelu", "hard_silu", "hard_swish",
     "linear", "mish", "softsign",
 ))
 ZERO_KEEPING_OPS = frozenset((
-    "Multiply", "Divide", "TrueDivide", "Negative", "Abs", "Square", "Sqrt", "Relu", "Relu6", "Silu",
-    "HardSilu", "Gelu", "Tanh", "Elu", "Selu", "LeakyRelu",
+    "Multiply", "Divide", "TrueDivide", "Negative", "Abs", "Absolute", "Square", "Sqrt", "Relu", "Relu6", "Silu",
+    "HardSilu", "Gelu", "Tanh", "Elu", "Selu", "LeakyRelu", "Sign", "Log1p", "Expm1", "Softsign", "Round", "Floor",
+    "Ceil",
 ))
 # Element-wise ops that keep zeros only when every operand is a tensor of the graph (no constant).
 ZERO_KEEPING_WITHOUT_CONSTANT = frozenset(("Add", "Subtract", "Maximum", "Minimum"))
@@ -243,6 +248,15 @@ class Trace:
     opaque: Dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
+    def input_dtypes(self) -> Tuple[str, ...]:
+        """Each input's dtype ("float32"; "int32" for tokens)."""
+        return tuple(keras.backend.standardize_dtype(x.dtype) for x in self.model.inputs)
+
+    @property
+    def input_names(self) -> Tuple[str, ...]:
+        return tuple(x.name for x in self.model.inputs)
+
+    @property
     def group_names(self) -> Tuple[str, ...]:
         return tuple(g.name for g in self.groups)
 
@@ -285,6 +299,21 @@ def identity_at_inference(op) -> bool:
     kind = type(op)
     return (isinstance(op, keras.layers.Layer) and kind.__module__.startswith("keras.src.layers.preprocessing")
             and kind.__name__.startswith("Random") and kind is not keras.layers.RandomCrop)
+
+
+def sample_inputs(model_trace: Trace, batch: int, rng: np.random.RandomState) -> List[np.ndarray]:
+    """A random batch of every input: normal floats, and integer tokens each Embedding reading them can look up."""
+    readers = {}
+    for step in model_trace.steps:
+        if isinstance(step.operation, keras.layers.Embedding):
+            for key in step.inputs:
+                readers[key] = min(readers.get(key, step.operation.input_dim), step.operation.input_dim)
+    samples = []
+    for key, shape, dtype in zip(model_trace.input_keys, model_trace.input_shapes, model_trace.input_dtypes):
+        size = (batch,) + tuple(shape)
+        samples.append(rng.randint(0, readers.get(key, 2), size=size).astype(dtype) if "int" in dtype
+                       else rng.normal(size=size).astype(dtype))
+    return samples
 
 
 def flat_masks(group_masks: Sequence) -> tf.Tensor:
@@ -424,7 +453,7 @@ def trace(model: keras.Model, unpruned_layers: Sequence[str] = (), input_shape: 
     graph = flatten_lib.graph_of(flat.model)
     input_keys = [tracer.key(x) for x in graph.inputs]
     for key, x in zip(input_keys, graph.inputs):
-        tracer.labels_of[key] = tracer.labels.new(int(x.shape[-1]), frozen=True)
+        tracer.labels_of[key] = tracer.labels.new(_channels(x), frozen=True)
         tracer.input_labels += tracer.labels_of[key]
     tracer.run(graph)
     output_keys = [tracer.key(x) for x in graph.outputs]
@@ -527,11 +556,11 @@ class _Tracer:
         op = node.operation
         for labels in inputs:
             self.labels.freeze(labels)
-        if isinstance(op, keras.layers.Conv2D) and op.groups not in (1, len(inputs[0])):
+        if isinstance(op, PLAIN_CONVS) and op.groups not in (1, len(inputs[0])):
             outputs = self.labels.new(op.filters, frozen=True)
             self.record_weighted(node, "grouped", inputs[0], outputs)
             return [outputs]
-        if isinstance(op, CONVS + (keras.layers.Dense, keras.layers.DepthwiseConv2D)):
+        if isinstance(op, CONVS + DEPTHWISE_CONVS + (keras.layers.Dense,)):
             results = self.supported(node, inputs)
             for labels in results:
                 self.labels.freeze(labels)
@@ -548,7 +577,7 @@ class _Tracer:
         """Output label lists of a node the tracer follows channel by channel."""
         op = node.operation
         name = op.name
-        if isinstance(op, keras.layers.Conv2D) and getattr(op, "groups", 1) != 1:
+        if isinstance(op, PLAIN_CONVS) and op.groups != 1:
             if op.groups != len(inputs[0]):
                 raise _Unfollowable(f"a grouped convolution ({op.groups} groups of "
                                        f"{len(inputs[0]) // op.groups} channels) ties blocks of channels together")
@@ -558,8 +587,7 @@ class _Tracer:
             return [outputs]
         if isinstance(op, CONVS + (keras.layers.Dense,)):
             kind = ("dense" if isinstance(op, keras.layers.Dense) else "separable"
-                    if isinstance(op, keras.layers.SeparableConv2D) else "transpose"
-                    if isinstance(op, keras.layers.Conv2DTranspose) else "conv")
+                    if isinstance(op, SEPARABLE_CONVS) else "transpose" if isinstance(op, TRANSPOSED_CONVS) else "conv")
             if id(op) not in self.produced:  # called again, a layer gives the same filters: the same channels
                 self.order.append(name)
                 input_roots = {self.labels.find(label) for label in self.input_labels}
@@ -571,7 +599,7 @@ class _Tracer:
                 self.produced[id(op)] = self.labels.new(int(node.outputs[0].shape[-1]), name, frozen=stem)
             self.record_weighted(node, kind, inputs[0], self.produced[id(op)])
             return [self.produced[id(op)]]
-        if isinstance(op, keras.layers.DepthwiseConv2D):
+        if isinstance(op, DEPTHWISE_CONVS):
             outputs = [label for label in inputs[0] for _ in range(op.depth_multiplier)]
             self.record_weighted(node, "depthwise", inputs[0], outputs)
             return [outputs]
@@ -701,7 +729,7 @@ def _needs_mask(step: dict, consumers: Sequence) -> bool:
     if isinstance(op, CONVS + (keras.layers.Dense,)) and getattr(op, "groups", 1) == 1:
         # A BatchNorm alone reading the conv is masked instead: the method's mask point.
         return not consumers or not all(isinstance(c, keras.layers.BatchNormalization) for c in consumers)
-    if isinstance(op, (keras.layers.DepthwiseConv2D, keras.layers.Conv2D)):
+    if isinstance(op, DEPTHWISE_CONVS + PLAIN_CONVS):
         return bool(op.use_bias)
     if isinstance(op, ZERO_KEEPING):
         return False
@@ -780,7 +808,8 @@ def kernel_weights(layer: keras.layers.Layer) -> int:
 
 
 # TensorFlow ops that multiply-accumulate: every output element costs the product of the contracted sizes.
-_CONTRACTING_OPS = frozenset(("Conv2D", "Conv3D", "DepthwiseConv2dNative", "Conv2DBackpropInput", "MatMul",
+_CONTRACTING_OPS = frozenset(("Conv2D", "Conv3D", "DepthwiseConv2dNative", "Conv2DBackpropInput",
+                              "Conv3DBackpropInputV2", "MatMul",
                               "BatchMatMulV2", "BatchMatMulV3", "Einsum"))
 
 
@@ -802,9 +831,9 @@ def _graph_macs(node) -> int:
 def _op_macs(op) -> int:
     """MACs of one contracting TensorFlow op: output elements x the size of what each output sums over."""
     shape = lambda t: [int(d) for d in t.shape]  # noqa: E731
-    if op.type == "Conv2DBackpropInput":  # a transposed conv: every input element meets the whole kernel
-        kh, kw, out_channels, _ = shape(op.inputs[1])
-        return math.prod(shape(op.inputs[2])) * kh * kw * out_channels
+    if op.type in ("Conv2DBackpropInput", "Conv3DBackpropInputV2"):  # transposed: each input element meets the kernel
+        *window, out_channels, _ = shape(op.inputs[1])
+        return math.prod(shape(op.inputs[2])) * math.prod(window) * out_channels
     out = math.prod(shape(op.outputs[0]))
     if op.type in ("Conv2D", "Conv3D"):
         return out * math.prod(shape(op.inputs[1])[:-1])

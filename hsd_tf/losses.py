@@ -6,6 +6,9 @@ For a view with logits z and its teacher view with logits t (detached):
         + kd_weight * T^2 * KL(softmax(t / T) || softmax(z / T))
         + hint_weight * sum over hint layers of MSE(F, F_teacher)
 
+For a model of another task, CE is the model's own loss and the KL term the
+distillation of every output (`hsd_tf.task`).
+
 Every term is a mean over the examples of the global batch, so under
 tf.distribute the per-replica value is divided by the replica count exactly
 as Keras' own losses are.
@@ -60,33 +63,45 @@ def pair_loss(
     temperature: float = 15.0,
     hint_weight: float = 0.0,
     global_batch_size=None,
+    task=None,
+    sample_weight=None,
 ) -> Dict[str, tf.Tensor]:
     """The loss of one view against its (detached) teacher.
 
     Args:
-        labels: Integer class labels, (batch,).
-        logits: The view's logits.
-        teacher_logits: The teacher's logits.
+        labels: Integer class labels, (batch,); with `task`, the targets in the model's structure.
+        logits: The view's logits; with `task`, one tensor per output (or the one tensor).
+        teacher_logits: The teacher's logits, the same way.
         features: The view's hint features.
         teacher_features: The teacher's hint features, same shapes.
-        kd_weight: lambda_KD; the CE weight is 1 - lambda_KD.
+        kd_weight: lambda_KD; the weight of the model's own loss is 1 - lambda_KD.
         temperature: tau.
         hint_weight: lambda_H; 0 switches hints off.
         global_batch_size: Examples over all replicas; defaults to this
             replica's batch times the replica count.
+        task: The model's `hsd_tf.task.Task` (its own loss and the distillation of every output); None: a
+            classifier's cross-entropy and KD, as above.
+        sample_weight: Per-example weights of the model's own loss (with `task`).
 
     Returns:
         {"loss", "ce", "kd", "hint"}: scalars, each a mean over the global batch
-        divided out for this replica (sum over replicas = global mean).
+        divided out for this replica (sum over replicas = global mean). "ce" is
+        the model's own loss (cross-entropy for a classifier).
     """
+    first = keras.tree.flatten(logits)[0]
     if global_batch_size is None:
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        global_batch_size = tf.shape(labels)[0] * replicas
-    ce = keras.losses.sparse_categorical_crossentropy(labels, tf.cast(logits, tf.float32), from_logits=True)
-    terms = {
-        "ce": replica_mean(ce, global_batch_size),
-        "kd": replica_mean(distillation_loss(logits, teacher_logits, temperature), global_batch_size),
-    }
+        global_batch_size = tf.shape(first)[0] * replicas
+    if task is None:
+        ce = keras.losses.sparse_categorical_crossentropy(labels, tf.cast(logits, tf.float32), from_logits=True)
+        terms = {
+            "ce": replica_mean(ce, global_batch_size),
+            "kd": replica_mean(distillation_loss(logits, teacher_logits, temperature), global_batch_size),
+        }
+    else:
+        outputs, teacher_outputs = keras.tree.flatten(logits), keras.tree.flatten(teacher_logits)
+        terms = {"ce": task.loss(labels, outputs, sample_weight),
+                 "kd": task.distillation(outputs, teacher_outputs, temperature)}
     total = (1.0 - kd_weight) * terms["ce"] + kd_weight * terms["kd"]
     if hint_weight and features:
         terms["hint"] = replica_mean(hint_loss(features, teacher_features), global_batch_size)

@@ -51,43 +51,51 @@ class SlimmingError(TrainingError):
     """A slim model that does not compute what its masked view computed: nothing is exported."""
 
 
-def masked_logits(cascade: Cascade, index: int, images):
-    """View `index`'s logits, computed with its frozen masks in inference mode, in float32.
+def masked_outputs(cascade: Cascade, index: int, inputs):
+    """View `index`'s logits (one tensor, or one per output), computed with its frozen masks in inference mode, in
+    float32.
 
     The reference a slim model must reproduce. A view trained in 16 bits is run
     over a float32 copy of its layers, every channel kept, with the masks
     multiplied in, so that rounding does not pass for a difference.
     """
     if keras.backend.standardize_dtype(cascade.compute_dtype) == "float32":
-        return cascade.view_forward(index, images, training=False, frozen=True)[0]
+        return cascade.view_forward(index, inputs, training=False, frozen=True)[0]
     dense = graph.layers_by_name(slim_model(cascade.trace, {}, cascade.layer_for(index)))
-    outputs, _ = graph.run(cascade.trace, [images], lambda layer: dense[layer.name],
+    outputs, _ = graph.run(cascade.trace, keras.tree.flatten(inputs), lambda layer: dense[layer.name],
                            cascade.hard_masks(index, frozen=True), training=False)
-    return outputs[0]
+    return outputs[0] if len(outputs) == 1 else outputs
 
 
-def check_slim(slim: keras.Model, reference, images) -> float:
+def check_slim(slim: keras.Model, reference, inputs) -> float:
     """Checks on a batch that a slim model computes what it was built from.
 
     Args:
         slim: The slim model.
-        reference: The logits it must give on `images` (`masked_logits`, or the dense model's own).
-        images: A batch of images.
+        reference: The outputs it must give on `inputs` (`masked_outputs`, or the dense model's own): a tensor, or
+            one per output.
+        inputs: A batch: one array, or one per model input.
 
     Returns:
-        The largest |slim - reference| relative to the largest |reference|.
+        The largest |slim - reference| of an output relative to that output's largest |reference|, over the outputs.
 
     Raises:
         SlimmingError: Above `SLIM_TOLERANCE`.
     """
-    reference = np.asarray(reference, np.float64)
-    found = np.asarray(slim(images, training=False), np.float64)
-    difference = float(np.abs(found - reference).max() / max(np.abs(reference).max(), 1e-12))
+    expected = [np.asarray(r, np.float64) for r in keras.tree.flatten(reference)]
+    found = [np.asarray(f, np.float64) for f in keras.tree.flatten(slim(model_inputs(inputs), training=False))]
+    difference = max(float(np.abs(f - e).max() / max(np.abs(e).max(), 1e-12)) for f, e in zip(found, expected))
     if not difference <= SLIM_TOLERANCE:
         raise SlimmingError(
             f"the slim {slim.name} does not compute what its masked view computed (largest difference "
-            f"{difference:.3g} of the largest logit, allowed {SLIM_TOLERANCE:g})")
+            f"{difference:.3g} of the largest output, allowed {SLIM_TOLERANCE:g})")
     return difference
+
+
+def model_inputs(inputs):
+    """A batch as a functional model takes it: the one array of a one-input model, else the list."""
+    inputs = keras.tree.flatten(inputs)
+    return inputs[0] if len(inputs) == 1 else inputs
 
 
 def rehearse(model_trace: graph.Trace, seed: int = 0) -> float:
@@ -109,12 +117,12 @@ def rehearse(model_trace: graph.Trace, seed: int = 0) -> float:
     for group in model_trace.groups:
         kept[group.name] = rng.rand(group.width) < 0.5
         kept[group.name][rng.randint(group.width)] = True
-    images = rng.normal(size=(2,) + tuple(model_trace.input_shapes[0])).astype("float32")
+    inputs = graph.sample_inputs(model_trace, 2, rng)
     try:
         slim = slim_model(model_trace, kept, name="rehearsal")
         masks = [kept[group.name].astype("float32") for group in model_trace.groups]
-        reference = graph.run(model_trace, [images], group_masks=masks, training=False)[0][0]
-        return check_slim(slim, reference, images)
+        reference = graph.run(model_trace, inputs, group_masks=masks, training=False)[0]
+        return check_slim(slim, reference, inputs)
     except SlimmingError:
         raise
     except Exception as error:  # pylint: disable=broad-except  (one line before training, not a crash after it)
@@ -180,7 +188,8 @@ def slim_model(model_trace: graph.Trace, kept: Mapping[str, Sequence[bool]], sou
             slices[layer_name] = (indices(step.channels_in), indices(step.channels_out))
             slim_layers[layer_name] = _slim_layer(step.operation, len(slices[layer_name][1]),
                                                   len(slices[layer_name][0]), inference)
-    inputs = [keras.Input(shape) for shape in model_trace.input_shapes]
+    inputs = [keras.Input(shape, dtype=dtype, name=name)
+              for shape, dtype, name in zip(model_trace.input_shapes, model_trace.input_dtypes, model_trace.input_names)]
     outputs, _ = graph.run(model_trace, inputs, layer_for=lambda op: slim_layers[op.name],
                            op_for=lambda step: _slim_op(step, keep))
     model = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs if len(outputs) > 1 else outputs[0],
@@ -192,6 +201,23 @@ def slim_model(model_trace: graph.Trace, kept: Mapping[str, Sequence[bool]], sou
             in_kept, out_kept = slices[layer_name]
             layer.set_weights(_sliced(source, weights, in_kept, out_kept, len(first[layer_name].channels_in)))
     return model
+
+
+def with_final_activations(model: keras.Model, activations: Sequence[Optional[str]], keys: Sequence[str] = (),
+                           structure: str = "single") -> keras.Model:
+    """`model` (logits out) ending as the user's model ended: the final softmax or sigmoid of each output put back
+    (`architectures.without_final_activations` took them off), its outputs named as the user's and, for a model of
+    dict outputs, a dict; unchanged when there is nothing to put back or rename."""
+    outputs = keras.tree.flatten(model.outputs)
+    if not any(activations) and structure != "dict":
+        return model
+    ends = []
+    for i, (output, activation) in enumerate(zip(outputs, activations)):
+        name = keys[i] if i < len(keys) else None
+        ends.append(keras.layers.Activation(activation, name=f"{name or model.name}_{activation}")(output)
+                    if activation else output)
+    result = dict(zip(keys, ends)) if structure == "dict" else ends if len(ends) > 1 else ends[0]
+    return keras.Model(model.inputs if len(model.inputs) > 1 else model.inputs[0], result, name=model.name)
 
 
 def _slim_op(step: graph.Step, keep):
@@ -244,16 +270,16 @@ def _sliced(layer, weights, in_kept, out_kept, in_width: int) -> list:
     """`layer`'s weights restricted to the kept input and output channels."""
     if _one_group_per_channel(layer):
         return [w[..., out_kept] for w in weights]  # one group per input channel: depthwise
-    if isinstance(layer, keras.layers.Conv2D) and layer.groups != 1:
+    if isinstance(layer, graph.PLAIN_CONVS) and layer.groups != 1:
         return weights  # any other grouped conv is unpruned: its channels are all kept
-    if isinstance(layer, keras.layers.SeparableConv2D):
+    if isinstance(layer, graph.SEPARABLE_CONVS):
         depthwise, pointwise = weights[:2]
         multiplier = depthwise.shape[-1]
         rows = (in_kept[:, None] * multiplier + np.arange(multiplier)).ravel()
         return [depthwise[..., in_kept, :], pointwise[..., rows, :][..., out_kept]] + [b[out_kept] for b in weights[2:]]
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
+    if isinstance(layer, graph.DEPTHWISE_CONVS):
         return [weights[0][..., in_kept, :]] + [b[out_kept] for b in weights[1:]]
-    if isinstance(layer, keras.layers.Conv2DTranspose):
+    if isinstance(layer, graph.TRANSPOSED_CONVS):
         return [weights[0][..., out_kept, :][..., in_kept]] + [b[out_kept] for b in weights[1:]]
     if isinstance(layer, graph.CONVS + (keras.layers.Dense,)):
         return [weights[0][..., in_kept, :][..., out_kept]] + [b[out_kept] for b in weights[1:]]
@@ -263,4 +289,4 @@ def _sliced(layer, weights, in_kept, out_kept, in_width: int) -> list:
 
 def _one_group_per_channel(layer) -> bool:
     """A grouped conv with one input channel per group: a depthwise conv (ConvNeXt's)."""
-    return isinstance(layer, keras.layers.Conv2D) and layer.groups != 1 and layer.kernel.shape[-2] == 1
+    return isinstance(layer, graph.PLAIN_CONVS) and layer.groups != 1 and layer.kernel.shape[-2] == 1

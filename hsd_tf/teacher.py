@@ -11,13 +11,14 @@ from keras.src.utils import naming
 from hsd_tf import architectures, graph
 
 
-def load(path: str, model: keras.Model) -> keras.Model:
+def load(path: str, model: keras.Model, source: Optional[keras.Model] = None) -> keras.Model:
     """Gives `model` the weights of a saved teacher.
 
     Args:
         path: A `.keras` model of the same structure (matched by layer name),
             or a `.weights.h5` file of a model built like `model`.
         model: The dense model of `--arch` (`architectures.get`).
+        source: The `.keras` model at `path`, if already loaded (`check`).
 
     Returns:
         `model`, with the file's weights.
@@ -25,7 +26,7 @@ def load(path: str, model: keras.Model) -> keras.Model:
     if path.endswith(".weights.h5"):
         model.load_weights(path)
         return model
-    source = graph.layers_by_name(architectures.load_saved(path))
+    source = graph.layers_by_name(source or architectures.load_saved(path))
     for name, layer in graph.layers_by_name(model).items():
         if layer.weights:
             layer.set_weights(source[name].get_weights())
@@ -35,12 +36,15 @@ def load(path: str, model: keras.Model) -> keras.Model:
 _ANOTHER_RUN = "(a teacher of another --arch, --width_multiplier or dataset?)"
 
 
-def check(path: str, model: keras.Model) -> None:
+def check(path: str, model: keras.Model) -> Optional[keras.Model]:
     """Checks, before any training, that a teacher file fits `model`.
 
     Args:
         path: `--teacher`: a `.keras` model or a `.weights.h5` file.
         model: The dense model of `--arch` it must fit.
+
+    Returns:
+        The `.keras` model read (for `load`, which then reads nothing), or None for a weights file.
 
     Raises:
         ValueError: The file is missing, unreadable (not HDF5 or .keras,
@@ -60,15 +64,16 @@ def check(path: str, model: keras.Model) -> None:
                 if shape != tuple(weight.shape):
                     raise ValueError(f"layer {layer.name!r}: expected a {weight.name} of shape {tuple(weight.shape)} "
                                      f"for --arch, found {shape} {_ANOTHER_RUN}")
-        return
+        return None
     if not path.endswith(".keras"):
         raise ValueError("expected a .keras model or a .weights.h5 file")
     try:
-        source = graph.layers_by_name(architectures.load_saved(path))
+        loaded = architectures.load_saved(path)
     except architectures.MissingCustomObjectError:
         raise
     except ValueError as error:
         raise ValueError(f"cannot be read as a .keras model ({str(error)[:200]})") from None
+    source = graph.layers_by_name(loaded)
     for name, layer in graph.layers_by_name(model).items():
         if not layer.weights:
             continue
@@ -79,6 +84,7 @@ def check(path: str, model: keras.Model) -> None:
         if expected != found:
             raise ValueError(f"layer {name!r}: expected weight shapes {expected} for --arch, found {found} "
                              f"{_ANOTHER_RUN}")
+    return loaded
 
 
 def _weights_file_keys(model: keras.Model, prefix: str = "layers"):
@@ -138,8 +144,8 @@ def from_keras_resnet50(model: keras.Model, source: keras.Model = None) -> keras
     return model
 
 
-def compiled_for_training(model: keras.Model, data, config) -> keras.Model:
-    """Compiles a model for training from its current weights with cross-entropy.
+def compiled_for_training(model: keras.Model, data, config, task=None) -> keras.Model:
+    """Compiles a model for training from its current weights with the task's own loss.
 
     SGD with Nesterov momentum and weight decay, cosine learning rate from
     `config.teacher_learning_rate` to 0 over `config.teacher_epochs`.
@@ -148,6 +154,8 @@ def compiled_for_training(model: keras.Model, data, config) -> keras.Model:
         model: The dense model (logits out).
         data: `hsd_tf.data.Data`.
         config: `hsd_tf.config.Config`.
+        task: The model's `hsd_tf.task.Task`: its loss on logits, weighted as compiled. Default, and for a
+            classifier: cross-entropy on logits, with accuracy shown while it trains.
 
     Returns:
         `model`, compiled.
@@ -155,13 +163,13 @@ def compiled_for_training(model: keras.Model, data, config) -> keras.Model:
     schedule = keras.optimizers.schedules.CosineDecay(
         config.teacher_learning_rate, config.teacher_epochs * data.steps_per_epoch
     )
-    model.compile(
-        optimizer=keras.optimizers.SGD(
-            schedule, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay
-        ),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="acc")],
-    )
+    optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, nesterov=True,
+                                     weight_decay=config.weight_decay)
+    if task is None or task.default_classifier:
+        model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="acc")])
+    else:  # the compiled metrics read activated outputs, not these logits: the run measures them itself
+        model.compile(optimizer=optimizer, loss=task.keras_losses(), loss_weights=task.loss_weights())
     return model
 
 

@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from hsd_tf import architectures, costs, graph, masks, slimming, strategy
 from hsd_tf import data as data_lib
+from hsd_tf import task as task_lib
 from hsd_tf import export as export_lib
 from hsd_tf import teacher as teacher_lib
 from hsd_tf.cascade import PHASES, Cascade
@@ -66,40 +67,61 @@ def train_and_evaluate(config: Config, model: Optional[keras.Model] = None, data
         export.ExportError: Some files could not be exported or failed verification; everything else is written.
         checkpoints.RunInterrupted: Ctrl-C; the message says where the run stopped and how to resume.
     """
-    return _run(config, model, data, rebuild_student=False)[0]
+    return _run(config, prepare(config, model, data), rebuild_student=False)[0]
 
 
-def prune_model(config: Config, model: keras.Model, data) -> Tuple[dict, keras.Model]:
-    """`train_and_evaluate` on a given model and data, also returning the slim student itself.
+def prune_model(config: Config, subject: "Subject") -> Tuple[dict, keras.Model]:
+    """`train_and_evaluate` on a prepared model and data (`prepare`), also returning the slim student itself.
 
     The student is the model this run built, not a reload of its `.keras` file
     (which Keras refuses to load by default when the model holds a Lambda); a
     run found finished rebuilds it from its last checkpoint, without training.
     """
-    return _run(config, model, data, rebuild_student=True)
+    return _run(config, subject, rebuild_student=True)
 
 
-def _run(config: Config, model, data, rebuild_student: bool):
-    config.validate()
+@dataclasses.dataclass
+class Subject:
+    """The model a run prunes, read once (`prepare`): what every phase needs to know about it.
+
+    Attributes:
+        model: The dense model with its final activations taken off
+            (`architectures.without_final_activations`).
+        trace: Its trace (`hsd_tf.graph.trace`).
+        task: Its outputs, loss, distillation and metrics (`hsd_tf.task`).
+        activations: The activation taken off each output (put back on the exported models).
+        data: The run's `hsd_tf.data.Data` where it is read before training (given, or `--dataset=py:`);
+            None where the run loads it (an image dataset).
+        trained: Whether `model` holds the teacher's weights already (a given model, or a `.keras` --arch with its
+            --teacher); otherwise the run trains or loads them.
+    """
+
+    model: keras.Model
+    trace: graph.Trace
+    task: task_lib.Task
+    activations: List[Optional[str]]
+    data: Optional[data_lib.Data] = None
+    trained: bool = False
+
+
+def _run(config: Config, subject: Subject, rebuild_student: bool):
     start = time.time()
     try:
         distribution = strategy.make(config.strategy)
     except ValueError as error:
         raise ConfigError("strategy", config.strategy, str(error)) from None
     config.check_replicas(distribution.num_replicas_in_sync)
-    input_shape = data.input_shape if data is not None else None
-    input_shape = check_model(config, model, input_shape).input_shapes[0]
     config.check_model_dir()
-    is_chief, task = strategy.worker(distribution)
+    is_chief, worker = strategy.worker(distribution)
     lock = model_dir_lock(config.model_dir, refuse(config)) if is_chief else contextlib.nullcontext()
     with lock, interrupts_noted():
         results_path = os.path.join(config.model_dir, "results.json")
         if config.mode == "train" and _finished(results_path, config):
             with open(results_path) as f:
                 results = json.load(f)
-            return results, _finished_student(config, model, input_shape) if rebuild_student else None
+            return results, _finished_student(config, subject) if rebuild_student else None
         try:
-            return _train_export_and_report(config, distribution, model, data, is_chief, task, start)
+            return _train_export_and_report(config, distribution, subject, is_chief, worker, start)
         except RunInterrupted:
             raise
         except KeyboardInterrupt:
@@ -116,11 +138,11 @@ def refuse(config: Config):
     return refuse
 
 
-def _train_export_and_report(config: Config, distribution, given_model, given_data, is_chief: bool, task: str,
+def _train_export_and_report(config: Config, distribution, subject: Subject, is_chief: bool, worker: str,
                              start: float):
-    out_dir = config.model_dir if is_chief else os.path.join(config.model_dir, "workers", task)
+    out_dir = config.model_dir if is_chief else os.path.join(config.model_dir, "workers", worker)
     if is_chief:
-        _announce_resume(config, trains_teacher=given_model is None and not config.teacher)
+        _announce_resume(config, trains_teacher=not subject.trained and not config.teacher)
         config.save()
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
@@ -130,7 +152,7 @@ def _train_export_and_report(config: Config, distribution, given_model, given_da
     keras.config.set_dtype_policy("float32" if config.mixed_precision == "float32" else f"mixed_{config.mixed_precision}")
     try:
         with distribution.scope():
-            results, candidates, data = _train_and_evaluate(config, out_dir, given_model, given_data)
+            results, candidates, data = _train_and_evaluate(config, out_dir, subject)
     finally:
         keras.config.set_dtype_policy(policy)
     # Slim models are plain float32 single-device models, built outside the
@@ -138,45 +160,50 @@ def _train_export_and_report(config: Config, distribution, given_model, given_da
     # The slim student's .keras file is written whatever --export says: it is what the run made.
     failures, student = [], None
     if is_chief:
-        models = _checked_slim_models(candidates, data)
+        models = _checked_slim_models(candidates, data, subject)
         student = models[0][1]
         try:
-            failures = _export(config, models, data, results)
+            failures = _export(config, models, data, results, subject.task)
         except KeyboardInterrupt:
             raise RunInterrupted(f"Interrupted while exporting; training is finished and saved in {config.model_dir}. "
                                  "Re-run the same command to export again.") from None
     results["wall_seconds_this_invocation"] = round(time.time() - start, 1)
     write_json(os.path.join(out_dir, "results.json"), results)
     if failures:
-        raise export_lib.ExportError(failures, results)
+        raise export_lib.ExportError(failures, results, student)
     return results, student
 
 
-def _train_and_evaluate(config: Config, out_dir: str, given_model=None, given_data=None):
+def _train_and_evaluate(config: Config, out_dir: str, subject: Subject):
     """Trains or loads every phase of `config.method`; returns (results, candidates, data).
 
     candidates: [(results entry, build, reference)] of every model to export:
     `build()` makes the slim inference model (outside the strategy's scope),
-    `reference(images)` gives the logits it must compute.
+    `reference(inputs)` gives the logits it must compute.
     """
-    if given_model is None:
-        data, model = data_and_model(config)
-        dense_teacher = _teacher(config, out_dir, model, data)
-        if config.teacher:
-            data = _chosen_for_teacher(config, dense_teacher, data)
-    else:  # a float32 copy made in the strategy's scope, flattened: the user's model stays as it is
-        data = given_data
-        model = dense_teacher = slimming.slim_model(
-            graph.trace(given_model, config.unpruned_layers, data.input_shape), {}, name="teacher")
+    task = subject.task
+    data = subject.data or load_data(config, architectures.input_shape_of(config.arch))
+    if subject.trained:  # a float32 copy made in the strategy's scope, flattened: the user's model stays as it is
+        model = dense_teacher = slimming.slim_model(subject.trace, {}, name="teacher")
+    else:
+        model = _dense_model(config, subject, data)
+        dense_teacher = _teacher(config, out_dir, model, data, task)
+    if config.teacher and subject.data is None:  # an image dataset, fed as the given teacher was trained
+        data = _chosen_for_teacher(config, dense_teacher, data)
     validation = data.val if data.val is not None else data.test
-    teacher_val = teacher_lib.accuracy(dense_teacher, validation)
+    teacher_val = task.evaluate(dense_teacher, validation)[task.primary]
     if config.verbose:
-        print(f"\nTeacher: validation accuracy {teacher_val:.4f}; {STARTS[config.method]}.", flush=True)
-    warning = teacher_lib.near_chance_warning(teacher_val, data.num_classes)
-    if warning:
-        print(warning, flush=True)
+        name = "accuracy" if task.is_classifier else task.primary
+        print(f"\nTeacher: validation {name} {teacher_val:.4f}; {STARTS[config.method]}.", flush=True)
+    if task.is_classifier and data.num_classes:
+        warning = teacher_lib.near_chance_warning(teacher_val, data.num_classes)
+        if warning:
+            print(warning, flush=True)
     teacher_trace = graph.trace(dense_teacher, config.unpruned_layers, data.input_shape)
     dense_cost = costs.count(teacher_trace)
+    teacher_entry = {"params": dense_cost["params"], "macs": dense_cost["macs"]}
+    _record_metrics(teacher_entry, task, task.evaluate(dense_teacher, data.test),
+                    teacher_val if data.val is not None else None)
     results = {
         "method": config.method,
         "dataset": config.dataset,
@@ -185,25 +212,34 @@ def _train_and_evaluate(config: Config, out_dir: str, given_model=None, given_da
         "width_multiplier": config.width_multiplier,
         "macs_budget": config.macs_budget or None,
         "masks_from": config.masks_from,
-        "teacher": {
-            "accuracy": teacher_lib.accuracy(dense_teacher, data.test),
-            "params": dense_cost["params"],
-            "macs": dense_cost["macs"],
-        },
+        "primary_metric": {"name": task.primary, "higher_is_better": task.higher_is_better},
+        "teacher": teacher_entry,
     }
-    if data.val is not None:
-        results["teacher"]["val_accuracy"] = teacher_val
     train = _train_scratch if config.method == "scratch" else _train_cascade
-    candidates = train(config, out_dir, model, dense_teacher, data, validation, teacher_val, results)
+    candidates = train(config, out_dir, model, dense_teacher, data, validation, teacher_val, results, task)
     results["prune_ratios"] = [view["prune_ratio"] for view in results["views"]]
     if config.export_views == "all":
         candidates.append((results["teacher"], lambda: slimming.slim_model(teacher_trace, {}, name="teacher",
                                                                           inference=True),
-                           lambda images: dense_teacher(images, training=False)))
+                           lambda inputs: dense_teacher(slimming.model_inputs(inputs), training=False)))
     return results, candidates, data
 
 
-def _cascade(config: Config, model: keras.Model, input_shape, teacher: Optional[keras.Model] = None) -> Cascade:
+def _record_metrics(entry: dict, task: task_lib.Task, test: dict, val: Optional[float]) -> None:
+    """A results entry's figures: every compiled metric on the test split (`metrics`), the primary one
+    (`metric`, and `val_metric` on the validation split); a classifier's `accuracy` and `val_accuracy` too."""
+    entry["metrics"] = test
+    entry["metric"] = test[task.primary]
+    if val is not None:
+        entry["val_metric"] = val
+    if task.is_classifier and task.primary in ("accuracy", "acc"):
+        entry["accuracy"] = test[task.primary]
+        if val is not None:
+            entry["val_accuracy"] = val
+
+
+def _cascade(config: Config, model: keras.Model, input_shape, task: task_lib.Task,
+             teacher: Optional[keras.Model] = None) -> Cascade:
     """The run's cascade: every view for `--method=hsd`; for l1 and scratch the student alone at the same budget
     and per-layer floors (`Config.prune_ratios`, `Config.macs_fractions`)."""
     return Cascade(
@@ -212,21 +248,22 @@ def _cascade(config: Config, model: keras.Model, input_shape, teacher: Optional[
         temperature=config.temperature, hint_weight=config.hint_weight,
         max_layer_prune_ratio=config.max_layer_prune_ratio, min_layer_filters=config.min_layer_filters,
         mask_hysteresis=config.mask_hysteresis, unpruned_layers=config.unpruned_layers, input_shape=input_shape,
-        saliency=config.saliency, name="cascade",
+        saliency=config.saliency, task=task, name="cascade",
     )
 
 
-def _train_cascade(config: Config, out_dir: str, model, dense_teacher, data, validation, teacher_val, results):
+def _train_cascade(config: Config, out_dir: str, model, dense_teacher, data, validation, teacher_val, results,
+                   task: task_lib.Task):
     """`--method=hsd`: joint, frozen and finetune phases of the cascade; `--method=l1`: its student alone.
 
     l1 (Li et al.'s filter pruning) is the cascade's student at the same budget
     and per-layer floor with its masks frozen at the scores' initial ranking
     (the teacher's layer-normalised filter L1 norms), fine-tuned with the
-    student's own fine-tuning losses (cross-entropy plus KD from the teacher,
+    student's own fine-tuning losses (the model's loss plus KD from the teacher,
     `--kd_weight`) for every epoch the cascade trains after its teacher.
     """
     hsd = config.method == "hsd"
-    cascade = _cascade(config, model, data.input_shape, teacher=dense_teacher)
+    cascade = _cascade(config, model, data.input_shape, task, teacher=dense_teacher)
     first_phase = "joint" if hsd else "finetune"
     if not os.path.exists(_phase_path(config.model_dir, first_phase)):
         cascade.initialize_from(dense_teacher)
@@ -242,9 +279,10 @@ def _train_cascade(config: Config, out_dir: str, model, dense_teacher, data, val
     ta_test = snapshot.evaluate(data.test, return_dict=True, verbose=0)
     ladder_names = cascade.view_names[1:] + ["teacher"]
     ladder_val = snapshot.evaluate(validation, return_dict=True, verbose=0)
-    ladder_accuracies = [float(ladder_val[f"{n}_acc"]) for n in cascade.view_names[1:]]
-    ladder_accuracies.append(teacher_val)
-    ladder = TeacherLadder(ladder_names, ladder_accuracies, os.path.join(out_dir, "finetune", "ladder.json"))
+    ladder_values = [float(ladder_val[cascade.metric_name(n)]) for n in cascade.view_names[1:]]
+    ladder_values.append(teacher_val)
+    ladder = TeacherLadder(ladder_names, ladder_values, os.path.join(out_dir, "finetune", "ladder.json"),
+                           monitor=f"val_{cascade.metric_name()}", better=task.better, metric=task.primary)
     cascade.set_ladder(snapshot)
     _run_phase(config, out_dir, cascade, "finetune",
                config.finetune_epochs if hsd else config.epochs_after_teacher(), data, validation, [ladder])
@@ -256,57 +294,60 @@ def _train_cascade(config: Config, out_dir: str, model, dense_teacher, data, val
         _removed_fraction(views[0])
     mask_changes = mask_log.changes() if hsd else None
     for i, view in enumerate(views):
-        view["accuracy"] = float(student_test["student_acc"] if i == 0 else ta_test[f"{view['name']}_acc"])
+        logs = student_test if i == 0 else ta_test
+        test = {key: float(logs[f"{view['name']}_{task.log_name(key)}"]) for key in task.metric_keys}
         # On the held-out part of the training split: what model selection may look at.
+        val = None
         if data.val is not None:
-            view["val_accuracy"] = float(student_val["student_acc"]) if i == 0 else ladder_accuracies[i - 1]
+            val = float(student_val[cascade.metric_name()]) if i == 0 else ladder_values[i - 1]
+        _record_metrics(view, task, test, val)
         if hsd:
             view["mask_changes"] = mask_changes[view["name"]]
         view["kept_channels"] = {group: np.flatnonzero(mask).tolist()
                                  for group, mask in zip(cascade.trace.group_names, cascade.hard_masks(i, frozen=True))}
     results["views"] = views
-    results["teacher_ladder"] = {"names": ladder_names, "val_accuracies": ladder_accuracies,
-                                 "switches": ladder.switches()}
+    results["teacher_ladder"] = {"names": ladder_names, "val_metrics": ladder_values, "switches": ladder.switches()}
     exported = range(len(cascade.views)) if config.export_views == "all" else range(1)
     return [(views[i], functools.partial(slimming.slim_view, cascade if i == 0 else snapshot, i,
                                          name=cascade.view_names[i], inference=True),
-             functools.partial(slimming.masked_logits, cascade if i == 0 else snapshot, i)) for i in exported]
+             functools.partial(slimming.masked_outputs, cascade if i == 0 else snapshot, i)) for i in exported]
 
 
-def _train_scratch(config: Config, out_dir: str, model, dense_teacher, data, validation, teacher_val, results):
+def _train_scratch(config: Config, out_dir: str, model, dense_teacher, data, validation, teacher_val, results,
+                   task: task_lib.Task):
     """`--method=scratch`: l1's slim architecture from random weights, trained with the teacher's recipe
-    (cross-entropy, SGD from `--teacher_learning_rate`, cosine to 0) for the epochs the cascade trains after its
-    teacher. What pruning must beat to be worth its teacher."""
-    del teacher_val  # no ladder: scratch learns from the labels alone
-    student, view, unpruned = _scratch_student(config, model, dense_teacher, data.input_shape)
+    (the model's own loss, SGD from `--teacher_learning_rate`, cosine to 0) for the epochs the cascade trains after
+    its teacher. What pruning must beat to be worth its teacher."""
+    del teacher_val  # no ladder: scratch learns from the targets alone
+    student, view, unpruned = _scratch_student(config, model, dense_teacher, data.input_shape, task)
     epochs = config.epochs_after_teacher()
     path = os.path.join(config.model_dir, *FINAL_CHECKPOINTS["scratch"])
     if os.path.exists(path):
         read_checkpoint(lambda: load_weights(student, path), path, "train the scratch student again")
     else:
-        teacher_lib.compiled_for_training(student, data, dataclasses.replace(config, teacher_epochs=epochs))
+        teacher_lib.compiled_for_training(student, data, dataclasses.replace(config, teacher_epochs=epochs), task)
         _fit(student, config, out_dir, "scratch", epochs, data, validation)
         save_weights(student, os.path.join(out_dir, *FINAL_CHECKPOINTS["scratch"]))
         discard_backup(out_dir, "scratch")
-    view["accuracy"] = teacher_lib.accuracy(student, data.test)
-    if data.val is not None:
-        view["val_accuracy"] = teacher_lib.accuracy(student, data.val)
+    _record_metrics(view, task, task.evaluate(student, data.test),
+                    task.evaluate(student, data.val)[task.primary] if data.val is not None else None)
     results["views"] = [view]
     trained = graph.trace(student, unpruned, data.input_shape)
 
-    def reference(images):  # in 16 bits, its float32 copy: rounding must not pass for a slimming error
+    def reference(inputs):  # in 16 bits, its float32 copy: rounding must not pass for a slimming error
+        inputs = slimming.model_inputs(inputs)
         if keras.backend.standardize_dtype(student.compute_dtype) == "float32":
-            return student(images, training=False)
-        return slimming.slim_model(trained, {}, name="reference")(images, training=False)
+            return student(inputs, training=False)
+        return slimming.slim_model(trained, {}, name="reference")(inputs, training=False)
 
     return [(view, lambda: slimming.slim_model(trained, {}, name="student", inference=True), reference)]
 
 
-def _scratch_student(config: Config, model: keras.Model, dense_teacher: keras.Model, input_shape
-                     ) -> Tuple[keras.Model, dict, List[str]]:
+def _scratch_student(config: Config, model: keras.Model, dense_teacher: keras.Model, input_shape,
+                     task: task_lib.Task) -> Tuple[keras.Model, dict, List[str]]:
     """(l1's slim architecture, augmentation layers kept for training, freshly initialised; its results entry:
     costs and kept channels; the layers the tracer must leave whole in it)."""
-    cascade = _cascade(config, model, input_shape)
+    cascade = _cascade(config, model, input_shape, task)
     cascade.initialize_from(dense_teacher)
     _freeze_baseline_masks(config, cascade)
     view = cascade.view_costs(frozen=True)[0]
@@ -446,64 +487,120 @@ SHIFT_PROBE_SEED = 0
 CANDIDATE_PREPROCESSINGS = ("auto", "raw", "unit", "symmetric", "caffe", "torch")
 
 
-def check_model(config: Config, model: Optional[keras.Model] = None, input_shape=None) -> graph.Trace:
-    """Builds and traces `--arch` for the dataset (or traces `model`), checks `--teacher` against it and
-    a folder dataset's files, all before any training and before anything is written.
+def prepare(config: Config, model: Optional[keras.Model] = None, data=None, loss=None, metrics=None,
+            loss_weights=None) -> Subject:
+    """Reads the model to prune once, with its task, and checks everything that can be checked before training.
+
+    `--arch` is built or loaded (a `.keras` file once, with its compiled loss
+    and metrics), a `.keras` model gets its `--teacher`'s weights, a
+    `--dataset=py:` module's datasets are read, and then the model is traced,
+    its task read (`hsd_tf.task.from_model`), its slimming rehearsed and its
+    budgets checked: all before anything is trained or written.
 
     Args:
         config: The run's settings.
-        model: The model to prune instead of `--arch`.
-        input_shape: One image's shape, where the model's own input leaves sizes open
-            (default: the dataset's, `hsd_tf.data.describe`).
+        model: The model to prune instead of `--arch` (`hsd_tf.prune`): trained, it is the teacher.
+        data: Its `hsd_tf.data.Data` (with `model`).
+        loss, metrics, loss_weights: Given to `hsd_tf.prune` instead of what `model` was compiled with.
 
     Returns:
-        The model's trace.
+        The `Subject`.
 
     Raises:
-        ConfigError: A model that cannot be built or traced, is no image classifier, has
-            nothing to prune, or per-layer floors that alone exceed some view's filter budget.
+        ConfigError: A model that cannot be built, loaded or traced, has no loss for its task, does not fit its
+            data, has nothing to prune, or per-layer floors that alone exceed some view's budget.
+        DatasetError: A dataset that cannot be read.
     """
+    config.validate()
     try:
         architectures.import_custom_objects(config.custom_objects)
     except ValueError as error:
         raise ConfigError("custom_objects", config.custom_objects, str(error)) from None
+    trained, compile_config = model is not None, None
+    input_shape = data.input_shape if data is not None else None
     if model is None:
-        data_lib.validate_name(config.dataset)  # before the model: its errors are --arch's
-        try:
-            model_shape = architectures.input_shape_of(config.arch)
-            fixed = model_shape is not None and None not in model_shape[:2]
-            if config.image_size and fixed and config.dataset.startswith("folder:") and (
-                    config.image_size, config.image_size) != tuple(model_shape[:2]):
-                raise ConfigError("image_size", config.image_size,
-                                  f"the model reads {model_shape[0]}x{model_shape[1]} images; leave the flag out")
-            shape, num_classes = data_lib.describe(config.dataset, config.image_size, model_shape)
-            input_shape = input_shape or shape
-            model = architectures.get(config.arch, input_shape, num_classes, config.width_multiplier)
-            if getattr(model, "preprocessor", None) is not None:
-                raise ValueError(
-                    f"the model carries a keras_hub preprocessor ({type(model.preprocessor).__name__}), which the "
-                    "command line does not apply: save the model with `model.preprocessor = None` and choose "
-                    "--preprocessing to match it, or prune it with hsd_tf.prune, which applies it")
-        except ValueError as error:
-            if isinstance(error, ConfigError):
-                raise
-            raise ConfigError("arch", config.arch, str(error).split(" Received:")[0].rstrip(".")) from None
-        if config.teacher and config.teacher != "imagenet":
-            try:
-                teacher_lib.check(config.teacher, model)
-            except ValueError as error:
-                raise ConfigError("teacher", config.teacher, str(error)) from None
-        if config.dataset.startswith("folder:") and config.mode in ("train", "compare"):
-            data_lib.folder_files(config.dataset[len("folder:"):])
+        model, data, compile_config, trained, input_shape = _model_of_flags(config)
+    original = model
+    model, activations = architectures.without_final_activations(model)
     try:
         model_trace = graph.trace(model, config.unpruned_layers, input_shape)
     except graph.UnsupportedLayerError as error:
         flag = "unpruned_layers" if isinstance(error, graph.UnknownLayersError) else "arch"
         raise ConfigError(flag, getattr(config, flag), str(error).rstrip(".")) from None
+    target_spec = data.target_spec if data is not None else task_lib.default_target_spec()
     try:
-        architectures.check_classifier(model_trace.model)
+        task = task_lib.from_model(original, activations, target_spec, compile_config, loss=loss, metrics=metrics,
+                                   loss_weights=loss_weights, metric_direction=config.metric_direction,
+                                   shapes=[tuple(x.shape[1:]) for x in model_trace.model.outputs])
+    except task_lib.TaskError as error:
+        if trained and not config.arch.endswith(".keras"):  # hsd_tf.prune: the error as it is, no flag to name
+            raise
+        flag = "metric_direction" if "metric_direction" in str(error) else "dataset" if "target" in str(error) else "arch"
+        raise ConfigError(flag, getattr(config, flag), str(error)) from None
+    subject = Subject(model, model_trace, task, activations, data, trained)
+    _check_trace(config, model_trace)
+    return subject
+
+
+def _model_of_flags(config: Config):
+    """(model, data or None, compile config or None, whether the model holds its teacher's weights, the input
+    shape to trace it at) of `--arch`, `--dataset` and `--teacher`, checked."""
+    data_lib.validate_name(config.dataset)  # before the model: its errors are --arch's
+    data = compile_config = None
+    try:
+        if config.dataset.startswith("py:"):
+            model = architectures.load_saved(config.arch)
+            data = data_lib.load_module(config.dataset, config.batch_size, [tuple(x.shape[1:]) for x in model.inputs],
+                                        input_keys(model), config.seed)
+            shape = data.input_shape
+            architectures.check_fits(model, shape, None, config.arch)
+        else:
+            model_shape = architectures.input_shape_of(config.arch)
+            fixed = model_shape is not None and len(model_shape) == 3 and None not in model_shape[:2]
+            if config.image_size and fixed and config.dataset.startswith("folder:") and (
+                    config.image_size, config.image_size) != tuple(model_shape[:2]):
+                raise ConfigError("image_size", config.image_size,
+                                  f"the model reads {model_shape[0]}x{model_shape[1]} images; leave the flag out")
+            shape, num_classes = data_lib.describe(config.dataset, config.image_size, model_shape)
+            model = architectures.get(config.arch, shape, num_classes, config.width_multiplier)
+        if getattr(model, "preprocessor", None) is not None:
+            raise ValueError(
+                f"the model carries a keras_hub preprocessor ({type(model.preprocessor).__name__}), which the "
+                "command line does not apply: save the model with `model.preprocessor = None` and choose "
+                "--preprocessing to match it, or prune it with hsd_tf.prune, which applies it")
     except ValueError as error:
-        raise ConfigError("arch", config.arch, str(error).rstrip(".")) from None
+        if isinstance(error, (ConfigError, data_lib.DatasetError)):
+            raise
+        raise ConfigError("arch", config.arch, str(error).split(" Received:")[0].rstrip(".")) from None
+    saved = config.arch.endswith(".keras")
+    if saved:
+        compile_config = architectures.compile_config(config.arch)
+    trained = False
+    if config.teacher and config.teacher != "imagenet":
+        same_file = saved and os.path.abspath(config.teacher) == os.path.abspath(config.arch)
+        try:
+            source = None if same_file else teacher_lib.check(config.teacher, model)
+        except ValueError as error:
+            raise ConfigError("teacher", config.teacher, str(error)) from None
+        if saved:  # its weights now, so that the trace holds them: the file is read once
+            if not same_file:
+                teacher_lib.load(config.teacher, model, source)
+            trained = True
+    if config.dataset.startswith("folder:") and config.mode in ("train", "compare"):
+        data_lib.folder_files(config.dataset[len("folder:"):])
+    return model, data, compile_config, trained, shape
+
+
+def input_keys(model: keras.Model) -> List[str]:
+    """The model's input names in its order: the keys a dict of inputs is read by."""
+    structure = getattr(model, "_inputs_struct", None)
+    if isinstance(structure, dict):
+        return sorted(structure)
+    return [x.name for x in model.inputs]
+
+
+def _check_trace(config: Config, model_trace: graph.Trace) -> None:
+    """Something to prune, slimming rehearsed, per-layer floors within every budget; ConfigError otherwise."""
     if not model_trace.groups:
         raise ConfigError("arch", config.arch, model_trace.nothing_prunable())
     try:
@@ -514,7 +611,7 @@ def check_model(config: Config, model: Optional[keras.Model] = None, input_shape
     floors = masks.layer_floors(model_trace.group_widths, config.max_layer_prune_ratio, config.min_layer_filters)
     if config.masks_from:  # the channels are given: no budget to check
         masks_from(config, model_trace)
-        return model_trace
+        return
     if config.round_to > 1:
         floors = masks.rounded_floors(floors, model_trace.group_widths, config.round_to)
     floor_note = f"with --max_layer_prune_ratio={config.max_layer_prune_ratio} every layer keeps at least"
@@ -526,7 +623,7 @@ def check_model(config: Config, model: Optional[keras.Model] = None, input_shape
             raise ConfigError("min_layer_filters", config.min_layer_filters,
                               f"{floor_note} its floor, which costs {floor_macs / mac_model.dense:.3f} of the dense "
                               f"MACs, more than --macs_budget={config.macs_budget}; {remedy}")
-        return model_trace
+        return
     for ratio in config.prune_ratios():
         overflow = masks.floors_overflow(1.0 - ratio, model_trace.filter_counts, model_trace.group_widths, floors)
         if overflow:
@@ -534,7 +631,6 @@ def check_model(config: Config, model: Optional[keras.Model] = None, input_shape
                 "min_layer_filters", config.min_layer_filters,
                 f"{floor_note} {overflow[0]} filters in all, more than the {overflow[1]} that prune ratio {ratio:g} "
                 f"leaves; {remedy}")
-    return model_trace
 
 
 def _announce_resume(config: Config, trains_teacher: bool) -> None:
@@ -568,29 +664,31 @@ def _finished(results_path: str, config: Config) -> bool:
                                                   if "error" not in exported} for entry in entries)
 
 
-def _checked_slim_models(candidates, data) -> list:
+def _checked_slim_models(candidates, data, subject: Subject) -> list:
     """[(results entry, slim model)] of every model to export, each checked against what it was trained as.
 
-    The models to deploy: augmentation layers left out. The check
-    (`slimming.check_slim`) runs on a test batch in every run, so a slim model
-    that does not compute what its masked view did stops the run before
-    anything is exported.
+    The models to deploy: augmentation layers left out, and each output ending
+    as the user's model ends (its final softmax or sigmoid put back). The check
+    (`slimming.check_slim`, on the logits) runs on a test batch in every run, so
+    a slim model that does not compute what its masked view did stops the run
+    before anything is exported.
     """
-    images = next(iter(data.test))[0]
+    inputs = next(iter(data.test))[0]
     models = []
     for entry, build, reference in candidates:
         model = build()
         try:
-            slimming.check_slim(model, reference(images), images)
+            slimming.check_slim(model, reference(inputs), inputs)
         except slimming.SlimmingError as error:
             raise slimming.SlimmingError(
                 f"{error}, so nothing was exported; the trained checkpoints are kept. This is a bug in hsd_tf's "
                 "slimming of this model: please report it with the model.") from None
-        models.append((entry, model))
+        models.append((entry, slimming.with_final_activations(model, subject.activations, subject.task.keys,
+                                                              subject.task.structure)))
     return models
 
 
-def _export(config: Config, models, data, results) -> List[str]:
+def _export(config: Config, models, data, results, task: task_lib.Task) -> List[str]:
     """Saves each slim model (.keras), then writes and verifies every --export format of it, each on its own.
 
     results.json is written once the .keras files are, and again as each file
@@ -605,8 +703,8 @@ def _export(config: Config, models, data, results) -> List[str]:
     failures, references = [], []
     for entry, model in models:
         path = os.path.join(directory, f"{model.name}.keras")
-        references.append(export_lib.Reference(model, data.test))
-        entry["exports"] = {"keras": {"path": path, "accuracy": references[-1].accuracy}}
+        references.append(export_lib.Reference(model, data.test, task))
+        entry["exports"] = {"keras": {"path": path, **references[-1].figures()}}
         try:
             model.save(path)
         except Exception as error:  # pylint: disable=broad-except  (reported, the other formats still made)
@@ -625,21 +723,26 @@ def _export(config: Config, models, data, results) -> List[str]:
     return failures
 
 
-def _finished_student(config: Config, model: keras.Model, input_shape) -> keras.Model:
+def _finished_student(config: Config, subject: Subject) -> keras.Model:
     """The slim student of a finished run, rebuilt from its last checkpoint (no training, no file read back)."""
+    model, shapes, task = subject.model, subject.trace.input_shapes, subject.task
     if config.method == "scratch":
-        student, _, unpruned = _scratch_student(config, model, model, input_shape)
+        student, _, unpruned = _scratch_student(config, model, model, shapes, task)
         load_weights(student, os.path.join(config.model_dir, *FINAL_CHECKPOINTS["scratch"]))
-        return slimming.slim_model(graph.trace(student, unpruned, input_shape), {}, name="student", inference=True)
-    cascade = _cascade(config, model, input_shape)
-    load_weights(cascade, _phase_path(config.model_dir, "finetune"))
-    return slimming.slim_view(cascade, 0, frozen=True, name="student", inference=True)
+        slim = slimming.slim_model(graph.trace(student, unpruned, shapes), {}, name="student", inference=True)
+    else:
+        cascade = _cascade(config, model, shapes, task)
+        load_weights(cascade, _phase_path(config.model_dir, "finetune"))
+        slim = slimming.slim_view(cascade, 0, frozen=True, name="student", inference=True)
+    return slimming.with_final_activations(slim, subject.activations, task.keys, task.structure)
 
 
-def data_and_model(config: Config):
-    """(`hsd_tf.data.Data`, the full-width dense model of `--arch`) of a run."""
-    data = load_data(config, architectures.input_shape_of(config.arch))
-    return data, architectures.get(config.arch, data.input_shape, data.num_classes, config.width_multiplier)
+def _dense_model(config: Config, subject: Subject, data) -> keras.Model:
+    """The dense model to train as the teacher, built in the strategy's scope: a built-in or keras.applications
+    model anew, a `.keras` file read again (its final activations taken off, as `prepare` took them)."""
+    del subject  # the same model as the subject's, made again where its teacher trains
+    model = architectures.get(config.arch, data.input_shape, data.num_classes or None, config.width_multiplier)
+    return architectures.without_final_activations(model)[0]
 
 
 def load_data(config: Config, model_shape=None, preprocessing: Optional[str] = None, augment: Optional[str] = None):
@@ -651,24 +754,28 @@ def load_data(config: Config, model_shape=None, preprocessing: Optional[str] = N
     )
 
 
-def pretrain_teacher(config: Config) -> str:
+def pretrain_teacher(config: Config, subject: Optional[Subject] = None) -> str:
     """Trains the dense teacher of `config` alone (or finds it trained) in its model_dir.
 
     Several runs can then share one teacher with `--teacher=<the returned path>`.
 
+    Args:
+        config: The run's settings.
+        subject: `prepare(config)`, if already made.
+
     Returns:
         The teacher's weights file.
     """
-    config.validate()
+    subject = subject or prepare(config)
     config.check_model_dir()  # a teacher trained for other data or another model is refused, not reused
     config.save()
     keras.utils.set_random_seed(config.seed)
-    data, model = data_and_model(config)
-    _teacher(config, config.model_dir, model, data)
+    data = subject.data or load_data(config, architectures.input_shape_of(config.arch))
+    _teacher(config, config.model_dir, _dense_model(config, subject, data), data, subject.task)
     return os.path.join(config.model_dir, "teacher", TEACHER_CHECKPOINT)
 
 
-def _teacher(config: Config, out_dir: str, model: keras.Model, data) -> keras.Model:
+def _teacher(config: Config, out_dir: str, model: keras.Model, data, task: task_lib.Task) -> keras.Model:
     """The frozen pre-trained teacher (`model` with trained weights): given, imported, stored, or trained now."""
     if config.teacher == "imagenet":
         return teacher_lib.from_keras_resnet50(model)
@@ -677,7 +784,7 @@ def _teacher(config: Config, out_dir: str, model: keras.Model, data) -> keras.Mo
     path = os.path.join(config.model_dir, "teacher", TEACHER_CHECKPOINT)
     if os.path.exists(path):
         return read_checkpoint(lambda: teacher_lib.load(path, model), path, "retrain the teacher")
-    teacher_lib.compiled_for_training(model, data, config)
+    teacher_lib.compiled_for_training(model, data, config, task)
     _fit(model, config, out_dir, "teacher", config.teacher_epochs, data, data.val)
     save_weights(model, os.path.join(out_dir, "teacher", TEACHER_CHECKPOINT))
     discard_backup(out_dir, "teacher")
@@ -711,7 +818,7 @@ def _run_phase(config, out_dir, cascade, phase, epochs, data, validation, callba
     trained = {"joint": True, "frozen": epochs > 0, "finetune": epochs > 0}[phase]
     if trained and config.recalibration_batches:
         views = [0] if phase == "finetune" else range(len(cascade.views))
-        cascade.recalibrate_batch_norm((images for images, _ in data.train_from(0, 1).take(
+        cascade.recalibrate_batch_norm((batch[0] for batch in data.train_from(0, 1).take(
             min(config.recalibration_batches, data.steps_per_epoch))), views)
     save_weights(cascade, _phase_path(out_dir, phase))
     discard_backup(out_dir, phase)

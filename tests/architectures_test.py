@@ -60,20 +60,43 @@ def test_keras_applications_are_built_for_the_dataset_with_logits():
         architectures.get("keras.applications.Xception", (32, 32, 3), 7)
 
 
-def test_a_saved_model_is_loaded_checked_and_its_softmax_dropped(tmp_path):
+def test_a_saved_model_is_loaded_checked_and_its_final_activation_taken_off_for_training(tmp_path):
+    """The cascade trains on logits: the final softmax comes off (and is reported, to be put back on the student)."""
     x = keras.Input((8, 8, 3))
     y = keras.layers.Conv2D(4, 3, name="c")(x)
     y = keras.layers.Dense(5, activation="softmax", name="out")(keras.layers.Flatten()(y))
     path = str(tmp_path / "mine.keras")
     saved = keras.Model(x, y)
     saved.save(path)
-    model = architectures.get(path, (8, 8, 3), 5)
+    loaded = architectures.get(path, (8, 8, 3), 5)
+    model, activations = architectures.without_final_activations(loaded)
+    assert activations == ["softmax"]
     images = np.random.RandomState(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(loaded(images), saved(images), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(keras.ops.softmax(model(images)), saved(images), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="5 outputs, the dataset 10 classes"):
         architectures.get(path, (8, 8, 3), 10)
     with pytest.raises(ValueError, match=r"inputs of shape \(8, 8, 3\)"):
         architectures.get(path, (32, 32, 3), 5)
+
+
+@pytest.mark.parametrize("end, found", [
+    (lambda y: keras.layers.Dense(3, activation="sigmoid")(y), ["sigmoid"]),
+    (lambda y: keras.layers.Softmax()(keras.layers.Dense(3)(y)), ["softmax"]),
+    (lambda y: keras.layers.Activation("softmax")(keras.layers.Dense(3)(y)), ["softmax"]),
+    (lambda y: keras.layers.Softmax(axis=1)(keras.layers.Dense(3)(y)), [None]),  # not over the classes: kept
+    (lambda y: [keras.layers.Dense(3, activation="softmax")(y), keras.layers.Dense(1)(y)], ["softmax", None]),
+])
+def test_each_outputs_final_activation_is_found_and_taken_off(end, found):
+    x = keras.Input((4, 6))
+    model = keras.Model(x, end(keras.layers.Dense(5)(x)))
+    stripped, activations = architectures.without_final_activations(model)
+    assert activations == found
+    sample = np.random.RandomState(0).normal(size=(2, 4, 6)).astype("float32")
+    for activation, original, logits in zip(activations, keras.tree.flatten(model(sample)),
+                                            keras.tree.flatten(stripped(sample))):
+        again = {"softmax": keras.ops.softmax, "sigmoid": keras.ops.sigmoid, None: lambda t: t}[activation](logits)
+        np.testing.assert_allclose(again, original, rtol=1e-5, atol=1e-6)
 
 
 def test_keras_applications_resnet50_imports_exactly():
