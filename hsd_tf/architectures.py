@@ -330,6 +330,10 @@ def check_fits(model: keras.Model, input_shape, num_classes: Optional[int], name
     dataset of any targets, checked against the model's task), has one output of as many class scores; else
     raises ValueError."""
     inputs = getattr(model, "inputs", None) or [None]
+    if num_classes is not None and len(inputs) != 1:
+        shapes = ", ".join(str(tuple(x.shape[1:])) for x in inputs)
+        raise ValueError(f"The dataset gives one image per example; the model takes {len(inputs)} inputs ({shapes}): "
+                         f"a model of several inputs takes --dataset=py:FILE.py. Received: arch={name!r}")
     for x, shape in zip(inputs, flatten_lib.per_input(input_shape, len(inputs))):
         expected = tuple(x.shape[1:]) if x is not None else None
         if shape is None:

@@ -322,7 +322,8 @@ def from_datasets(train, validation, test=None, batch_size: int = 128, input_sha
             if rank not in (len(shapes[0]), len(shapes[0]) + 1):
                 raise DatasetError(f"{what}'s {what_reads} have {rank} axes; the model reads {len(shapes[0])} per "
                                    f"example. Received: {what} element_spec={spec}")
-            raise DatasetError(f"{what}'s {what_reads} have shape {', '.join(map(str, found))}; the model reads "
+            examples = [shape[1:] if rank == len(shapes[0]) + 1 else shape for shape in found]
+            raise DatasetError(f"{what}'s {what_reads} have shape {', '.join(map(str, examples))}; the model reads "
                                f"{', '.join(map(str, shapes))} per example. Received: {what} element_spec={spec}")
         return source.map(functools.partial(_standard_example, input_keys=input_keys))
 

@@ -321,20 +321,49 @@ def rebuilt(layer: keras.layers.Layer, **changes) -> keras.layers.Layer:
     Some layers' configs hold entries their constructor does not take (several
     keras_hub layers write derived sizes, or Keras' own `trainable`, that their
     `__init__` then refuses); those entries are dropped and the layer rebuilt
-    from the rest.
+    from the rest, and the copy's own config leaves them out, so that a model
+    holding it can be saved and loaded (keras_hub's ViT and DeiT embeddings write
+    `num_patches` and `num_positions`, which their constructors refuse).
 
     Raises:
         Exception: Whatever the class raises when it cannot be rebuilt from its config at all.
     """
-    config = {**layer.get_config(), **changes}  # raises NotImplementedError for a layer that has no config
+    config = {**_config(layer), **changes}  # raises NotImplementedError for a layer that has no config
+    parameters = inspect.signature(layer.__class__.__init__).parameters
+    accepted = set(parameters)
+    if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+        accepted |= set(inspect.signature(keras.layers.Layer.__init__).parameters)
     try:
-        return layer.__class__.from_config(config)
+        copy = layer.__class__.from_config(config)
     except Exception:  # pylint: disable=broad-except  (whatever a constructor raises on entries it refuses)
-        parameters = inspect.signature(layer.__class__.__init__).parameters
-        accepted = set(parameters)
-        if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
-            accepted |= set(inspect.signature(keras.layers.Layer.__init__).parameters)
-        return layer.__class__.from_config({k: v for k, v in config.items() if k in accepted})
+        copy = layer.__class__.from_config({k: v for k, v in config.items() if k in accepted})
+    if not type(layer).__module__.startswith("keras."):  # Keras' own layers load their configs
+        own = copy.get_config
+        try:
+            copy.__class__.from_config(own())
+        except Exception:  # pylint: disable=broad-except
+            copy.get_config = lambda: {k: v for k, v in own().items() if k in accepted}
+    return copy
+
+
+def _config(layer: keras.layers.Layer) -> dict:
+    """A layer's config; for one Keras writes none because an argument was an object (keras_hub builds
+    `keras.layers.Identity(dtype=DTypePolicy(...))`, and Keras serializes only plain arguments), the config made
+    again from the base layer's entries and the constructor's arguments, read from the attributes of their names.
+
+    Raises:
+        NotImplementedError: A layer with no config whose arguments are not all attributes.
+    """
+    try:
+        return layer.get_config()
+    except NotImplementedError:
+        parameters = [p for p in inspect.signature(type(layer).__init__).parameters.values()
+                      if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)][1:]
+        if any(not hasattr(layer, p.name) for p in parameters):
+            raise
+        return {"name": layer.name, "trainable": layer.trainable,
+                "dtype": keras.dtype_policies.serialize(layer.dtype_policy),
+                **{p.name: getattr(layer, p.name) for p in parameters}}
 
 
 class _Clone:

@@ -742,7 +742,7 @@ def _needs_mask(step: dict, consumers: Sequence) -> bool:
         if name in ZERO_KEEPING_OPS:
             return False
         if name in AXIS_OPS:
-            return name == "Pad" and np.any(np.asarray(_pad_value(step["node"])) != 0)
+            return name == "Pad" and np.any(np.asarray(pad_value(step["node"])) != 0)
         if name in ZERO_KEEPING_WITHOUT_CONSTANT:
             return len(step["node"].input_tensors) < len(keras.tree.flatten(step["node"].arguments.args))
     return True
@@ -897,8 +897,8 @@ def _axis_op_channels(node, inputs) -> List[List[int]]:
     elif kind == "Pad":
         widths = list(op.pad_width) if len(op.pad_width) > 1 else list(op.pad_width) * rank
         touched = tuple(widths[channel]) != (0, 0)
-        if not np.all(np.isfinite(_pad_value(node))):  # a masked channel times 0 would be NaN at the border
-            raise _Unfollowable(f"it pads with {_pad_value(node)}")
+        if not np.all(np.isfinite(pad_value(node))):  # a masked channel times 0 would be NaN at the border
+            raise _Unfollowable(f"it pads with {pad_value(node)}")
     elif kind in ("Squeeze", "ExpandDims"):
         touched = channel in axes(op.axis) if kind == "Squeeze" else False
     else:  # Reshape, Cast, Resize, MaxPool, AveragePool: the channels of the output are those of the input
@@ -908,7 +908,7 @@ def _axis_op_channels(node, inputs) -> List[List[int]]:
     return [inputs[0] for _ in node.outputs]
 
 
-def _pad_value(node):
+def pad_value(node):
     value = node.arguments.kwargs.get("constant_values")
     return 0 if value is None else value
 

@@ -13,6 +13,8 @@ channels (`hsd_tf.graph`), the slim model computes what the masked model
 computes.
 """
 
+import os
+import tempfile
 from typing import Callable, Mapping, Optional, Sequence
 
 import keras
@@ -98,19 +100,22 @@ def model_inputs(inputs):
     return inputs[0] if len(inputs) == 1 else inputs
 
 
-def rehearse(model_trace: graph.Trace, seed: int = 0) -> float:
+def rehearse(model_trace: graph.Trace, seed: int = 0, original: Optional[keras.Model] = None) -> float:
     """Slims the model to random masks and checks the result against the masked model, before any training.
 
     A run would otherwise find a model it cannot slim, or cannot slim exactly,
     only after all of its training. Every group keeps a random half of its
     channels (at least one), so that uneven counts and every kind of slicing are
-    exercised; the masked reference is the traced model's own program.
+    exercised; the masked reference is the traced model's own program. With
+    `original`, the slim model is also saved as `.keras` and loaded back: a
+    student must be savable whenever the model it is pruned from is.
 
     Returns:
-        The largest |slim - masked| relative to the largest masked logit.
+        The largest |slim - masked| relative to the largest masked output.
 
     Raises:
-        SlimmingError: The slim model cannot be built or run, or computes something else.
+        SlimmingError: The slim model cannot be built or run, computes something else, or cannot be saved as
+            `.keras` (and loaded) when `original` can.
     """
     rng = np.random.RandomState(seed)
     kept = {}
@@ -122,11 +127,31 @@ def rehearse(model_trace: graph.Trace, seed: int = 0) -> float:
         slim = slim_model(model_trace, kept, name="rehearsal")
         masks = [kept[group.name].astype("float32") for group in model_trace.groups]
         reference = graph.run(model_trace, inputs, group_masks=masks, training=False)[0]
-        return check_slim(slim, reference, inputs)
+        difference = check_slim(slim, reference, inputs)
     except SlimmingError:
         raise
     except Exception as error:  # pylint: disable=broad-except  (one line before training, not a crash after it)
         raise SlimmingError(f"the slim model cannot be built or run ({flatten.one_line(error)})") from None
+    if original is not None:
+        why = _keras_round_trip(slim)
+        if why and not _keras_round_trip(original):
+            raise SlimmingError(f"the slim model cannot be saved as .keras and loaded back ({why}), though the model "
+                                "itself can")
+    return difference
+
+
+def _keras_round_trip(model: keras.Model) -> Optional[str]:
+    """Why `model` cannot be saved as `.keras` and loaded back, in one line; None when it can (a model Keras loads
+    only with `safe_mode=False`, holding a Lambda, counts as loaded: that is Keras' choice, not a defect)."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "model.keras")
+        try:
+            model.save(path)
+            keras.saving.load_model(path)
+        except Exception as error:  # pylint: disable=broad-except  (whatever Keras raises, reported in one line)
+            text = " ".join(str(error).split())
+            return None if "safe_mode" in text else text[:300]
+    return None
 
 
 def l1_pruned(dense: keras.Model, prune_ratio: Optional[float] = None, name: str = "l1_pruned",
@@ -190,8 +215,12 @@ def slim_model(model_trace: graph.Trace, kept: Mapping[str, Sequence[bool]], sou
                                                   len(slices[layer_name][0]), inference)
     inputs = [keras.Input(shape, dtype=dtype, name=name)
               for shape, dtype, name in zip(model_trace.input_shapes, model_trace.input_dtypes, model_trace.input_names)]
+    readers = {}
+    for step in model_trace.steps:
+        for key in step.inputs:
+            readers.setdefault(key, []).append(step.operation)
     outputs, _ = graph.run(model_trace, inputs, layer_for=lambda op: slim_layers[op.name],
-                           op_for=lambda step: _slim_op(step, keep))
+                           op_for=lambda step: _edge_padding(step, readers) or _slim_op(step, keep))
     model = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs if len(outputs) > 1 else outputs[0],
                         name=name)
     for layer_name, layer in slim_layers.items():
@@ -218,6 +247,35 @@ def with_final_activations(model: keras.Model, activations: Sequence[Optional[st
                     if activation else output)
     result = dict(zip(keys, ends)) if structure == "dict" else ends if len(ends) > 1 else ends[0]
     return keras.Model(model.inputs if len(model.inputs) > 1 else model.inputs[0], result, name=model.name)
+
+
+def _edge_padding(step: graph.Step, readers) -> Optional[Callable]:
+    """A pad with -inf that only valid max pools with kernels larger than the pad read (keras_hub's ResNetV2 stem),
+    as edge replication: every window then holds the edge value the padding stood next to, so each max is the same,
+    and the file quantizes (-inf made LiteRT abort on the int8 file: the pad's scale became 1e36). Else None."""
+    op = step.operation
+    if (type(op).__name__ != "Pad" or getattr(op, "mode", "constant") != "constant"
+            or not np.all(np.isneginf(graph.pad_value(step.node)))):
+        return None
+    rank = len(step.node.input_tensors[0].shape)
+    widths = [tuple(w) for w in (op.pad_width if len(op.pad_width) > 1 else list(op.pad_width) * rank)]
+    pools = readers.get(step.outputs[0], [])
+    if not pools or any(widths[0]) or any(widths[-1]) or not all(
+            isinstance(p, (keras.layers.MaxPooling1D, keras.layers.MaxPooling2D, keras.layers.MaxPooling3D))
+            and p.padding == "valid" and p.data_format == "channels_last"
+            and all(max(w) < k for w, k in zip(widths[1:-1], p.pool_size)) for p in pools):
+        return None
+    if max(max(w) for w in widths) <= 1:  # one row or column: the mirror that includes the edge copies it
+        return lambda x, **_: keras.ops.pad(x, widths, mode="symmetric")
+
+    def edge(x, **_):
+        for axis, (before, after) in enumerate(widths):
+            if before or after:
+                first, last = keras.ops.take(x, [0], axis=axis), keras.ops.take(x, [x.shape[axis] - 1], axis=axis)
+                x = keras.ops.concatenate([first] * before + [x] + [last] * after, axis=axis)
+        return x
+
+    return edge
 
 
 def _slim_op(step: graph.Step, keep):

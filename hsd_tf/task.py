@@ -124,9 +124,7 @@ class Task:
         self.outputs = tuple(outputs)
         self.structure = structure
         self.default_classifier = default_classifier
-        # Serialized, so that every view gets metric objects of its own (`new_metrics`).
-        self._metrics = keras.saving.serialize_keras_object(metrics) if metrics else None
-        self._weighted_metrics = keras.saving.serialize_keras_object(weighted_metrics) if weighted_metrics else None
+        self._metrics, self._weighted_metrics = metrics or None, weighted_metrics or None
         self.target_spec = target_spec
         try:
             probe = self.built_metrics()
@@ -225,9 +223,8 @@ class Task:
         if self._metrics is None and self._weighted_metrics is None:
             metrics = self.structured([[_LossMetric(o.loss)] if o.loss is not None else [] for o in self.outputs])
             return compile_utils.CompileMetrics(metrics, None, output_names=self.keys)
-        metrics = keras.saving.deserialize_keras_object(self._metrics) if self._metrics else None
-        weighted = keras.saving.deserialize_keras_object(self._weighted_metrics) if self._weighted_metrics else None
-        return compile_utils.CompileMetrics(metrics, weighted, output_names=self.keys)
+        return compile_utils.CompileMetrics(_fresh(self._metrics), _fresh(self._weighted_metrics),
+                                            output_names=self.keys)
 
     def built_metrics(self) -> compile_utils.CompileMetrics:
         """`new_metrics`, built now: their variables exist before any training step (a strategy's scope)."""
@@ -410,12 +407,26 @@ def _outputs_text(keys, shapes) -> str:
     return ", ".join(f"{key} {shape}" for key, shape in zip(keys, shapes))
 
 
+def _fresh(metrics):
+    """Metric objects of their own with the same configuration (a function or a name is stateless: itself)."""
+    if metrics is None:
+        return None
+    return keras.tree.map_structure(
+        lambda m: type(m).from_config(m.get_config()) if isinstance(m, keras.metrics.Metric) else m, metrics)
+
+
+_COMPILED = ("loss", "loss_weights", "metrics", "weighted_metrics")
+
+
 def _compiled(model, compile_config) -> dict:
-    """The loss, loss weights and metrics a model was compiled with, as objects (no optimizer)."""
+    """The loss, loss weights and metrics a model was compiled with, as objects (no optimizer): a model in memory's
+    own (its functions need not be registered), or those of a `.keras` file's compile config."""
     if compile_config is None:
+        live = getattr(getattr(model, "_compile_config", None), "config", None)  # what compile() was given
+        if getattr(model, "compiled", False) and isinstance(live, dict):
+            return {k: live.get(k) for k in _COMPILED}
         compile_config = model.get_compile_config() if getattr(model, "compiled", False) else {}
-    config = {k: v for k, v in (compile_config or {}).items() if k in ("loss", "loss_weights", "metrics",
-                                                                       "weighted_metrics")}
+    config = {k: v for k, v in (compile_config or {}).items() if k in _COMPILED}
     try:
         return keras.saving.deserialize_keras_object(config) if config else {}
     except Exception as error:  # pylint: disable=broad-except  (an unregistered custom loss or metric: one line)

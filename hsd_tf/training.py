@@ -538,7 +538,7 @@ def prepare(config: Config, model: Optional[keras.Model] = None, data=None, loss
         flag = "metric_direction" if "metric_direction" in str(error) else "dataset" if "target" in str(error) else "arch"
         raise ConfigError(flag, getattr(config, flag), str(error)) from None
     subject = Subject(model, model_trace, task, activations, data, trained)
-    _check_trace(config, model_trace)
+    _check_trace(config, model_trace, original)
     return subject
 
 
@@ -599,12 +599,13 @@ def input_keys(model: keras.Model) -> List[str]:
     return [x.name for x in model.inputs]
 
 
-def _check_trace(config: Config, model_trace: graph.Trace) -> None:
-    """Something to prune, slimming rehearsed, per-layer floors within every budget; ConfigError otherwise."""
+def _check_trace(config: Config, model_trace: graph.Trace, original: keras.Model) -> None:
+    """Something to prune, slimming rehearsed (a student savable as .keras where the model is), per-layer floors
+    within every budget; ConfigError otherwise."""
     if not model_trace.groups:
         raise ConfigError("arch", config.arch, model_trace.nothing_prunable())
     try:
-        slimming.rehearse(model_trace)
+        slimming.rehearse(model_trace, original=original if config.mode != "profile" else None)
     except slimming.SlimmingError as error:
         raise ConfigError("arch", config.arch, f"hsd_tf cannot prune this model exactly: slimmed to random masks "
                                                f"before training, {error}") from None

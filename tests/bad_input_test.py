@@ -61,8 +61,30 @@ CASES = [
     ("width of a Keras application", ["--arch=keras.applications.MobileNetV2", "--width_multiplier=0.5"],
      "arch='keras.applications.MobileNetV2'"),
     ("unknown unpruned layer", ["--unpruned_layers=nope"], "unpruned_layers=['nope']"),
-    ("a model of two inputs", ["--arch={two_inputs}", "--width_multiplier=1"], "hsd_tf prunes image classifiers: one image input"),
-    ("a segmentation model", ["--arch={segmentation}", "--width_multiplier=1"], "an output of shape (32, 32, 11), not one logit per class"),
+    ("a model of two inputs on images", ["--arch={two_inputs}", "--width_multiplier=1"],
+     "the model takes 2 inputs ((32, 32, 3), (4,)): a model of several inputs takes --dataset=py:FILE.py"),
+    ("a segmentation model on class labels", ["--arch={segmentation}", "--width_multiplier=1"],
+     "gives (32, 32, 11), not one score per class (a model of another task takes --dataset=py:FILE.py)"),
+    # datasets of any task (--dataset=py:)
+    ("a py: file that is not there", ["--dataset=py:/nonexistent/data.py"], "dataset='py:/nonexistent/data.py'"),
+    ("a py: dataset with a built-in model", ["--dataset=py:{py_segmentation}"], "is pruned with your own model, a .keras"),
+    ("a py: file without datasets()", ["--arch={segmentation_compiled}", "--width_multiplier=1",
+                                        "--dataset=py:{py_without}"], "defines no function datasets()"),
+    ("a py: file returning two datasets", ["--arch={segmentation_compiled}", "--width_multiplier=1",
+                                           "--dataset=py:{py_two}"], "it returned a tuple of 2"),
+    ("a py: file that fails to import", ["--arch={segmentation_compiled}", "--width_multiplier=1",
+                                         "--dataset=py:{py_broken}"], "cannot be imported (ZeroDivisionError"),
+    ("a model with no loss for its task", ["--arch={segmentation}", "--width_multiplier=1",
+                                          "--dataset=py:{py_segmentation}"], "has no loss, and only a classifier"),
+    ("targets that do not fit the outputs", ["--arch={segmentation_compiled}", "--width_multiplier=1",
+                                             "--dataset=py:{py_wrong_targets}"],
+     "the targets of output 'classes' have shape (32, 32, 3) per example"),
+    ("a metric Keras does not know", ["--arch={unknown_metric}", "--width_multiplier=1",
+                                      "--dataset=py:{py_segmentation}"], "Keras knows no metric 'nonsense'"),
+    ("a direction that is none", ["--metric_direction=sideways"], "metric_direction='sideways'"),
+    ("preprocessing for a py: dataset", ["--arch={segmentation_compiled}", "--width_multiplier=1",
+                                         "--dataset=py:{py_segmentation}", "--preprocessing=unit"],
+     "applies to image datasets"),
     # flagfiles
     ("missing flagfile", ["--flagfile=flags/nope.cfg"], "flagfile='flags/nope.cfg'"),
     ("flagfile is a folder", ["--flagfile=flags"], "flagfile='flags'"),
@@ -161,6 +183,29 @@ def assets(tmp_path_factory):
     keras.Model(images, keras.layers.Conv2D(11, 3, padding="same")(keras.layers.Conv2D(4, 3, padding="same")(images))
                 ).save(str(root / "segmentation.keras"))
     paths["two_inputs"], paths["segmentation"] = str(root / "two_inputs.keras"), str(root / "segmentation.keras")
+    segmentation = keras.Model(images, keras.layers.Conv2D(11, 1, name="classes")(
+        keras.layers.Conv2D(4, 3, padding="same")(keras.layers.Conv2D(4, 3, padding="same")(images))))
+    segmentation.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    segmentation.save(str(root / "segmentation_compiled.keras"))
+    segmentation.compile("adam", "mse", metrics=["nonsense"])
+    segmentation.save(str(root / "unknown_metric.keras"))
+    paths["segmentation_compiled"] = str(root / "segmentation_compiled.keras")
+    paths["unknown_metric"] = str(root / "unknown_metric.keras")
+    datasets = ("import numpy as np\nimport tensorflow as tf\n"
+                "def split(n, targets):\n"
+                "    x = np.random.RandomState(0).normal(size=(n, 32, 32, 3)).astype('float32')\n"
+                "    return tf.data.Dataset.from_tensor_slices((x, targets(n)))\n")
+    for key, body in (
+            ("py_segmentation", "def datasets():\n    t = lambda n: np.zeros((n, 32, 32), 'int32')\n"
+                                "    return split(160, t), split(32, t), split(32, t)\n"),
+            ("py_wrong_targets", "def datasets():\n    t = lambda n: np.zeros((n, 32, 32, 3), 'float32')\n"
+                                 "    return split(160, t), split(32, t), split(32, t)\n"),
+            ("py_two", "def datasets():\n    t = lambda n: np.zeros((n, 32, 32), 'int32')\n"
+                       "    return split(160, t), split(32, t)\n"),
+            ("py_without", "def data():\n    return None\n"),
+            ("py_broken", "1 / 0\n")):
+        (root / f"{key}.py").write_text(datasets + body)
+        paths[key] = str(root / f"{key}.py")
     paths["unfinished"] = str(root / "unfinished")
     os.makedirs(paths["unfinished"])
     (root / "unfinished" / "config.json").write_text("{}")

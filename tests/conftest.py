@@ -352,3 +352,157 @@ def batch():
     images = rng.normal(size=(6,) + INPUT_SHAPE).astype("float32")
     labels = rng.randint(0, NUM_CLASSES, size=6).astype("int32")
     return images, labels
+
+
+# ---------------------------------------------------------------- beyond image classifiers
+# Each: a compiled model of another task, tiny, and a function of (rng, batch) giving (inputs, targets) that fit it.
+
+def _bn_relu(x, name=None):
+    return keras.layers.ReLU()(keras.layers.BatchNormalization(name=name)(x))
+
+
+def beyond_conv1d():
+    """keras.io's time-series classifier: Conv1D, BatchNorm, ReLU, pooling, GlobalAveragePooling1D (and a separable conv)."""
+    x = keras.Input((16, 3))
+    y = _bn_relu(keras.layers.Conv1D(4, 3, padding="same", name="stem")(x))
+    y = _bn_relu(keras.layers.Conv1D(6, 3, padding="same", name="c1")(y))
+    y = keras.layers.MaxPooling1D()(y)
+    y = _bn_relu(keras.layers.SeparableConv1D(5, 3, padding="same", name="c2")(y))
+    model = keras.Model(x, keras.layers.Dense(NUM_CLASSES, activation="softmax")(keras.layers.GlobalAveragePooling1D()(y)))
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model, lambda rng, n: (rng.normal(size=(n, 16, 3)).astype("float32"), rng.randint(0, NUM_CLASSES, n))
+
+
+def beyond_conv3d():
+    """Volumes: Conv3D, MaxPooling3D, UpSampling3D, ZeroPadding3D and Cropping3D, a transposed Conv3D."""
+    x = keras.Input((6, 6, 6, 1))
+    y = _bn_relu(keras.layers.Conv3D(3, 3, padding="same", name="stem")(x))
+    y = _bn_relu(keras.layers.Conv3D(5, 3, padding="same", name="c1")(y))
+    y = keras.layers.Cropping3D(1)(keras.layers.ZeroPadding3D(1)(keras.layers.UpSampling3D()(keras.layers.MaxPooling3D()(y))))
+    y = _bn_relu(keras.layers.Conv3DTranspose(4, 3, padding="same", name="c2")(y))
+    model = keras.Model(x, keras.layers.Dense(NUM_CLASSES)(keras.layers.GlobalMaxPooling3D()(y)))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    return model, lambda rng, n: (rng.normal(size=(n, 6, 6, 6, 1)).astype("float32"), rng.randint(0, NUM_CLASSES, n))
+
+
+def beyond_tokens():
+    """Text: integer tokens, an Embedding, Conv1D, GlobalMaxPooling1D."""
+    x = keras.Input((12,), dtype="int32")
+    y = keras.layers.Embedding(30, 6)(x)
+    y = keras.layers.Conv1D(8, 3, activation="relu", name="stem")(y)
+    y = keras.layers.Conv1D(6, 3, activation="relu", name="c1")(y)
+    model = keras.Model(x, keras.layers.Dense(NUM_CLASSES)(keras.layers.GlobalMaxPooling1D()(y)))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    return model, lambda rng, n: (rng.randint(0, 30, size=(n, 12)).astype("int32"), rng.randint(0, NUM_CLASSES, n))
+
+
+def beyond_image_and_vector():
+    """Two inputs: an image and a vector, joined after pooling."""
+    image, vector = keras.Input(INPUT_SHAPE, name="image"), keras.Input((5,), name="vector")
+    y = _bn_relu(keras.layers.Conv2D(4, 3, padding="same", name="stem")(image))
+    y = keras.layers.GlobalAveragePooling2D()(_bn_relu(keras.layers.Conv2D(6, 3, padding="same", name="c1")(y)))
+    y = keras.layers.Dense(8, activation="relu")(keras.layers.Concatenate()([y, vector]))
+    model = keras.Model([image, vector], keras.layers.Dense(NUM_CLASSES, activation="softmax")(y))
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model, lambda rng, n: ((rng.normal(size=(n,) + INPUT_SHAPE).astype("float32"),
+                                   rng.normal(size=(n, 5)).astype("float32")), rng.randint(0, NUM_CLASSES, n))
+
+
+def beyond_siamese():
+    """Two images through one tower (shared layers), their distance, a sigmoid: binary cross-entropy."""
+    stem, bn1 = keras.layers.Conv2D(4, 3, padding="same", name="stem"), keras.layers.BatchNormalization(name="bn1")
+    body, bn2 = keras.layers.Conv2D(6, 3, padding="same", name="body"), keras.layers.BatchNormalization(name="bn2")
+    pool = keras.layers.GlobalAveragePooling2D()
+
+    def tower(x):
+        return pool(keras.layers.ReLU()(bn2(body(keras.layers.ReLU()(bn1(stem(x)))))))
+
+    a, b = keras.Input(INPUT_SHAPE, name="a"), keras.Input(INPUT_SHAPE, name="b")
+    distance = keras.ops.abs(keras.layers.Subtract()([tower(a), tower(b)]))
+    model = keras.Model([a, b], keras.layers.Dense(1, activation="sigmoid")(distance))
+    model.compile("adam", "binary_crossentropy", metrics=["accuracy"])
+    return model, lambda rng, n: ((rng.normal(size=(n,) + INPUT_SHAPE).astype("float32"),
+                                   rng.normal(size=(n,) + INPUT_SHAPE).astype("float32")),
+                                  rng.randint(0, 2, size=(n, 1)).astype("float32"))
+
+
+def beyond_two_outputs():
+    """A class (softmax) and a value (linear) from one trunk, weighted losses."""
+    x = keras.Input(INPUT_SHAPE)
+    y = _bn_relu(keras.layers.Conv2D(4, 3, padding="same", name="stem")(x))
+    y = keras.layers.GlobalAveragePooling2D()(_bn_relu(keras.layers.Conv2D(6, 3, padding="same", name="c1")(y)))
+    model = keras.Model(x, [keras.layers.Dense(NUM_CLASSES, activation="softmax", name="kind")(y),
+                            keras.layers.Dense(1, name="size")(y)])
+    model.compile("adam", ["sparse_categorical_crossentropy", "mae"], loss_weights=[1.0, 0.5],
+                  metrics=[["accuracy"], ["mae"]])
+    return model, lambda rng, n: (rng.normal(size=(n,) + INPUT_SHAPE).astype("float32"),
+                                  (rng.randint(0, NUM_CLASSES, n), rng.normal(size=(n, 1)).astype("float32")))
+
+
+def beyond_dict_outputs():
+    """Outputs as a dict (keys other than the layers' names), losses and metrics by key."""
+    x = keras.Input(INPUT_SHAPE)
+    y = _bn_relu(keras.layers.Conv2D(4, 3, padding="same", name="stem")(x))
+    y = keras.layers.GlobalAveragePooling2D()(_bn_relu(keras.layers.Conv2D(6, 3, padding="same", name="c1")(y)))
+    model = keras.Model(x, {"label": keras.layers.Dense(NUM_CLASSES, name="head_a")(y),
+                            "box": keras.layers.Dense(4, activation="sigmoid", name="head_b")(y)})
+    model.compile("adam", {"label": keras.losses.SparseCategoricalCrossentropy(from_logits=True), "box": "mse"},
+                  metrics={"label": ["accuracy"], "box": [keras.metrics.MeanAbsoluteError(name="err")]})
+    return model, lambda rng, n: (rng.normal(size=(n,) + INPUT_SHAPE).astype("float32"),
+                                  {"label": rng.randint(0, NUM_CLASSES, n),
+                                   "box": rng.uniform(size=(n, 4)).astype("float32")})
+
+
+def beyond_unet():
+    """Segmentation: a U-Net with a concatenated skip, a strided conv down, a transposed conv up, a class per pixel."""
+    x = keras.Input(INPUT_SHAPE)
+    c1 = _bn_relu(keras.layers.Conv2D(4, 3, padding="same", name="stem")(x))
+    c1 = _bn_relu(keras.layers.Conv2D(6, 3, padding="same", name="c1")(c1))
+    c2 = _bn_relu(keras.layers.Conv2D(8, 3, strides=2, padding="same", name="down")(c1))
+    u = _bn_relu(keras.layers.Conv2DTranspose(6, 3, strides=2, padding="same", name="up")(c2))
+    u = _bn_relu(keras.layers.Conv2D(5, 3, padding="same", name="c2")(keras.layers.Concatenate()([u, c1])))
+    model = keras.Model(x, keras.layers.Conv2D(NUM_CLASSES, 1, activation="softmax", name="classes")(u))
+    model.compile("adam", "sparse_categorical_crossentropy",
+                  metrics=[keras.metrics.MeanIoU(NUM_CLASSES, sparse_y_pred=False, name="iou"), "accuracy"])
+    return model, lambda rng, n: (rng.normal(size=(n,) + INPUT_SHAPE).astype("float32"),
+                                  rng.randint(0, NUM_CLASSES, size=(n,) + INPUT_SHAPE[:2]))
+
+
+def beyond_autoencoder():
+    """An image out: conv, pool, upsample, a sigmoid reconstruction with mean squared error."""
+    x = keras.Input(INPUT_SHAPE)
+    y = _bn_relu(keras.layers.Conv2D(4, 3, padding="same", name="stem")(x))
+    y = keras.layers.MaxPooling2D()(_bn_relu(keras.layers.Conv2D(6, 3, padding="same", name="c1")(y)))
+    y = keras.layers.UpSampling2D()(_bn_relu(keras.layers.Conv2D(5, 3, padding="same", name="c2")(y)))
+    model = keras.Model(x, keras.layers.Conv2D(3, 3, padding="same", activation="sigmoid", name="image")(y))
+    model.compile("adam", "mse")
+    return model, lambda rng, n: ((images := rng.uniform(size=(n,) + INPUT_SHAPE).astype("float32")), images)
+
+
+def beyond_sequence_to_sequence():
+    """A value per time step: strided Conv1D down, UpSampling1D and Conv1DTranspose up, padding, cropping, a
+    depthwise Conv1D."""
+    x = keras.Input((16, 2))
+    y = _bn_relu(keras.layers.Conv1D(4, 3, padding="same", name="stem")(x))
+    y = _bn_relu(keras.layers.Conv1D(6, 3, strides=2, padding="same", name="down")(y))
+    y = keras.layers.Conv1DTranspose(5, 3, padding="same", name="up")(keras.layers.UpSampling1D()(y))
+    y = keras.layers.Cropping1D(1)(keras.layers.ZeroPadding1D(1)(_bn_relu(y)))
+    y = _bn_relu(keras.layers.DepthwiseConv1D(3, padding="same", name="depthwise")(y))
+    model = keras.Model(x, keras.layers.Conv1D(1, 1, name="value")(y))
+    model.compile("adam", "mae", metrics=["mse"])
+    return model, lambda rng, n: (rng.normal(size=(n, 16, 2)).astype("float32"),
+                                  rng.normal(size=(n, 16, 1)).astype("float32"))
+
+
+BEYOND = {
+    "conv1d": beyond_conv1d,
+    "conv3d": beyond_conv3d,
+    "tokens": beyond_tokens,
+    "image_and_vector": beyond_image_and_vector,
+    "siamese": beyond_siamese,
+    "two_outputs": beyond_two_outputs,
+    "dict_outputs": beyond_dict_outputs,
+    "unet": beyond_unet,
+    "autoencoder": beyond_autoencoder,
+    "sequence_to_sequence": beyond_sequence_to_sequence,
+}

@@ -1,6 +1,7 @@
 """Input pipelines: digits, image folders, tfds (mocked), and fast failures."""
 
 import os
+import re
 import time
 
 import numpy as np
@@ -234,3 +235,52 @@ def test_max_train_examples_keeps_the_first_examples_of_the_training_split():
     firsts = [x.numpy() for x, _ in full.train_examples_ds.take(100)]
     np.testing.assert_array_equal(np.stack(firsts), np.stack([x.numpy() for x, _ in subset.train_examples_ds]))
     assert sum(int(y.shape[0]) for _, y in subset.test) == 360  # evaluation is untouched
+
+
+PY_DATASETS = """
+import numpy as np
+import tensorflow as tf
+
+def datasets():
+    rng = np.random.RandomState(0)
+    def split(n):
+        inputs = {"tokens": rng.randint(0, 9, size=(n, 7)), "signal": rng.normal(size=(n, 7, 2))}
+        targets = {"kind": rng.randint(0, 3, size=(n, 1)), "value": rng.normal(size=(n, 7, 1))}
+        return tf.data.Dataset.from_tensor_slices((inputs, targets)).batch(4)
+    return split(40), split(12), split(12)
+"""
+
+
+def test_a_py_module_gives_any_inputs_and_targets_in_the_models_structure(tmp_path):
+    """`--dataset=py:FILE.py`: dicts of inputs by the model's names (its order), targets as given, batched or not."""
+    path = tmp_path / "mine.py"
+    path.write_text(PY_DATASETS)
+    loaded = data.load_module(f"py:{path}", 8, [(7, 2), (7,)], ["signal", "tokens"])
+    inputs, targets = next(iter(loaded.train_from(0, 1)))
+    assert [x.dtype for x in inputs] == [tf.float32, tf.int32] and [x.shape for x in inputs] == [(8, 7, 2), (8, 7)]
+    assert set(targets) == {"kind", "value"} and targets["kind"].dtype == tf.int32 and targets["kind"].shape == (8, 1)
+    assert loaded.input_shape == ((7, 2), (7,)) and loaded.train_examples == 40 and loaded.steps_per_epoch == 5
+    assert loaded.target_spec["value"].shape.as_list() == [None, 7, 1]
+
+
+@pytest.mark.parametrize("body, message", [
+    ("def data():\n    return None\n", "defines no function datasets()"),
+    ("def datasets():\n    return [1, 2, 3]\n", "it returned a list of 3"),
+    ("def datasets():\n    raise KeyError('no such column')\n", "datasets() failed (KeyError"),
+    ("import no_such_module_here\n", "cannot be imported (ModuleNotFoundError"),
+])
+def test_a_py_module_that_gives_no_datasets_is_one_line_naming_it(body, message, tmp_path):
+    path = tmp_path / "mine.py"
+    path.write_text(body)
+    with pytest.raises(data.DatasetError, match=re.escape(message)) as error:
+        data.load_module(f"py:{path}", 8, [(7, 2)], ["signal"])
+    assert "\n" not in str(error.value) and f"Received: dataset='py:{path}'" in str(error.value)
+
+
+def test_a_py_module_whose_inputs_do_not_fit_the_model_is_named(tmp_path):
+    path = tmp_path / "mine.py"
+    path.write_text(PY_DATASETS)
+    with pytest.raises(data.DatasetError, match=r"the model's inputs are \['a', 'b'\]"):
+        data.load_module(f"py:{path}", 8, [(7, 2), (7,)], ["a", "b"])
+    with pytest.raises(data.DatasetError, match=r"have shape \(7, 2\), \(7,\); the model reads \(9, 2\), \(7,\)"):
+        data.load_module(f"py:{path}", 8, [(9, 2), (7,)], ["signal", "tokens"])

@@ -140,3 +140,31 @@ def test_augmentation_layers_are_left_out_of_the_model_to_deploy(tmp_path):
     test = tf.data.Dataset.from_tensor_slices((images, np.zeros(8, np.int32))).batch(8)
     entries = export.export_and_verify(deployed, str(tmp_path), ["savedmodel", "tflite"], test)
     assert entries["tflite"]["agreement"] == 1.0 and "error" not in entries["tflite"]
+
+
+def test_a_model_of_several_inputs_and_outputs_is_exported_and_verified_output_by_output(tmp_path):
+    """An image and integer tokens in, a class and a value out: each file maps inputs and outputs by name (TFLite
+    orders its tensors otherwise), float files compute the model's outputs, the int8 file keeps tokens integers."""
+    from hsd_tf import architectures, task as task_lib  # pylint: disable=import-outside-toplevel
+
+    image, tokens = keras.Input((8, 8, 3), name="image"), keras.Input((6,), dtype="int32", name="tokens")
+    y = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, activation="relu")(image))
+    t = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(20, 4)(tokens))
+    joined = keras.layers.Concatenate()([y, t])
+    model = keras.Model([image, tokens], [keras.layers.Dense(3, activation="softmax", name="kind")(joined),
+                                          keras.layers.Dense(1, name="size")(joined)])
+    model.compile("adam", ["sparse_categorical_crossentropy", "mse"], metrics=[["accuracy"], ["mae"]])
+    rng = np.random.RandomState(0)
+    images, words = rng.normal(size=(40, 8, 8, 3)).astype("float32"), rng.randint(0, 20, size=(40, 6)).astype("int32")
+    targets = (rng.randint(0, 3, 40).astype("int32"), rng.normal(size=(40, 1)).astype("float32"))
+    test = tf.data.Dataset.from_tensor_slices(((images, words), targets)).batch(16)
+    task = task_lib.from_model(model, architectures.without_final_activations(model)[1], test.element_spec[1])
+    entries = export.export_and_verify(model, str(tmp_path), FORMATS, test, [images[:20], words[:20]], task=task)
+    assert not [e["error"] for e in entries.values() if "error" in e], entries
+    for fmt in ("savedmodel", "tflite"):
+        assert entries[fmt]["output_gap"] < 1e-5 and set(entries[fmt]["metrics"]) == {"kind_accuracy", "size_mae"}
+    loaded = tf.saved_model.load(entries["savedmodel"]["path"])
+    served = loaded.serve(tf.constant(images[:4]), tf.constant(words[:4]))
+    np.testing.assert_allclose(served["size"], model([images[:4], words[:4]])[1], rtol=1e-5, atol=1e-6)
+    interpreter = export.TFLiteModel(entries["tflite_int8"]["path"])
+    assert {d["dtype"] for d in interpreter.runner.get_input_details().values()} == {np.int8, np.int32}

@@ -114,3 +114,52 @@ def test_a_transformer_whose_sizes_are_read_at_run_time_is_refused_in_one_line()
         Cascade(model, [0.5, 0.0], input_shape=SHAPE)
     message = str(error.value)
     assert "\n" not in message and "'mix_ffn' (MixFFN" in message and "MACs cannot be counted" in message
+
+
+ISSUE_HGNETV2 = dict(depths=[1, 1, 1], embedding_size=16, hidden_sizes=[32, 64, 128], stem_channels=[3, 8, 16],
+                     hidden_act="relu", use_learnable_affine_block=False,
+                     stackwise_stage_filters=[(16, 8, 32, 1, 1, 3), (32, 16, 64, 1, 1, 3), (64, 32, 128, 1, 1, 3)],
+                     apply_downsample=[False, True, True], use_lightweight_conv_block=[False, False, False],
+                     image_shape=SHAPE)
+
+
+@pytest.mark.parametrize("family", ["hgnetv2_identity", "vit", "deit"])
+def test_a_slim_keras_hub_student_saves_and_loads_as_keras(family, tmp_path):
+    """HGNetV2 builds keras.layers.Identity(dtype=DTypePolicy(...)), which Keras writes no config for; ViT's and
+    DeiT's embeddings write entries their constructors refuse. Their slim students save and load all the same, and
+    compute what they did."""
+    if family == "hgnetv2_identity":
+        model = keras_hub.models.HGNetV2ImageClassifier(backbone=keras_hub.models.HGNetV2Backbone(**ISSUE_HGNETV2),
+                                                         num_classes=10, preprocessor=None)
+    else:
+        model = _classifier(family)
+    model = randomize(model)
+    trace = graph.trace(model, input_shape=SHAPE)
+    slimming.rehearse(trace, original=model)  # the check a run makes before training: no error
+    rng = np.random.RandomState(1)
+    slim = slimming.slim_model(trace, {g.name: rng.rand(g.width) < 0.5 for g in trace.groups}, name="student")
+    path = str(tmp_path / "student.keras")
+    slim.save(path)
+    images = rng.normal(size=(2,) + SHAPE).astype("float32")
+    np.testing.assert_allclose(keras.saving.load_model(path)(images), slim(images), rtol=1e-6, atol=1e-6)
+
+
+def test_resnet_v2s_minus_infinity_padding_becomes_edge_padding_and_its_int8_file_runs(tmp_path):
+    """keras_hub's pre-activation ResNet pads with -inf before a valid 3x3 max pool; LiteRT aborted on its int8 file.
+    Edge padding gives every window the same maximum, and the int8 file runs."""
+    from hsd_tf import export  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    model = randomize(_classifier("resnet_v2"))
+    trace = graph.trace(model, input_shape=SHAPE)
+    slim = slimming.slim_model(trace, {}, name="student")
+    rng = np.random.RandomState(0)
+    images = rng.normal(size=(16,) + SHAPE).astype("float32")
+    np.testing.assert_allclose(slim(images), model(images), rtol=1e-5, atol=1e-5)
+    ops = [type(op).__name__ for op in slim.operations]
+    assert "Pad" in ops  # the replacement, a mirror of one row and column
+    labels = np.argmax(model(images), -1)
+    test = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+    entries = export.export_and_verify(slim, str(tmp_path), ["tflite", "tflite_int8"], test, images)
+    assert "error" not in entries["tflite"] and entries["tflite"]["agreement"] == 1.0
+    assert "agreement" in entries["tflite_int8"], entries["tflite_int8"]

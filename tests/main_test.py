@@ -251,3 +251,66 @@ def test_a_saved_model_of_ones_own_is_pruned_and_exported(tmp_path):
     assert student["params"] < results["teacher"]["params"] and student["macs"] < results["teacher"]["macs"]
     assert student["exports"]["tflite"]["agreement"] >= 0.99
     assert os.path.exists(os.path.join(model_dir, "export", "student.keras"))
+
+
+SEQUENCE_DATASETS = """
+import numpy as np
+import tensorflow as tf
+
+def datasets():
+    rng = np.random.RandomState(0)
+    def split(n):
+        x = rng.normal(size=(n, 24, 2)).astype("float32")
+        y = np.stack([x[:, :, 0].mean(axis=1), np.abs(x[:, :, 1]).max(axis=1)], axis=1)
+        return tf.data.Dataset.from_tensor_slices((x, y))
+    return split(192), split(48), split(48)
+"""
+
+
+def test_a_model_of_another_task_is_pruned_from_the_command_line_with_its_own_loss(tmp_path):
+    """A Conv1D regression model compiled with its loss and metrics, its data from a py: module: the teacher's
+    metric is the model's own `evaluate`, every view reports every metric, files are verified on outputs."""
+    import keras  # pylint: disable=import-outside-toplevel
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    x = keras.Input((24, 2))
+    y = keras.layers.ReLU()(keras.layers.BatchNormalization()(keras.layers.Conv1D(8, 3, padding="same")(x)))
+    y = keras.layers.ReLU()(keras.layers.BatchNormalization()(keras.layers.Conv1D(12, 3, padding="same")(y)))
+    y = keras.layers.MaxPooling1D()(y)
+    y = keras.layers.ReLU()(keras.layers.BatchNormalization()(keras.layers.Conv1D(12, 3, padding="same")(y)))
+    model = keras.Model(x, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling1D()(y)))
+    model.compile("adam", "mae", metrics=[keras.metrics.MeanAbsoluteError(name="mae"), "mse"])
+    module = tmp_path / "sequences.py"
+    module.write_text(SEQUENCE_DATASETS)
+    namespace = {}
+    exec(SEQUENCE_DATASETS, namespace)  # pylint: disable=exec-used
+    train, _, test = namespace["datasets"]()
+    model.fit(train.batch(32), epochs=3, verbose=0)
+    theirs = model.evaluate(test.batch(64), return_dict=True, verbose=0)
+    path = str(tmp_path / "regressor.keras")
+    model.save(path)
+    model_dir = str(tmp_path / "run")
+    args = ["--dataset=py:" + str(module), f"--arch={path}", f"--teacher={path}", "--num_ta=1", "--prune_ratio=0.5",
+            "--batch_size=32", "--joint_epochs=1", "--finetune_epochs=1", "--verbose=0", "--notensorboard",
+            "--export=savedmodel,tflite,tflite_int8", f"--model_dir={model_dir}"]
+    result = run_main(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(model_dir, "results.json")) as f:
+        results = json.load(f)
+    assert results["primary_metric"] == {"name": "mae", "higher_is_better": False}
+    assert results["teacher"]["metrics"]["mae"] == pytest.approx(theirs["mae"], rel=1e-4)
+    assert results["teacher"]["metrics"]["mse"] == pytest.approx(theirs["mse"], rel=1e-4)
+    student = results["views"][0]
+    assert set(student["metrics"]) == {"mae", "mse"} and student["macs"] < results["teacher"]["macs"]
+    assert "val_metric" in student and "accuracy" not in student
+    for fmt in ("savedmodel", "tflite"):
+        assert "error" not in student["exports"][fmt] and student["exports"][fmt]["output_gap"] < 1e-4
+    assert "metric" in student["exports"]["tflite_int8"]
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("model"))
+    assert "mae" in header and "accuracy" not in header
+    again = run_main(*args)  # finished: it only reports
+    assert again.returncode == 0 and "== joint" not in again.stdout
+    saved = keras.saving.load_model(student["exports"]["keras"]["path"])
+    assert saved.output_shape == (None, 2)
+    assert np.isfinite(saved.predict(next(iter(test.batch(4)))[0], verbose=0)).all()

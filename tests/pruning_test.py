@@ -168,3 +168,48 @@ def test_every_exported_student_has_batchnorm_statistics_of_its_final_weights(re
         assert inference >= batch_statistics - 0.03, (inference, batch_statistics)
     else:  # the failure recalibration prevents, seen on this very model
         assert inference < batch_statistics - 0.1, (inference, batch_statistics)
+
+
+@pytest.mark.parametrize("pattern", ["dict_outputs", "unet", "image_and_vector"])
+def test_a_model_beyond_classifiers_is_pruned_with_its_own_loss_and_ends_as_it_did(pattern, tmp_path):
+    """From Python, as a user would: the compiled model and its own (inputs, targets); the student's outputs have
+    the model's structure and final activations, and the report carries every compiled metric by Keras' name."""
+    from testing import beyond_setup  # pylint: disable=import-outside-toplevel
+    from conftest import BEYOND  # pylint: disable=import-outside-toplevel
+
+    model, _, data, task = beyond_setup(BEYOND[pattern], examples=32)
+    student, report = hsd_tf.prune(model, data.train_examples_ds, data.val, data.test, prune_ratio=0.5, num_ta=1,
+                                   model_dir=str(tmp_path / "run"), **dict(QUICK, export=["tflite"]))
+    assert report["primary_metric"] == {"name": task.primary, "higher_is_better": task.higher_is_better}
+    theirs = model.evaluate(data.test, return_dict=True, verbose=0)
+    assert report["teacher"]["metrics"][task.primary] == pytest.approx(theirs[task.primary], rel=1e-4, abs=1e-6)
+    view = report["views"][0]
+    assert set(view["metrics"]) == set(task.metric_keys) and view["metric"] == view["metrics"][task.primary]
+    assert view["macs"] < report["teacher"]["macs"] and "error" not in view["exports"]["tflite"]
+    assert view["exports"]["tflite"]["output_gap"] < 1e-4 if not task.is_classifier else True
+    inputs = next(iter(data.test))[0]
+    outputs = student(list(inputs) if isinstance(inputs, tuple) else inputs)
+    if pattern == "dict_outputs":
+        assert set(outputs) == {"label", "box"} and 0.0 <= float(np.min(outputs["box"])) <= float(np.max(outputs["box"])) <= 1.0
+    if pattern == "unet":  # the softmax over the classes of every pixel, back on the student
+        np.testing.assert_allclose(np.sum(outputs, axis=-1), 1.0, rtol=1e-5)
+    # The student's own metrics, measured again from its saved .keras file, are the report's.
+    saved = keras.saving.load_model(view["exports"]["keras"]["path"])
+    saved.compile(loss=model.loss, metrics=task.new_metrics()._user_metrics)  # pylint: disable=protected-access
+    again = saved.evaluate(data.test, return_dict=True, verbose=0)
+    assert again[task.primary] == pytest.approx(view["metric"], rel=1e-4, abs=1e-6)
+
+
+def test_a_student_whose_file_cannot_be_written_is_on_the_error_and_the_message_is_whole(tmp_path, monkeypatch):
+    """The run built the student: a .keras file that cannot be written loses it no more than the error's text."""
+    model = randomize(pattern_se())
+
+    def refuse(self, *args, **kwargs):
+        raise ValueError("first line of why\nsecond line, the part that says what to do")
+
+    monkeypatch.setattr(keras.Model, "save", refuse)
+    with pytest.raises(hsd_tf.ExportError) as error:
+        hsd_tf.prune(model, _examples(64, 0), _examples(24, 1), prune_ratio=0.5, num_ta=1,
+                     model_dir=str(tmp_path / "run"), **QUICK)
+    assert isinstance(error.value.student, keras.Model) and error.value.student.get_layer("body").filters < 6
+    assert "second line, the part that says what to do" in str(error.value) and "\n" not in str(error.value)

@@ -8,8 +8,8 @@ from hsd_tf import architectures, costs, graph, slimming
 from hsd_tf.cascade import Cascade
 from hsd_tf.masks import l1_scores
 
-from testing import make_cascade, randomize
-from conftest import (INPUT_SHAPE, PATTERNS, TOPOLOGIES, kernel_params, pattern_shared_on_uneven_branches,
+from testing import beyond_setup, make_cascade, randomize
+from conftest import (BEYOND, INPUT_SHAPE, PATTERNS, TOPOLOGIES, kernel_params, pattern_shared_on_uneven_branches,
                       tiny_chain)
 
 
@@ -185,3 +185,26 @@ def test_an_unsupported_layer_left_unpruned_keeps_its_channels(kind, batch):
     assert slim.get_layer("a").filters == 6 and slim.get_layer("b").filters < 5
     with pytest.raises(graph.UnsupportedLayerError, match="Received: \\['nope'\\]"):
         graph.trace(model, unpruned_layers=["odd", "nope"])
+
+
+@pytest.mark.parametrize("pattern", sorted(BEYOND))
+def test_a_model_beyond_classifiers_slims_to_what_its_masked_view_computes(pattern):
+    """Sequences, volumes, tokens, several inputs and outputs, maps: one cascade step with the model's own loss,
+    then every output of the slim student against its masked view, and its costs against the count."""
+    model, stripped, data, task = beyond_setup(BEYOND[pattern])
+    inputs, targets = next(iter(data.test))
+    cascade = Cascade(stripped, [0.5, 0.0], teacher=stripped, task=task)
+    cascade.initialize_from(stripped)
+    cascade.compile(optimizer=keras.optimizers.SGD(0.01), score_optimizer=keras.optimizers.SGD(1.0))
+    logs = cascade.train_on_batch(inputs, targets, return_dict=True)
+    assert np.isfinite(logs["loss"]) and f"student_{task.log_name()}" in logs
+    slim = slimming.slim_view(cascade, 0, frozen=False)
+    masked = keras.tree.flatten(cascade.view_forward(0, inputs, training=False, frozen=False)[0])
+    found = keras.tree.flatten(slim(slimming.model_inputs(inputs)))
+    assert len(found) == len(masked) == len(task.outputs)
+    for f, m in zip(found, masked):
+        assert f.shape == m.shape and np.abs(np.asarray(f) - np.asarray(m)).max() <= 1e-5 * np.abs(m).max()
+    cost = cascade.view_costs(frozen=False)[0]
+    assert (costs.profile(slim)["params"], costs.profile(slim)["macs"]) == (cost["params"], cost["macs"])
+    assert cost["params"] < costs.profile(stripped)["params"]
+    assert graph.kernel_weights(model) == costs.profile(stripped)["params"]

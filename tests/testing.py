@@ -46,3 +46,23 @@ def make_cascade(model, ratios, hint_weight=0.0, score_lr=1.0, seed=0):
     # Plain SGD with lr 1 on the scores: the score update is minus the gradient.
     cascade.compile(optimizer=keras.optimizers.SGD(0.01), score_optimizer=keras.optimizers.SGD(score_lr))
     return cascade, teacher
+
+
+def beyond_setup(build, examples=24, seed=0):
+    """A compiled model of another task (`conftest.BEYOND`), random weights, its data and its task.
+
+    Returns:
+        (the user's model, the model with its final activations taken off, `hsd_tf.data.Data`, `hsd_tf.task.Task`).
+    """
+    from hsd_tf import architectures, data as data_lib, task as task_lib  # pylint: disable=import-outside-toplevel
+
+    model, make = build()
+    model = randomize(model, seed)
+    rng = np.random.RandomState(seed)
+    shapes = [tuple(x.shape[1:]) for x in model.inputs]
+    data = data_lib.from_datasets(make(rng, examples), make(rng, examples // 2), batch_size=8,
+                                  input_shape=shapes if len(shapes) > 1 else shapes[0],
+                                  input_keys=[x.name for x in model.inputs])
+    stripped, activations = architectures.without_final_activations(model)
+    task = task_lib.from_model(model, activations, data.target_spec)
+    return model, stripped, data, task
