@@ -2,12 +2,19 @@
 
     python benchmarks/any_model.py                                  # every family (docs/any_model.md's table)
     python benchmarks/any_model.py --models=hub.mobilenet,app.ResNet50 --output=/tmp/table.md
+    python benchmarks/any_model.py --models=beyond --output=/tmp/beyond.md  # "Beyond classifiers" only
 
 The families: keras.applications (one model per family, weights=None), keras_hub's image classifiers
 built from their constructors with random weights (when keras_hub is installed), tutorial-style models
 (augmentation, Rescaling and Resizing layers inside, a keras.applications base with its own head, a base
-built without an input size), and models outside the method (two inputs, a segmentation map, an
-autoencoder, a Conv1D model), which must be refused.
+built without an input size), and models beyond image classifiers (`--models=beyond` for only them, the table of
+docs/any_model.md's "Beyond classifiers"): keras.io's segmentation U-Net, a U-Net with concatenated skips, a
+denoising autoencoder, the Conv1D time-series classifier, the Embedding + Conv1D text classifier, the Conv3D CT
+classifier, an image and a vector in, keras.io's siamese network, a class and a value out, keras_hub's DeepLabV3
+and BASNet segmenters, RetinaNet detector, MobileNetV5 and Swin Transformer classifiers. Each is compiled with
+its own loss and metrics (keras_hub's tasks with their `compile()` defaults) and pruned through its task
+(`hsd_tf.task`), or refused in hsd_tf's one line; a model a refusal names a way out for (a layer to keep whole,
+a loss to give) has a second row that takes it.
 
 Per model, with random BatchNorm statistics and biases so that a masked channel would show if it
 leaked: the mask groups; the stages (spatial sizes at which kernels larger than 1x1 run, the stem
@@ -15,10 +22,12 @@ aside) where some layer's output channels are in a group; params of the dense mo
 and MACs of a student keeping 50% of the prunable filters (L1-initialised masks, the command line's
 per-layer floor: at least 2 filters and 4% of each layer); one cascade training step
 (student at prune ratio 0.5 and the full top view, SGD, batch 8); the student's slim model against its
-masked view on the same images, max |masked - slim| / max |masked logit|; then the slim student exported
-to float32 and int8 TFLite, each run with LiteRT in a child process on the images: the float file must
-agree with Keras (top-1 on at least 99% of them), the int8 file's agreement is reported. A model that is
-refused gets the one line hsd_tf gives.
+masked view on the same images, max |masked - slim| / max |masked logit| (for several outputs, the largest over
+the outputs of that ratio, each against its own largest value); then the slim student, its final activations put
+back as a run exports it, to float32 and int8 TFLite, each run with LiteRT in a child process on the images: a
+classifier's float file must agree with Keras (top-1 on at least 99% of them), any other's every output be within
+1e-3 of Keras' relative to its largest value; the int8 file's figures are reported. Beyond classifiers, the slim
+student is also saved as `.keras` and loaded back. A model that is refused gets the one line hsd_tf gives.
 """
 
 import os
@@ -28,11 +37,13 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-flags.DEFINE_list("models", [], "Models of the zoo to run (default: all), e.g. app.ResNet50,hub.mobilenet.")
+flags.DEFINE_list("models", [], "Models of the zoo to run (default: all), e.g. app.ResNet50,hub.mobilenet; beyond: "
+                  "every model beyond image classifiers.")
 flags.DEFINE_integer("batch_size", 8, "Images in the cascade step, the comparison and the export checks.")
 flags.DEFINE_string("output", None, "Also write the markdown table here.")
 FLAGS = flags.FLAGS
@@ -61,7 +72,7 @@ def zoo() -> dict:
         print("keras_hub is not installed: its classifiers are left out", flush=True)
     else:
         models.update(hub_models())
-    models.update(outside_models(keras))
+    models.update(beyond_models(keras))
     return models
 
 
@@ -200,37 +211,208 @@ def hub_models() -> dict:
             for name, (task, backbone) in backbones.items()}
 
 
-def outside_models(keras) -> dict:
-    """Models hsd_tf does not prune (one image in, class logits out is the method): each must be refused."""
+def beyond_models(keras) -> dict:
+    """Models that are not image classifiers: name -> (what, builder returning (model, input shape(s), options)).
+
+    options: "targets": (rng, n) -> targets of n examples in the model's structure (default: class labels);
+    "loss": given instead of the compiled one; "unpruned_layers": layers to keep whole.
+    """
+    import user_models  # pylint: disable=import-outside-toplevel  (benchmarks/)
+
     layers = keras.layers
 
-    def conv(filters):
-        return layers.Conv2D(filters, 3, padding="same", activation="relu")
+    def labels(classes, shape=()):
+        return lambda rng, n: rng.randint(0, classes, size=(n,) + shape).astype("int32")
 
-    def two_inputs():
-        images, extra = keras.Input((32, 32, 3)), keras.Input((4,))
-        x = layers.GlobalAveragePooling2D()(conv(16)(conv(8)(images)))
-        return keras.Model([images, extra], layers.Dense(10)(layers.Concatenate()([x, extra]))), (32, 32, 3)
+    def unet_with_skips():  # the classic U-Net: two levels, concatenated skips, a sigmoid mask
+        inputs = keras.Input((32, 32, 3))
+        skips, x = [], inputs
+        for filters in (16, 32):
+            x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+            x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+            skips.append(x)
+            x = layers.MaxPooling2D()(x)
+        x = layers.Conv2D(64, 3, padding="same", activation="relu")(x)
+        for filters, skip in zip((32, 16), reversed(skips)):
+            x = layers.Concatenate()([layers.Conv2DTranspose(filters, 2, strides=2)(x), skip])
+            x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+        model = keras.Model(inputs, layers.Conv2D(1, 1, activation="sigmoid")(x))
+        model.compile("adam", "binary_crossentropy", metrics=[keras.metrics.BinaryIoU(name="iou")])
+        return model, (32, 32, 3), {"targets": lambda rng, n: rng.randint(0, 2, (n, 32, 32, 1)).astype("float32")}
 
-    def segmentation():
-        images = keras.Input((32, 32, 3))
-        x = layers.UpSampling2D()(layers.MaxPooling2D()(conv(16)(conv(8)(images))))
-        return keras.Model(images, layers.Conv2D(11, 1)(x)), (32, 32, 3)
+    def autoencoder():  # keras.io "Convolutional autoencoder for image denoising"
+        inputs = keras.Input((28, 28, 1))
+        x = layers.MaxPooling2D(2, padding="same")(layers.Conv2D(32, 3, activation="relu", padding="same")(inputs))
+        x = layers.MaxPooling2D(2, padding="same")(layers.Conv2D(32, 3, activation="relu", padding="same")(x))
+        x = layers.Conv2DTranspose(32, 3, strides=2, activation="relu", padding="same")(x)
+        x = layers.Conv2DTranspose(32, 3, strides=2, activation="relu", padding="same")(x)
+        model = keras.Model(inputs, layers.Conv2D(1, 3, activation="sigmoid", padding="same")(x))
+        model.compile("adam", "binary_crossentropy")
+        return model, (28, 28, 1), {"targets": lambda rng, n: rng.uniform(size=(n, 28, 28, 1)).astype("float32")}
 
-    def autoencoder():
-        images = keras.Input((32, 32, 3))
-        x = layers.Conv2DTranspose(8, 3, strides=2, padding="same")(conv(16)(layers.MaxPooling2D()(conv(8)(images))))
-        return keras.Model(images, layers.Conv2D(3, 3, padding="same")(x)), (32, 32, 3)
+    def text():  # keras.io "Text classification from scratch" (the vectorizer outside the model: tokens in)
+        inputs = keras.Input((500,), dtype="int64")
+        x = layers.Dropout(0.5)(layers.Embedding(20000, 128)(inputs))
+        x = layers.Conv1D(128, 7, padding="valid", activation="relu", strides=3)(x)
+        x = layers.Conv1D(128, 7, padding="valid", activation="relu", strides=3)(x)
+        x = layers.Dropout(0.5)(layers.Dense(128, activation="relu")(layers.GlobalMaxPooling1D()(x)))
+        model = keras.Model(inputs, layers.Dense(1, activation="sigmoid", name="predictions")(x))
+        model.compile("adam", "binary_crossentropy", metrics=["accuracy"])
+        return model, (500,), {"targets": lambda rng, n: rng.randint(0, 2, (n, 1)).astype("float32")}
 
-    def sequence():
-        signal = keras.Input((64, 3))
-        x = layers.Conv1D(16, 3, activation="relu")(layers.Conv1D(8, 3, activation="relu")(signal))
-        return keras.Model(signal, layers.Dense(10)(layers.GlobalAveragePooling1D()(x))), (64, 3)
+    def volumes():  # keras.io "3D image classification from CT scans", at 32x32x16
+        inputs = keras.Input((32, 32, 16, 1))
+        x = inputs
+        for filters in (64, 64, 128, 256):
+            x = layers.BatchNormalization()(layers.MaxPool3D(2, padding="same")(
+                layers.Conv3D(filters, 3, activation="relu", padding="same")(x)))
+        x = layers.Dropout(0.3)(layers.Dense(512, activation="relu")(layers.GlobalAveragePooling3D()(x)))
+        model = keras.Model(inputs, layers.Dense(1, activation="sigmoid")(x))
+        model.compile("adam", "binary_crossentropy", metrics=["acc"])
+        return model, (32, 32, 16, 1), {"targets": lambda rng, n: rng.randint(0, 2, (n, 1)).astype("float32")}
 
-    return {"outside.two_inputs": ("an image and a vector in", two_inputs),
-            "outside.segmentation": ("a map of 11 classes per pixel out", segmentation),
-            "outside.autoencoder": ("an image out", autoencoder),
-            "outside.conv1d": ("a Conv1D model of sequences", sequence)}
+    def image_and_vector():
+        image, vector = keras.Input((32, 32, 3), name="image"), keras.Input((8,), name="vector")
+        x = layers.Conv2D(16, 3, activation="relu")(image)
+        x = layers.GlobalAveragePooling2D()(layers.Conv2D(32, 3, activation="relu")(x))
+        x = layers.Dense(32, activation="relu")(layers.Concatenate()([x, vector]))
+        model = keras.Model([image, vector], layers.Dense(10, activation="softmax")(x))
+        model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+        return model, [(32, 32, 3), (8,)], {"targets": labels(10)}
+
+    def siamese(unpruned=()):  # keras.io "Image similarity estimation using a Siamese Network with a contrastive loss"
+        embedding = keras.Sequential([
+            keras.Input((28, 28, 1)), layers.BatchNormalization(), layers.Conv2D(4, 5, activation="tanh"),
+            layers.AveragePooling2D(2), layers.Conv2D(16, 5, activation="tanh"), layers.AveragePooling2D(2),
+            layers.Flatten(), layers.BatchNormalization(), layers.Dense(10, activation="tanh")], name="tower")
+        a, b = keras.Input((28, 28, 1)), keras.Input((28, 28, 1))
+
+        def euclidean_distance(vects):
+            x, y = vects
+            return keras.ops.sqrt(keras.ops.maximum(keras.ops.sum(keras.ops.square(x - y), axis=1, keepdims=True),
+                                                    keras.backend.epsilon()))
+
+        distance = layers.Lambda(euclidean_distance, output_shape=(1,), name="distance")([embedding(a), embedding(b)])
+        model = keras.Model([a, b], layers.Dense(1, activation="sigmoid")(layers.BatchNormalization()(distance)))
+
+        def contrastive_loss(y_true, y_pred, margin=1.0):
+            return keras.ops.mean((1 - y_true) * keras.ops.square(y_pred)
+                                  + y_true * keras.ops.square(keras.ops.maximum(margin - y_pred, 0)))
+
+        model.compile("rmsprop", contrastive_loss, metrics=["accuracy"])
+        return model, [(28, 28, 1), (28, 28, 1)], {
+            "targets": lambda rng, n: rng.randint(0, 2, (n, 1)).astype("float32"), "unpruned_layers": list(unpruned)}
+
+    def class_and_value():
+        inputs = keras.Input((32, 32, 3))
+        x = layers.Conv2D(16, 3, activation="relu")(inputs)
+        x = layers.GlobalAveragePooling2D()(layers.Conv2D(32, 3, activation="relu")(x))
+        model = keras.Model(inputs, {"kind": layers.Dense(10, activation="softmax")(x), "size": layers.Dense(1)(x)})
+        model.compile("adam", {"kind": "sparse_categorical_crossentropy", "size": "mse"},
+                      loss_weights={"kind": 1.0, "size": 0.2}, metrics={"kind": ["accuracy"], "size": ["mae"]})
+        return model, (32, 32, 3), {"targets": lambda rng, n: {"kind": labels(10)(rng, n),
+                                                                "size": rng.normal(size=(n, 1)).astype("float32")}}
+
+    models = {
+        "beyond.unet_keras_io": ("keras.io's U-Net-like segmenter (3 classes per pixel, softmax), 64x64x3",
+                                 lambda: (user_models.unet_model((64, 64, 3), 3, width=1.0), (64, 64, 3),
+                                          {"targets": labels(3, (64, 64))})),
+        "beyond.unet_skips": ("a U-Net with concatenated skips, a sigmoid mask, binary cross-entropy, BinaryIoU",
+                              unet_with_skips),
+        "beyond.autoencoder": ("keras.io's denoising autoencoder: Conv2DTranspose, a sigmoid image out",
+                               autoencoder),
+        "beyond.timeseries": ("keras.io's Conv1D time-series classifier (FordA's 500 steps)",
+                              lambda: (user_models.timeseries_model((500, 1), 2), (500, 1), {"targets": labels(2)})),
+        "beyond.text": ("keras.io's text classifier: int tokens, Embedding, strided Conv1D, a sigmoid", text),
+        "beyond.conv3d": ("keras.io's CT-scan classifier: Conv3D, MaxPool3D, GlobalAveragePooling3D", volumes),
+        "beyond.image_and_vector": ("two inputs: an image and a vector, joined after pooling", image_and_vector),
+        "beyond.siamese": ("keras.io's siamese network: one tower on two images, a Lambda distance, contrastive loss",
+                           siamese),
+        "beyond.siamese_unpruned": ("the same, its Lambda kept whole (--unpruned_layers=distance, as its refusal says)",
+                                    lambda: siamese(["distance"])),
+        "beyond.class_and_value": ("two outputs (a dict): a class and a value, weighted losses", class_and_value),
+    }
+    try:
+        import keras_hub  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    except ImportError:
+        return models
+    models.update(hub_beyond_models(keras))
+    return models
+
+
+def hub_beyond_models(keras) -> dict:
+    """keras_hub's segmenters, detector and newest classifiers, small, random weights, their `compile()` defaults."""
+    import keras_hub  # pylint: disable=import-outside-toplevel
+
+    m = keras_hub.models
+
+    def resnet(block_type="basic_block", stacks=4, stem=64):
+        return m.ResNetBackbone(input_conv_filters=[stem], input_conv_kernel_sizes=[3],
+                                stackwise_num_filters=[64, 16, 16, 16][:stacks], stackwise_num_blocks=[1] * stacks,
+                                stackwise_num_strides=[1, 2, 2, 2][:stacks], block_type=block_type)
+
+    def compiled(model, shape, **options):
+        model.compile()
+        return model, shape, options
+
+    def deeplab(unpruned=()):
+        backbone = m.DeepLabV3Backbone(image_encoder=resnet(stacks=3), spatial_pyramid_pooling_key="P4",
+                                       upsampling_size=4, dilation_rates=[2, 4], low_level_feature_key="P2",
+                                       projection_filters=8, image_shape=(64, 64, 3))
+        one_hot = lambda rng, n: np.eye(3, dtype="float32")[rng.randint(0, 3, (n, 64, 64))]  # noqa: E731
+        kept = lambda model: [layer.name for layer in model._flatten_layers()  # noqa: E731  pylint: disable=protected-access
+                              if type(layer).__name__ in unpruned]
+        return compiled(m.DeepLabV3ImageSegmenter(backbone, num_classes=3, preprocessor=None), (64, 64, 3),
+                        targets=one_hot, unpruned_layers=kept)
+
+    def basnet(loss=None):
+        backbone = m.BASNetBackbone(image_encoder=resnet("basic_block_vd", stacks=4, stem=8), num_classes=1,
+                                    image_shape=(32, 32, 3), projection_filters=8)
+        options = {"targets": lambda rng, n: rng.randint(0, 2, (n, 32, 32, 1)).astype("float32")}
+        if loss:
+            options["loss"] = loss
+        return compiled(m.BASNetImageSegmenter(backbone, preprocessor=None), (32, 32, 3), **options)
+
+    def retinanet():
+        backbone = m.RetinaNetBackbone(image_encoder=resnet(stacks=4), min_level=3, max_level=5, use_p5=False,
+                                       image_shape=(64, 64, 3))
+        anchors = keras_hub.layers.AnchorGenerator("yxyx", min_level=3, max_level=5, num_scales=1,
+                                                   aspect_ratios=[1.0], anchor_size=4)
+        model = m.RetinaNetObjectDetector(backbone, num_classes=2, bounding_box_format="yxyx", anchor_generator=anchors,
+                                          pre_logits_num_conv_layers=1, preprocessor=None)
+        return compiled(model, (64, 64, 3), targets=lambda rng, n: {"boxes": np.zeros((n, 2, 4), "float32"),
+                                                                     "labels": np.zeros((n, 2), "float32")})
+
+    def mobilenet_v5():
+        backbone = m.MobileNetV5Backbone(
+            stackwise_block_types=[["er"], ["uir", "uir"]], stackwise_num_blocks=[1, 2],
+            stackwise_num_filters=[[16], [24, 24]], stackwise_strides=[[2], [2, 1]],
+            stackwise_act_layers=[["relu"], ["relu", "relu"]], stackwise_exp_ratios=[[2.0], [2.0, 2.0]],
+            stackwise_se_ratios=[[0.0], [0.0, 0.0]], stackwise_dw_kernel_sizes=[[0], [3, 3]],
+            stackwise_dw_start_kernel_sizes=[[0], [0, 0]], stackwise_dw_end_kernel_sizes=[[0], [0, 0]],
+            stackwise_exp_kernel_sizes=[[3], [0, 0]], stackwise_pw_kernel_sizes=[[1], [0, 0]],
+            stackwise_num_heads=[[0], [0, 0]], stackwise_key_dims=[[0], [0, 0]], stackwise_value_dims=[[0], [0, 0]],
+            stackwise_kv_strides=[[0], [0, 0]], stackwise_use_cpe=[[False], [False, False]], stem_size=8,
+            use_msfa=False, image_shape=(32, 32, 3))
+        return compiled(m.MobileNetV5ImageClassifier(backbone, num_classes=10, head_hidden_size=32, preprocessor=None),
+                        (32, 32, 3))
+
+    def swin():
+        backbone = m.SwinTransformerBackbone(image_shape=(32, 32, 3), embed_dim=16, depths=(1, 1), num_heads=(1, 2),
+                                             window_size=4, patch_size=4)
+        return compiled(m.SwinTransformerImageClassifier(backbone, num_classes=10, preprocessor=None), (32, 32, 3))
+
+    return {
+        "beyond.hub_deeplab_v3": ("keras_hub DeepLabV3ImageSegmenter, a small ResNet encoder", deeplab),
+        "beyond.hub_deeplab_v3_unpruned": ("the same, its SpatialPyramidPooling kept whole (as its refusal says)",
+                                           lambda: deeplab(["SpatialPyramidPooling"])),
+        "beyond.hub_basnet": ("keras_hub BASNetImageSegmenter, a small ResNet encoder", basnet),
+        "beyond.hub_basnet_loss": ("the same, loss= given: binary cross-entropy of its output (as its refusal says)",
+                                   lambda: basnet("binary_crossentropy")),
+        "beyond.hub_retinanet": ("keras_hub RetinaNetObjectDetector, a small ResNet backbone", retinanet),
+        "beyond.hub_mobilenet_v5": ("keras_hub MobileNetV5ImageClassifier (its default RMS norm)", mobilenet_v5),
+        "beyond.hub_swin": ("keras_hub SwinTransformerImageClassifier", swin),
+    }
 
 
 def randomize_statistics(model, seed=0):
@@ -251,60 +433,84 @@ def randomize_statistics(model, seed=0):
 
 
 def measure(name: str, what: str, build) -> dict:
-    """One row of the table: the model pruned and checked, or refused with hsd_tf's one line."""
+    """One row of the table: the model pruned and checked through its task, or refused with hsd_tf's one line."""
     import keras  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     from hsd_tf import architectures, costs, export, graph, slimming  # pylint: disable=import-outside-toplevel
+    from hsd_tf import task as task_lib  # pylint: disable=import-outside-toplevel
     from hsd_tf.cascade import Cascade  # pylint: disable=import-outside-toplevel
     from hsd_tf.config import Config  # pylint: disable=import-outside-toplevel
 
     keras.utils.set_random_seed(0)
-    model, shape = build()
-    row = {"model": name, "what": what, "input": "x".join(map(str, shape))}
+    built = build()
+    model, shape, options = built if len(built) == 3 else (*built, {})
+    shapes = [tuple(s) for s in shape] if isinstance(shape, list) else [tuple(shape)]
+    row = {"model": name, "what": what, "input": ", ".join("x".join(map(str, s)) for s in shapes)}
+    rng = np.random.RandomState(0)
+    unpruned = options.get("unpruned_layers", ())
+    if callable(unpruned):  # names of this build (Keras numbers the layers of a second build of a family)
+        unpruned = unpruned(model)
     try:  # what hsd_tf.prune and the command line check before anything trains
-        model = architectures.without_softmax(model)
-        architectures.check_classifier(model)
-        traced = graph.trace(model, input_shape=shape)
-        architectures.check_classifier(traced.model)
+        randomize_statistics(model)
+        stripped, activations = architectures.without_final_activations(model)
+        traced = graph.trace(stripped, unpruned, shapes)
         if not traced.groups:
             raise ValueError(traced.nothing_prunable())
+        inputs = graph.sample_inputs(traced, FLAGS.batch_size, rng)
+        targets = options.get("targets", lambda r, n: r.randint(0, 10, size=n).astype("int32"))(rng, FLAGS.batch_size)
+        dataset = tf.data.Dataset.from_tensor_slices((tuple(inputs) if len(inputs) > 1 else inputs[0], targets))
+        dataset = dataset.batch(FLAGS.batch_size)
+        task = task_lib.from_model(model, activations, dataset.element_spec[1], loss=options.get("loss"),
+                                   shapes=[tuple(x.shape[1:]) for x in traced.model.outputs])
     except ValueError as error:
-        return dict(row, refused=str(error))
-    randomize_statistics(model)
-    rng = np.random.RandomState(0)
-    images = rng.normal(size=(FLAGS.batch_size,) + shape).astype("float32")
-    labels = rng.randint(0, 10, size=FLAGS.batch_size).astype("int32")
+        return dict(row, refused=" ".join(str(error).split()))
+    row["task"] = "; ".join(f"{o.kind}{' (' + o.activation + ')' if o.activation else ''}" for o in task.outputs)
+    row["output"] = ", ".join("x".join(map(str, o.shape)) for o in task.outputs)
+    row["primary"] = task.primary
     defaults = Config()  # the command line's per-layer floor
-    cascade = Cascade(model, [0.5, 0.0], teacher=model, input_shape=shape, min_layer_filters=defaults.min_layer_filters,
+    cascade = Cascade(stripped, [0.5, 0.0], teacher=stripped, input_shape=shapes, task=task, unpruned_layers=unpruned,
+                      min_layer_filters=defaults.min_layer_filters,
                       max_layer_prune_ratio=defaults.max_layer_prune_ratio)
-    cascade.initialize_from(model)
+    cascade.initialize_from(stripped)
     cascade.compile(optimizer=keras.optimizers.SGD(0.01), score_optimizer=keras.optimizers.SGD(0.01))
+    batch = tuple(inputs) if len(inputs) > 1 else inputs[0]
     start = time.perf_counter()
-    cascade.train_on_batch(images, labels, return_dict=True)
+    cascade.train_on_batch(batch, targets, return_dict=True)
     row["step_seconds"] = time.perf_counter() - start
     slim = slimming.slim_view(cascade, 0, frozen=False, name="student", inference=True)
-    masked = cascade.view_forward(0, images, training=False, frozen=False)[0].numpy()
+    masked = keras.tree.flatten(cascade.view_forward(0, batch, training=False, frozen=False)[0])
+    found = keras.tree.flatten(slim(slimming.model_inputs(inputs), training=False))
     half = cascade.view_costs(frozen=False)[0]
     # A stage: a spatial size at which the model applies kernels larger than 1x1, the stem (kept whole by the
     # method) aside; it is pruned when some layer's output channels at that size are in a group.
     trace = cascade.trace
     stages = {w.output_size for w in trace.weighted
-              if len(w.output_size) == 2 and w.kernel > 1 and w.name not in trace.stems}
+              if len(w.output_size) >= 1 and w.kernel > 1 and w.name not in trace.stems}
     pruned_stages = {w.output_size for w in trace.weighted if any(p is not None for p in w.outputs)} & stages
     row.update(stages=f"{len(pruned_stages)}/{len(stages)}" if stages else "-")
     row.update(groups=len(cascade.trace.groups), params=costs.count(cascade.trace)["params"],
                kernels=graph.kernel_weights(model), params_50=half["params"], macs=costs.count(cascade.trace)["macs"],
-               macs_50=half["macs"], slim_params_counted=costs.profile(slim)["params"],
-               relative_error=float(np.abs(slim(images, training=False).numpy() - masked).max()
-                                    / np.abs(masked).max()))
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(FLAGS.batch_size)
+               macs_50=half["macs"], slim_params_counted=costs.profile(slim, unpruned)["params"],
+               relative_error=max(float(np.abs(np.asarray(f) - np.asarray(m)).max() / np.abs(np.asarray(m)).max())
+                                  for f, m in zip(found, masked)))
+    deployed = slimming.with_final_activations(slim, activations, task.keys, task.structure)
+    sample = inputs[0] if len(inputs) == 1 else inputs
     with tempfile.TemporaryDirectory() as directory:
-        exported = export.export_and_verify(slim, directory, ["tflite", "tflite_int8"], dataset, images)
-    row["tflite"] = exported["tflite"].get("error") or f"agrees {exported['tflite']['agreement']:.0%}"
-    int8 = exported["tflite_int8"]
-    runs = "runs on LiteRT's built-in kernels (XNNPACK refuses it)" if "runtime" in int8 else "runs"
-    row["int8"] = f"{runs}, agrees {int8['agreement']:.0%}" if "agreement" in int8 else int8["error"]
+        exported = export.export_and_verify(deployed, directory, ["tflite", "tflite_int8"], dataset, sample, task=task)
+    float_file, int8 = exported["tflite"], exported["tflite_int8"]
+    if task.is_classifier:
+        row["tflite"] = float_file.get("error") or f"agrees {float_file['agreement']:.0%}"
+        row["int8"] = int8.get("error") or f"agrees {int8['agreement']:.0%}"
+    else:
+        row["tflite"] = float_file.get("error") or f"outputs within {float_file['output_gap']:.1e}"
+        row["int8"] = int8.get("error") or f"outputs within {int8['output_gap']:.1e}"
+    if "runtime" in int8:
+        row["int8"] = f"runs on LiteRT's built-in kernels (XNNPACK refuses it), {row['int8']}"
+    elif "error" not in int8:
+        row["int8"] = f"runs, {row['int8']}"
+    why = slimming._keras_round_trip(deployed)  # pylint: disable=protected-access
+    row["keras_file"] = "saves and loads" if why is None else f"fails: {why}"
     return row
 
 
@@ -325,10 +531,30 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
+def beyond_table(rows) -> str:
+    """The "Beyond classifiers" table: the task each model is pruned through, its costs, exactness and files."""
+    lines = ["| model | what | input → output | task (kind per output; primary metric) | outcome | groups | "
+             "params dense → 50% of filters | MACs dense → 50% | max\\|masked − slim\\| / max\\|output\\| | "
+             "float32 TFLite | int8 TFLite | student .keras | time (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "refused" in r:
+            lines.append(f"| {r['model']} | {r['what']} | {r['input']} | | refused: {r['refused']} | | | | | | | | "
+                         f"{r['seconds']:.0f} |")
+            continue
+        lines.append(f"| {r['model']} | {r['what']} | {r['input']} → {r['output']} | {r['task']}; {r['primary']} | "
+                     f"pruned | {r['groups']} | {r['params']:,} → {r['params_50']:,} ({r['params_50'] / r['params']:.2f}) | "
+                     f"{r['macs']:,} → {r['macs_50']:,} | {r['relative_error']:.1e} | {r['tflite']} | {r['int8']} | "
+                     f"{r['keras_file']} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
 def main(argv):
     del argv
     models = zoo()
     names = FLAGS.models or list(models)
+    if names == ["beyond"]:
+        names = [name for name in models if name.startswith("beyond.")]
     unknown = sorted(set(names) - set(models))
     if unknown:
         raise app.UsageError(f"--models: not in the zoo; expected some of {sorted(models)}. Received: {unknown}")
@@ -341,9 +567,13 @@ def main(argv):
             row = {"model": name, "what": models[name][0], "input": "", "refused": f"CRASH {error!r}"[:400]}
         if "refused" not in row:
             assert row["slim_params_counted"] == row["params_50"], row  # the slim model is what the count says
-        print(f"{name} ({time.perf_counter() - start:.0f} s): {row}", flush=True)
+        row["seconds"] = time.perf_counter() - start
+        print(f"{name} ({row['seconds']:.0f} s): {row}", flush=True)
         rows.append(row)
-    text = table(rows)
+    classifiers = [row for row in rows if not row["model"].startswith("beyond.")]
+    beyond = [row for row in rows if row["model"].startswith("beyond.")]
+    text = "\n\n".join(part for part in (table(classifiers) if classifiers else "",
+                                          beyond_table(beyond) if beyond else "") if part)
     print(text)
     if FLAGS.output:
         with open(FLAGS.output, "w") as f:

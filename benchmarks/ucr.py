@@ -200,3 +200,26 @@ def _value(text: str, where: str, number: int) -> float:
         return float(text)
     except ValueError:
         raise ValueError(f"{where}, line {number}: {text!r} is not a number") from None
+
+
+def splits(name: str, val_fraction: float = 0.2, seed: int = 0, cache_dir: Optional[str] = None):
+    """(train, validation, test) `tf.data.Dataset`s of (series, target) examples, unbatched: the archive's test
+    split, and its training split less `val_fraction` of it (a seeded, stratified hold-out for classification sets),
+    which is the validation split. What a `datasets()` of `--dataset=py:` returns."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    x_train, y_train, x_test, y_test = load(name, cache_dir)
+    rng = np.random.RandomState(seed)
+    if classes(name, cache_dir) is None:
+        order = rng.permutation(len(y_train))
+        held = order[:int(round(val_fraction * len(order)))]
+    else:  # the same fraction of every class, so a small set keeps each class in both parts
+        held = np.concatenate([rng.permutation(np.flatnonzero(y_train == label))[
+            :int(round(val_fraction * np.sum(y_train == label)))] for label in np.unique(y_train)])
+    kept = np.setdiff1d(np.arange(len(y_train)), held)
+    targets = (lambda y: y) if y_train.dtype == np.int32 else (lambda y: y[:, None])  # a regression target: (1,)
+
+    def dataset(x, y):
+        return tf.data.Dataset.from_tensor_slices((x, targets(y)))
+
+    return dataset(x_train[kept], y_train[kept]), dataset(x_train[held], y_train[held]), dataset(x_test, y_test)

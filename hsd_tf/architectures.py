@@ -364,7 +364,8 @@ def without_final_activations(model: keras.Model):
     are no graph to edit), is left as it is.
 
     Returns:
-        (the model, or a copy of it with the same weights; one of "softmax", "sigmoid" or None per output).
+        (the model, or a model sharing its layers, the last ones without their activation; one of "softmax",
+        "sigmoid" or None per output).
     """
     if not isinstance(model, keras.Sequential) and not hasattr(model, "_nodes_by_depth"):
         return model, [None] * len(getattr(model, "outputs", None) or [None])
@@ -374,13 +375,17 @@ def without_final_activations(model: keras.Model):
     built_in = {id(t._keras_history.operation) for t, end in zip(model.outputs, ends)  # pylint: disable=protected-access
                 if end and not isinstance(t._keras_history.operation, (keras.layers.Softmax, keras.layers.Activation))}  # pylint: disable=protected-access
     if built_in:  # a layer whose own activation ends the model (Dense(..., activation="softmax")): a copy without it
-        def clone(layer):
-            config = layer.get_config()
-            return layer.__class__.from_config({**config, "activation": None} if id(layer) in built_in else config)
+        copies = {}
 
-        copy = keras.models.clone_model(model, clone_function=clone)
-        copy.set_weights(model.get_weights())
-        model = copy
+        def clone(layer):  # every other layer shared as it is (a Lambda's function need not be rebuilt)
+            if id(layer) not in built_in:
+                return layer
+            copies[id(layer)] = (layer, layer.__class__.from_config({**layer.get_config(), "activation": None}))
+            return copies[id(layer)][1]
+
+        model = keras.models.clone_model(model, clone_function=clone)
+        for original, copy in copies.values():
+            flatten_lib.set_weights(copy, original.get_weights())
     # An activation layer ends an output: the output is its input, the logits (the layers are shared, not trained).
     def logits(tensor):
         history = tensor._keras_history  # pylint: disable=protected-access

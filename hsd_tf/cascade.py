@@ -328,10 +328,10 @@ class Cascade(keras.Model):
         """
         source = graph.layers_by_name(flatten.flatten(teacher, self.trace.input_shapes[0]).model)
         for name, layer in self.shared.items():
-            layer.set_weights(source[name].get_weights())
+            flatten.set_weights(layer, source[name].get_weights())
         for view in self.views:
             for name, layer in view.own.items():
-                layer.set_weights(source[name].get_weights())
+                flatten.set_weights(layer, source[name].get_weights())
         # A channel's score sums the normalised L1 norms of the filters it stands for.
         scores = [np.zeros(g.width, np.float32) for g in self.trace.groups]
         counted = set()
@@ -399,7 +399,7 @@ class Cascade(keras.Model):
             name=f"{self.name}_snapshot",
         )
         for key, layer in self.shared.items():
-            copy.shared[key].set_weights(layer.get_weights())
+            flatten.set_weights(copy.shared[key], layer.get_weights())
         for view, source in zip(copy.views, self.views):
             view.set_weights(source.get_weights())
         copy.set_phase("frozen")

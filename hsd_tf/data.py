@@ -466,27 +466,36 @@ def _held_out_splits(images, labels, train_idx, test_idx, val_fraction):
 
 def _fashion_mnist(data_dir, val_fraction):
     """Zalando's 60,000 + 10,000 grey 28x28 images; the test split is the official one."""
-    folder = fashion_mnist_folder(data_dir)
-    if folder is None:
-        import keras  # pylint: disable=import-outside-toplevel
-
-        if not _reachable("storage.googleapis.com"):
-            raise DatasetError(
-                f"fashion_mnist: its idx files ({', '.join(f + '.gz' for f in FASHION_MNIST_FILES.values())}) "
-                f"are not in data_dir, ~/.keras/datasets/fashion-mnist or {FASHION_MNIST_DEBIAN_DIR}, and "
-                f"there is no internet to download them. Copy them into a folder and pass --data_dir=FOLDER "
-                f"(Debian: apt-get install dataset-fashion-mnist). Received: data_dir={data_dir!r}"
-            )
-        (train_images, train_labels), (test_images, test_labels) = keras.datasets.fashion_mnist.load_data()
-    else:
-        train_images, train_labels, test_images, test_labels = (
-            _read_idx(folder, FASHION_MNIST_FILES[key])
-            for key in ("train_images", "train_labels", "test_images", "test_labels"))
+    train_images, train_labels, test_images, test_labels = fashion_mnist_arrays(data_dir)
     images = np.concatenate([train_images, test_images])[..., None]
     labels = np.concatenate([train_labels, test_labels]).astype(np.int32)
     train_idx = np.random.RandomState(SPLIT_SEED).permutation(len(train_labels))
     test_idx = np.arange(len(train_labels), len(labels))
     return _held_out_splits(images, labels, train_idx, test_idx, val_fraction), 10, 32
+
+
+def fashion_mnist_arrays(data_dir: Optional[str] = None):
+    """(train images, train labels, test images, test labels): uint8 (N, 28, 28) and (N,), from the idx files (in
+    `data_dir`, Keras' cache or Debian's folder), else downloaded by Keras.
+
+    Raises:
+        DatasetError: The files are nowhere and cannot be downloaded.
+    """
+    folder = fashion_mnist_folder(data_dir)
+    if folder is not None:
+        return tuple(_read_idx(folder, FASHION_MNIST_FILES[key])
+                     for key in ("train_images", "train_labels", "test_images", "test_labels"))
+    import keras  # pylint: disable=import-outside-toplevel
+
+    if not _reachable("storage.googleapis.com"):
+        raise DatasetError(
+            f"fashion_mnist: its idx files ({', '.join(f + '.gz' for f in FASHION_MNIST_FILES.values())}) "
+            f"are not in data_dir, ~/.keras/datasets/fashion-mnist or {FASHION_MNIST_DEBIAN_DIR}, and "
+            f"there is no internet to download them. Copy them into a folder and pass --data_dir=FOLDER "
+            f"(Debian: apt-get install dataset-fashion-mnist). Received: data_dir={data_dir!r}"
+        )
+    (train_images, train_labels), (test_images, test_labels) = keras.datasets.fashion_mnist.load_data()
+    return train_images, train_labels, test_images, test_labels
 
 
 def fashion_mnist_folder(data_dir: Optional[str]) -> Optional[str]:

@@ -74,8 +74,8 @@ def validate_formats(formats: Iterable[str]) -> None:
         raise ValueError(f"Unknown export format; expected some of {', '.join(FORMATS)}. Received: {unknown}")
 
 
-def write_savedmodel(model, path: str) -> None:
-    """A SavedModel whose `serve` endpoint is the model in inference mode.
+def write_savedmodel(model, path: str, batch: Optional[int] = None) -> None:
+    """A SavedModel whose `serve` endpoint is the model in inference mode, for batches of any size (or `batch`).
 
     One input and one output: a tensor in, a tensor out, as always. Several:
     the inputs named as the model's (`signature_names`), and a dict of the
@@ -88,7 +88,7 @@ def write_savedmodel(model, path: str) -> None:
     archive = keras.export.ExportArchive()
     archive.track(model)
     input_names, output_names = signature_names(model)
-    signature = [tf.TensorSpec((None,) + tuple(x.shape[1:]), x.dtype, name=name)
+    signature = [tf.TensorSpec((batch,) + tuple(x.shape[1:]), x.dtype, name=name)
                  for x, name in zip(model.inputs, input_names)]
     if len(model.inputs) == 1 and len(model.outputs) == 1:
         archive.add_endpoint("serve", lambda inputs: model(inputs, training=False), input_signature=signature)
@@ -119,6 +119,24 @@ def keras_output_names(model) -> List[str]:
     return names if len(names) == len(model.outputs) else [f"output_{i}" for i in range(len(model.outputs))]
 
 
+def tflite_convertible(model) -> Optional[str]:
+    """Why the float32 TFLite converter refuses `model` (one line: the op it has no kernel for), or None.
+
+    A run tries its rehearsal student before training (`hsd_tf.training`), so
+    that a model TFLite cannot hold (a 3-D max pool has no TFLite kernel) is
+    refused in one line rather than after hours of training.
+    """
+    scratch = tempfile.mkdtemp()
+    try:
+        write_savedmodel(model, os.path.join(scratch, "savedmodel"))
+        _write_tflite(model, os.path.join(scratch, "savedmodel"), os.path.join(scratch, "model.tflite"), "tflite", None)
+    except Exception as error:  # pylint: disable=broad-except  (the converter's diagnostic, in one line)
+        return why(error)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return None
+
+
 def tflite_path(directory: str, name: str, fmt: str) -> str:
     return os.path.join(directory, f"{name}{_TFLITE_SUFFIX[fmt]}.tflite")
 
@@ -147,8 +165,8 @@ def export_model(model, directory: str, formats: Iterable[str], representative_i
         write_savedmodel(model, saved)
         for fmt in formats:
             if fmt != "savedmodel":
-                paths[fmt] = _write_tflite(saved, tflite_path(directory, model.name, fmt), fmt,
-                                           _calibration(model, representative_images))
+                paths[fmt] = tflite_path(directory, model.name, fmt)
+                _write_tflite(model, saved, paths[fmt], fmt, _calibration(model, representative_images))
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -195,13 +213,15 @@ def export_and_verify(model, directory: str, formats: Iterable[str], dataset, re
                 done(fmt, {"error": f"the SavedModel every format is made from could not be written: {why(error)}"})
             return entries
         for fmt in formats:
+            note = None
             try:
-                path = saved if fmt == "savedmodel" else _write_tflite(
-                    saved, tflite_path(directory, model.name, fmt), fmt, _calibration(model, representative_images))
+                path = saved if fmt == "savedmodel" else tflite_path(directory, model.name, fmt)
+                if fmt != "savedmodel":
+                    note = _write_tflite(model, saved, path, fmt, _calibration(model, representative_images))
             except Exception as error:  # pylint: disable=broad-except
                 done(fmt, {"error": f"conversion failed: {why(error)}"})
                 continue
-            done(fmt, reference.check(fmt, path))
+            done(fmt, dict(reference.check(fmt, path), **({"batch": note} if note else {})))
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -354,11 +374,30 @@ def _calibration(model, representative_images):
     return dict(zip(signature_names(model)[0], representative_images))
 
 
-def _write_tflite(saved_model: str, path: str, fmt: str, representative_images) -> str:
-    content = _convert(saved_model, fmt, representative_images)
+def _write_tflite(model, saved_model: str, path: str, fmt: str, representative_images) -> Optional[str]:
+    """Converts the SavedModel of `model` to `path`; None, or a note when only a signature of batch 1 converts.
+
+    Where the model's graph leaves a spatial size unknown for a batch of unknown size (Keras' UpSampling2D repeats
+    with dynamic shapes; the convs after it then have no static height), the converter refuses those ops. A
+    signature of batch 1 gives every shape statically; the file then takes one example at a time
+    (`TFLiteModel` feeds it so), as a phone runs it.
+    """
+    try:
+        content = _convert(saved_model, fmt, representative_images)
+        note = None
+    except Exception as error:  # pylint: disable=broad-except  (the dynamic-batch file's error, if batch 1 fails too)
+        scratch = tempfile.mkdtemp()
+        try:
+            write_savedmodel(model, os.path.join(scratch, "savedmodel"), batch=1)
+            content = _convert(os.path.join(scratch, "savedmodel"), fmt, representative_images)
+        except Exception:  # pylint: disable=broad-except
+            raise error from None
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        note = f"1: a batch of any size did not convert ({why(error)}); the file takes one example at a time"
     with open(path, "wb") as f:
         f.write(content)
-    return path
+    return note
 
 
 def _convert(saved_model: str, fmt: str, representative_images) -> bytes:
@@ -393,7 +432,15 @@ def why(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     diagnostics = [line.split("error: ", 1)[1] for line in lines if "error: " in line]
     if diagnostics:
-        return diagnostics[0][:300]
+        text = diagnostics[0]
+        if len(text) > 300 and text.startswith("loc("):  # a long location first: what it says comes after it
+            depth = 0
+            for i, character in enumerate(text):
+                depth += {"(": 1, ")": -1}.get(character, 0)
+                if depth == 0 and character == ")":
+                    text = text[i + 1:].lstrip(": ")
+                    break
+        return text[:300]
     return (" ".join(lines) if lines else type(error).__name__)[:600]
 
 
@@ -428,11 +475,18 @@ class TFLiteModel:
             self._outputs = dict(sorted(self.runner.get_output_details().items()))
         else:
             self._input, self._output = inputs[0], outputs[0]
+        # A file converted for batch 1 (`_write_tflite`) takes one example at a time.
+        self.one_at_a_time = all(detail["shape_signature"][0] == 1 for detail in inputs)
         self._batch = None
 
     def __call__(self, *inputs: np.ndarray):
         """One array per input (in the order of the signature's input names) -> the output, or one per output
         (in the order of their names)."""
+        if self.one_at_a_time and len(inputs[0]) != 1:
+            results = [self(*[x[i:i + 1] for x in inputs]) for i in range(len(inputs[0]))]
+            if isinstance(results[0], list):
+                return [np.concatenate(parts) for parts in zip(*results)]
+            return np.concatenate(results)
         if self.runner is not None:
             feed = {name: _quantized(x, detail) for (name, detail), x in zip(self._inputs.items(), inputs)}
             found = self.runner(**feed)

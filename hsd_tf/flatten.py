@@ -388,11 +388,20 @@ class _Clone:
         self.called = True
         try:
             outputs = self.layer(*args, **kwargs)
-            self.layer.set_weights(self.original.get_weights())
+            set_weights(self.layer, self.original.get_weights())
         except Exception:  # pylint: disable=broad-except  (a rebuilt copy that differs: use the layer itself)
             self.layer = self.original
             outputs = self.layer(*args, **kwargs)
         return outputs
+
+
+def set_weights(layer: keras.layers.Layer, weights) -> None:
+    """`layer.set_weights(weights)`, then its state made from them where it keeps one: an adapted Normalization
+    computes with constants made from its mean and variance (`finalize_state`), which Keras' own loading remakes
+    and `set_weights` alone does not (the layer would go on with the statistics it was built with)."""
+    layer.set_weights(weights)
+    if hasattr(layer, "finalize_state"):
+        layer.finalize_state()
 
 
 def one_line(error: BaseException) -> str:

@@ -81,6 +81,7 @@ ELEMENTWISE_OPS = frozenset((
     "Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum", "Minimum", "Negative", "Abs", "Absolute",
     "Square", "Sqrt", "Relu", "Relu6", "Sigmoid", "HardSigmoid", "Silu", "HardSilu", "Gelu", "Tanh", "Elu", "Selu",
     "Softplus", "LeakyRelu", "Sign", "Exp", "Log", "Log1p", "Expm1", "Softsign", "Round", "Floor", "Ceil",
+    "ReLU", "Celu", "HardTanh", "HardShrink", "SoftShrink", "TanhShrink", "Squareplus", "SparsePlus",
 ))
 # Ops that map a zero channel to zero whatever else they do: no mask needed after them.
 ZERO_KEEPING = (
@@ -95,7 +96,7 @@ ZERO_KEEPING_ACTIVATIONS = frozenset((
 ZERO_KEEPING_OPS = frozenset((
     "Multiply", "Divide", "TrueDivide", "Negative", "Abs", "Absolute", "Square", "Sqrt", "Relu", "Relu6", "Silu",
     "HardSilu", "Gelu", "Tanh", "Elu", "Selu", "LeakyRelu", "Sign", "Log1p", "Expm1", "Softsign", "Round", "Floor",
-    "Ceil",
+    "Ceil", "ReLU", "Celu", "HardTanh", "HardShrink", "SoftShrink", "TanhShrink",
 ))
 # Element-wise ops that keep zeros only when every operand is a tensor of the graph (no constant).
 ZERO_KEEPING_WITHOUT_CONSTANT = frozenset(("Add", "Subtract", "Maximum", "Minimum"))
@@ -739,6 +740,8 @@ def _needs_mask(step: dict, consumers: Sequence) -> bool:
         return type(op).__name__ not in APPLICATION_PER_CHANNEL | APPLICATION_MERGING
     if not isinstance(op, keras.layers.Layer):
         name = type(op).__name__
+        if name == "ReLU" and getattr(op, "threshold", 0) and getattr(op, "negative_slope", 0):
+            return True  # keras.activations.relu below a threshold with a slope: 0 maps to -slope * threshold
         if name in ZERO_KEEPING_OPS:
             return False
         if name in AXIS_OPS:
@@ -761,7 +764,7 @@ def _hint_steps(steps: Sequence[Step], input_keys) -> List[int]:
     for i, step in enumerate(steps):
         activation = isinstance(step.operation, ACTIVATIONS) or (
             not isinstance(step.operation, keras.layers.Layer) and type(step.operation).__name__ in
-            ("Relu", "Relu6", "Silu", "HardSilu", "Gelu", "Elu", "Selu", "LeakyRelu"))
+            ("Relu", "ReLU", "Relu6", "Silu", "HardSilu", "Gelu", "Elu", "Selu", "LeakyRelu"))
         if reach <= i and activation and len(step.node.outputs[0].shape) > 2 and len(step.outputs) == 1:
             found.append(i)
         reach = max(reach, last_use.get(i, i))

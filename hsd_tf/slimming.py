@@ -118,10 +118,7 @@ def rehearse(model_trace: graph.Trace, seed: int = 0, original: Optional[keras.M
             `.keras` (and loaded) when `original` can.
     """
     rng = np.random.RandomState(seed)
-    kept = {}
-    for group in model_trace.groups:
-        kept[group.name] = rng.rand(group.width) < 0.5
-        kept[group.name][rng.randint(group.width)] = True
+    kept = _random_kept(model_trace, rng)
     inputs = graph.sample_inputs(model_trace, 2, rng)
     try:
         slim = slim_model(model_trace, kept, name="rehearsal")
@@ -138,6 +135,22 @@ def rehearse(model_trace: graph.Trace, seed: int = 0, original: Optional[keras.M
             raise SlimmingError(f"the slim model cannot be saved as .keras and loaded back ({why}), though the model "
                                 "itself can")
     return difference
+
+
+def rehearsal_model(model_trace: graph.Trace, seed: int = 0) -> keras.Model:
+    """The model slimmed to the random masks `rehearse` uses, without its augmentation layers: a student to try
+    the export formats on before training."""
+    return slim_model(model_trace, _random_kept(model_trace, np.random.RandomState(seed)), name="rehearsal",
+                      inference=True)
+
+
+def _random_kept(model_trace: graph.Trace, rng) -> dict:
+    """A random half of every group's channels, at least one each."""
+    kept = {}
+    for group in model_trace.groups:
+        kept[group.name] = rng.rand(group.width) < 0.5
+        kept[group.name][rng.randint(group.width)] = True
+    return kept
 
 
 def _keras_round_trip(model: keras.Model) -> Optional[str]:
@@ -228,7 +241,7 @@ def slim_model(model_trace: graph.Trace, kept: Mapping[str, Sequence[bool]], sou
         weights = (source_for(source) if source_for else source).get_weights()
         if weights and layer.weights:
             in_kept, out_kept = slices[layer_name]
-            layer.set_weights(_sliced(source, weights, in_kept, out_kept, len(first[layer_name].channels_in)))
+            flatten.set_weights(layer, _sliced(source, weights, in_kept, out_kept, len(first[layer_name].channels_in)))
     return model
 
 

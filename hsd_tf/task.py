@@ -95,6 +95,8 @@ class Output:
             as hsd_tf always computed a classifier's (`losses.pair_loss`), so classifiers train exactly as before.
         distill_with_loss: Distillation uses `loss` with the teacher's output as the target (Keras' regression
             losses); else the kind's rule.
+        probabilities: The output is probabilities already (an activation inside the model, where no final one
+            could be taken off, and a cross-entropy that reads probabilities): distillation takes their logits.
     """
 
     key: str
@@ -106,6 +108,7 @@ class Output:
     weight: float = 1.0
     exact_sparse: bool = False
     distill_with_loss: bool = False
+    probabilities: bool = False
 
 
 class Task:
@@ -203,6 +206,8 @@ class Task:
         for output, z, t in zip(self.outputs, outputs, teacher_outputs):
             t = tf.stop_gradient(tf.cast(t, tf.float32))
             z = tf.cast(z, tf.float32)
+            if output.probabilities:
+                z, t = _logits_of(output.kind, z), _logits_of(output.kind, t)
             if output.kind == "classes":
                 per_example = _mean_per_example(losses.distillation_loss(z, t, temperature))
             elif output.kind == "binary":
@@ -326,6 +331,11 @@ def from_model(model: keras.Model, activations: Sequence[Optional[str]], target_
     if metric_direction not in DIRECTIONS:
         raise TaskError(f"metric_direction must be one of {', '.join(DIRECTIONS)}. "
                         f"Received: metric_direction={metric_direction!r}")
+    if loss is None and type(model).compute_loss is not keras.Model.compute_loss:
+        raise TaskError(
+            f"the model {model.name!r} computes its loss itself ({type(model).__name__}.compute_loss), which hsd_tf "
+            "cannot apply to the outputs of each view: give loss= for its outputs to hsd_tf.prune, or save "
+            "keras.Model(model.inputs, model.outputs) compiled with the loss of its outputs")
     compiled = _compiled(model, compile_config)
     loss = compiled.get("loss") if loss is None else loss
     metrics = compiled.get("metrics") if metrics is None else metrics
@@ -481,8 +491,10 @@ def _output(key, shape, activation, spec, identifier, weight) -> Output:
                     and type(logit_loss) in (keras.losses.SparseCategoricalCrossentropy, LossFunctionWrapper)  # pylint: disable=unidiomatic-typecheck
                     and logit_loss.reduction == "sum_over_batch_size" and options.get("from_logits")
                     and options.get("ignore_class") is None and options.get("axis", -1) == -1)
+    probabilities = (reads is not None and activation is None
+                     and not getattr(loss, "_fn_kwargs", {}).get("from_logits", False))
     return Output(key, tuple(shape), activation, kind, loss, logit_loss, weight, exact_sparse,
-                  distill_with_loss=kind == "values" and _is_regression(loss))
+                  distill_with_loss=kind == "values" and _is_regression(loss), probabilities=probabilities)
 
 
 def _cross_entropy_activation(loss) -> Optional[str]:
@@ -539,6 +551,13 @@ def _activate(activation, logits):
     if activation == "sigmoid":
         return tf.sigmoid(logits)
     return logits
+
+
+def _logits_of(kind: str, probabilities):
+    """Logits of probabilities: log p for a softmax's (softmax(log p) = p), log(p / (1 - p)) for a sigmoid's;
+    clipped as Keras' cross-entropies clip them."""
+    p = tf.clip_by_value(probabilities, keras.backend.epsilon(), 1.0 - keras.backend.epsilon())
+    return tf.math.log(p) if kind == "classes" else tf.math.log(p) - tf.math.log(1.0 - p)
 
 
 def binary_distillation_loss(logits, teacher_logits, temperature: float):

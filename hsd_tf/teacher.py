@@ -8,7 +8,7 @@ import keras
 import numpy as np
 from keras.src.utils import naming
 
-from hsd_tf import architectures, graph
+from hsd_tf import architectures, flatten, graph
 
 
 def load(path: str, model: keras.Model, source: Optional[keras.Model] = None) -> keras.Model:
@@ -29,7 +29,7 @@ def load(path: str, model: keras.Model, source: Optional[keras.Model] = None) ->
     source = graph.layers_by_name(source or architectures.load_saved(path))
     for name, layer in graph.layers_by_name(model).items():
         if layer.weights:
-            layer.set_weights(source[name].get_weights())
+            flatten.set_weights(layer, source[name].get_weights())
     return model
 
 
@@ -184,7 +184,8 @@ def accuracy(model: keras.Model, dataset) -> float:
 
 
 def near_chance_warning(val_accuracy: float, num_classes: int) -> Optional[str]:
-    """A warning when the teacher scores under twice chance on the validation split, else None.
+    """A warning when the teacher scores under twice chance on the validation split (with few classes, under a
+    quarter of the way from chance to perfect: twice chance is perfect for two), else None.
 
     The cascade starts from the teacher's weights and its top view distils
     from it; a user whose model is broken in inference mode should hear so
@@ -198,7 +199,7 @@ def near_chance_warning(val_accuracy: float, num_classes: int) -> Optional[str]:
         The warning's text, or None.
     """
     chance = 1.0 / num_classes
-    if val_accuracy >= 2 * chance:
+    if val_accuracy >= min(2 * chance, chance + (1.0 - chance) / 4):
         return None
     return (f"Warning: the teacher's validation accuracy is {val_accuracy:.4f}, near chance ({chance:.4f} for "
             f"{num_classes} classes). The cascade starts from its weights and its top view learns from it. "

@@ -609,6 +609,12 @@ def _check_trace(config: Config, model_trace: graph.Trace, original: keras.Model
     except slimming.SlimmingError as error:
         raise ConfigError("arch", config.arch, f"hsd_tf cannot prune this model exactly: slimmed to random masks "
                                                f"before training, {error}") from None
+    if config.mode != "profile" and any(fmt.startswith("tflite") for fmt in config.export):
+        why = export_lib.tflite_convertible(slimming.rehearsal_model(model_trace))
+        if why:
+            raise ConfigError("export", ",".join(config.export), f"the student cannot be converted to TFLite, as a "
+                              f"student slimmed to random masks before training showed ({why}): leave the tflite "
+                              "formats out")
     floors = masks.layer_floors(model_trace.group_widths, config.max_layer_prune_ratio, config.min_layer_filters)
     if config.masks_from:  # the channels are given: no budget to check
         masks_from(config, model_trace)

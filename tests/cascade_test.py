@@ -309,3 +309,24 @@ def test_round_to_gives_every_view_multiples_of_its_channels():
     for g, width in zip(cascade.kept_filters(0, frozen=False).values(), cascade.trace.group_widths):
         assert g % 2 == 0 or g == width
     assert cascade.view_costs(frozen=False)[0]["filters_kept"] <= round(0.4 * cascade.trace.total_filters)
+
+
+def test_an_adapted_normalization_keeps_its_statistics_in_every_copy():
+    """Keras' Normalization computes with constants made from its adapted mean and variance: copies given its
+    weights must remake them, or the cascade and the slim student would normalise with the statistics they were
+    built with (a silently different model)."""
+    from hsd_tf import slimming  # pylint: disable=import-outside-toplevel
+
+    rng = np.random.RandomState(0)
+    normalize = keras.layers.Normalization(axis=None)
+    normalize.adapt(rng.normal(5.0, 3.0, size=(64, 12, 2)).astype("float32"))
+    x = keras.Input((12, 2))
+    y = keras.layers.ReLU()(keras.layers.BatchNormalization()(keras.layers.Conv1D(4, 3, name="stem")(normalize(x))))
+    y = keras.layers.ReLU()(keras.layers.BatchNormalization()(keras.layers.Conv1D(6, 3, name="body")(y)))
+    model = keras.Model(x, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling1D()(y)))
+    signals = rng.normal(5.0, 3.0, size=(8, 12, 2)).astype("float32")
+    cascade = Cascade(model, [0.5, 0.0], teacher=model)
+    cascade.initialize_from(model)
+    np.testing.assert_allclose(cascade.view_forward(1, signals)[0], model(signals), rtol=1e-5, atol=1e-5)
+    slim = slimming.slim_view(cascade, 1, frozen=False)
+    np.testing.assert_allclose(slim(signals), model(signals), rtol=1e-5, atol=1e-5)

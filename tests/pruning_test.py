@@ -213,3 +213,19 @@ def test_a_student_whose_file_cannot_be_written_is_on_the_error_and_the_message_
                      model_dir=str(tmp_path / "run"), **QUICK)
     assert isinstance(error.value.student, keras.Model) and error.value.student.get_layer("body").filters < 6
     assert "second line, the part that says what to do" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_student_tflite_cannot_hold_is_refused_before_training(tmp_path):
+    """TFLite has no 3-D max pool: asked for TFLite, the run says so in one line before anything trains."""
+    x = keras.Input((6, 6, 6, 1))
+    y = keras.layers.ReLU()(keras.layers.BatchNormalization()(keras.layers.Conv3D(4, 3, padding="same", name="stem")(x)))
+    y = keras.layers.ReLU()(keras.layers.BatchNormalization()(keras.layers.Conv3D(6, 3, padding="same", name="c")(y)))
+    model = keras.Model(x, keras.layers.Dense(NUM_CLASSES)(keras.layers.GlobalAveragePooling3D()(
+        keras.layers.MaxPooling3D()(y))))
+    rng = np.random.RandomState(0)
+    data = (rng.normal(size=(32, 6, 6, 6, 1)).astype("float32"), rng.randint(0, NUM_CLASSES, 32))
+    with pytest.raises(ValueError, match=r"--export: the student cannot be converted to TFLite.*MaxPool3D") as error:
+        hsd_tf.prune(model, data, data, model_dir=str(tmp_path / "run"), **dict(QUICK, export=["tflite"]))
+    assert "\n" not in str(error.value) and not os.path.exists(tmp_path / "run")
+    student, report = hsd_tf.prune(model, data, data, model_dir=str(tmp_path / "run"), **dict(QUICK, export=["savedmodel"]))
+    assert "error" not in report["views"][0]["exports"]["savedmodel"] and student.get_layer("c").filters < 6

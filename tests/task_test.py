@@ -166,3 +166,33 @@ def test_a_model_compiled_without_metrics_is_measured_by_its_loss():
     expected = float(np.mean((keras.ops.sigmoid(stripped(inputs)) - targets) ** 2))
     assert task.evaluate(lambda x: stripped(x), data.test.take(1))["loss"] == pytest.approx(expected, rel=1e-5)
     assert math.isfinite(float(task.loss(targets, [stripped(inputs)])))
+
+
+def test_a_model_that_computes_its_own_loss_is_refused_unless_a_loss_is_given():
+    """keras_hub's RetinaNet matches boxes to anchors in its compute_loss: no loss of its outputs is its own."""
+    class OwnLoss(keras.Model):
+        def compute_loss(self, *args, **kwargs):  # pylint: disable=arguments-differ
+            return super().compute_loss(*args, **kwargs)
+
+    x = keras.Input((6,))
+    model = OwnLoss(x, keras.layers.Dense(2)(x))
+    model.compile("sgd", "mse")
+    with pytest.raises(task_lib.TaskError, match=r"computes its loss itself \(OwnLoss.compute_loss\)"):
+        _task(model, tf.TensorSpec((None, 2), tf.float32))
+    _, task = _task(model, tf.TensorSpec((None, 2), tf.float32), loss="mae")
+    assert task.outputs[0].loss.name == "mae"
+
+
+def test_an_output_of_probabilities_distils_from_their_logits():
+    """A softmax inside the model (not the last layer, so not taken off), read by a cross-entropy on probabilities:
+    distillation compares the distributions, as it does on logits."""
+    x = keras.Input((6,))
+    probabilities = keras.layers.Softmax()(keras.layers.Dense(3)(x))
+    model = keras.Model(x, keras.layers.Reshape((3,))(probabilities))
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    _, task = _task(model, LABELS)
+    assert task.outputs[0].probabilities and task.outputs[0].activation is None
+    z, t = tf.constant([[1.0, 0.0, -1.0]]), tf.constant([[0.0, 2.0, 0.0]])
+    expected = losses.distillation_loss(z, t, 15.0)
+    found = task.distillation([tf.nn.softmax(z)], [tf.nn.softmax(t)], 15.0)
+    assert float(found) == pytest.approx(float(expected[0]), rel=1e-4)
