@@ -250,6 +250,8 @@ def _where(config, results) -> str:
             where = "failed (below)" if "error" in exported else exported["path"]
             if "runtime" in exported:  # verified, but not by LiteRT's default set-up
                 where += " (XNNPACK cannot run it; verified on LiteRT's built-in kernels: results.json says how)"
+            if "batch" in exported:  # verified, one example at a time
+                where += " (converted for batch 1: it takes one example at a time; results.json says why)"
             lines.append(f"{entry['name'] + ' ' + fmt + ':':<24}{where}")
     if config.tensorboard:
         lines.append(f"{'TensorBoard:':<24}tensorboard --logdir={os.path.join(config.model_dir, 'logs')}")

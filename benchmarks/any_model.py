@@ -457,6 +457,11 @@ def measure(name: str, what: str, build) -> dict:
         traced = graph.trace(stripped, unpruned, shapes)
         if not traced.groups:
             raise ValueError(traced.nothing_prunable())
+        try:  # what a run checks before training: exact, and savable; the row's checks go on regardless
+            slimming.rehearse(traced, original=model)
+        except slimming.SlimmingError as error:
+            row["refusal"] = ("hsd_tf cannot prune this model exactly: slimmed to random masks before training, "
+                              f"{error}")
         inputs = graph.sample_inputs(traced, FLAGS.batch_size, rng)
         targets = options.get("targets", lambda r, n: r.randint(0, 10, size=n).astype("int32"))(rng, FLAGS.batch_size)
         dataset = tf.data.Dataset.from_tensor_slices((tuple(inputs) if len(inputs) > 1 else inputs[0], targets))
@@ -510,7 +515,9 @@ def measure(name: str, what: str, build) -> dict:
     elif "error" not in int8:
         row["int8"] = f"runs, {row['int8']}"
     why = slimming._keras_round_trip(deployed)  # pylint: disable=protected-access
-    row["keras_file"] = "saves and loads" if why is None else f"fails: {why}"
+    own = why and slimming._keras_round_trip(model)  # pylint: disable=protected-access
+    row["keras_file"] = ("saves and loads" if why is None else f"fails{', as the model itself does' if own else ''}: "
+                         f"{why}")
     return row
 
 
@@ -542,8 +549,9 @@ def beyond_table(rows) -> str:
             lines.append(f"| {r['model']} | {r['what']} | {r['input']} | | refused: {r['refused']} | | | | | | | | "
                          f"{r['seconds']:.0f} |")
             continue
+        outcome = f"refused before training: {r['refusal']}" if "refusal" in r else "pruned"
         lines.append(f"| {r['model']} | {r['what']} | {r['input']} → {r['output']} | {r['task']}; {r['primary']} | "
-                     f"pruned | {r['groups']} | {r['params']:,} → {r['params_50']:,} ({r['params_50'] / r['params']:.2f}) | "
+                     f"{outcome} | {r['groups']} | {r['params']:,} → {r['params_50']:,} ({r['params_50'] / r['params']:.2f}) | "
                      f"{r['macs']:,} → {r['macs_50']:,} | {r['relative_error']:.1e} | {r['tflite']} | {r['int8']} | "
                      f"{r['keras_file']} | {r['seconds']:.0f} |")
     return "\n".join(lines)

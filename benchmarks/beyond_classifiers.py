@@ -52,7 +52,8 @@ flags.DEFINE_list("hsd_flags", [], "Further flags of both hsd_tf runs (after the
 flags.DEFINE_list("learning_rates", [], "Learning rates of the cascade, one command-line run each; the student's "
                   "validation metric chooses among them. Empty: the case's own.")
 flags.DEFINE_bool("python", True, "Also prune from Python with the chosen settings.")
-flags.DEFINE_integer("seed", 0, "Seed of the user's training and of the runs.")
+flags.DEFINE_integer("seed", 0, "Seed of the runs (and of the user's training, where the model is not in --workdir "
+                     "yet: another seed prunes the same model).")
 FLAGS = flags.FLAGS
 
 # The hsd_tf settings of each case: its batch size and epochs for its size (the tool's defaults otherwise).
@@ -62,6 +63,9 @@ HSD = {
     "tecator": ["--batch_size=16", "--joint_epochs=60", "--finetune_epochs=60"],
     "segmentation": ["--batch_size=64", "--joint_epochs=10", "--finetune_epochs=10"],
 }
+# The `--dataset=py:` module of each case, in benchmarks/data/.
+MODULES = {"gunpoint": "gunpoint", "italy_power_demand": "italy_power_demand", "tecator": "tecator",
+           "segmentation": "fashion_segmentation"}
 TARGETS = {"gunpoint": ("points", 2.0), "italy_power_demand": ("points", 2.0), "tecator": ("relative", 0.10),
            "segmentation": ("points", 3.0)}
 
@@ -98,7 +102,7 @@ def main(argv):
 
     case = FLAGS.case
     os.makedirs(FLAGS.workdir, exist_ok=True)
-    module = importlib.import_module(case)
+    module = importlib.import_module(MODULES[case])
     train, val, test = module.datasets()
     path = os.path.join(FLAGS.workdir, f"{case}.keras")
     if not os.path.exists(path):
@@ -127,14 +131,19 @@ def main(argv):
     report(case, chosen, primary, higher)
 
 
+def _suffix(learning_rate) -> str:
+    """A run folder's suffix: its learning rate and seed where they are not the case's own."""
+    return (f"_lr{learning_rate}" if learning_rate else "") + (f"_s{FLAGS.seed}" if FLAGS.seed else "")
+
+
 def _settings(case: str, learning_rate):
     return HSD[case] + FLAGS.hsd_flags + ([f"--learning_rate={learning_rate}"] if learning_rate else [])
 
 
 def run_command_line(case: str, path: str, learning_rate) -> dict:
     """One hsd_tf run of the user's model from the command line."""
-    model_dir = os.path.join(FLAGS.workdir, f"{case}_cli" + (f"_lr{learning_rate}" if learning_rate else ""))
-    command = [sys.executable, os.path.join(ROOT, "main.py"), f"--dataset=py:benchmarks/data/{case}.py",
+    model_dir = os.path.join(FLAGS.workdir, f"{case}_cli" + _suffix(learning_rate))
+    command = [sys.executable, os.path.join(ROOT, "main.py"), f"--dataset=py:benchmarks/data/{MODULES[case]}.py",
                f"--arch={path}", f"--teacher={path}", "--macs_budget=0.25", "--num_ta=2", f"--seed={FLAGS.seed}",
                f"--model_dir={model_dir}", "--verbose=2", "--export=savedmodel,tflite", *_settings(case, learning_rate)]
     print("$", " ".join(command[1:]), flush=True)
@@ -158,7 +167,7 @@ def run_python(case: str, model, splits, learning_rate) -> dict:
     for flag in _settings(case, learning_rate):
         key, value = flag[2:].split("=", 1)
         typed[key] = float(value) if "." in value or "e" in value else int(value)
-    model_dir = os.path.join(FLAGS.workdir, f"{case}_python" + (f"_lr{learning_rate}" if learning_rate else ""))
+    model_dir = os.path.join(FLAGS.workdir, f"{case}_python" + _suffix(learning_rate))
     start = time.time()
     hsd_tf.prune(model, *splits, macs_budget=0.25, num_ta=2, seed=FLAGS.seed, model_dir=model_dir, verbose=0,
                  export=["tflite"], **typed)
@@ -194,8 +203,9 @@ def report(case: str, chosen: dict, primary: str, higher: bool) -> None:
     runs = [("command line", chosen)] + ([("Python", chosen["python"])] if "python" in chosen else [])
     for where, row in runs:
         print(f"  student ({where}): {row['student']:.4f} at {row['student_macs_fraction']:.3f} of the MACs, "
-              f"{against(row['student'], row['teacher'])} from the teacher (target within {allowed:g} "
-              f"{'points' if kind == 'points' else 'of it'}: {met(row['student'], row['teacher'])}); float TFLite "
+              f"{against(row['student'], row['teacher'])} from the teacher (target within "
+              f"{f'{allowed:g} points' if kind == 'points' else f'{allowed:.0%}'}: {met(row['student'], row['teacher'])}); "
+              "float TFLite "
               f"{row['tflite']:.4f}; {row['seconds']} s")
 
 

@@ -15,12 +15,9 @@ student (`without_final_activations`).
 """
 
 import functools
-import importlib
-import importlib.util
 import json
 import os
 import re
-import sys
 import zipfile
 from typing import Optional, Sequence
 
@@ -28,6 +25,7 @@ import keras
 import tensorflow as tf
 
 from hsd_tf import flatten as flatten_lib
+from hsd_tf import user_code
 
 APPLICATIONS_PREFIX = "keras.applications."
 
@@ -309,14 +307,7 @@ def import_custom_objects(modules: Sequence[str]) -> None:
     """
     for module in modules:
         try:
-            if module.endswith(".py"):
-                spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(module))[0], module)
-                loaded = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(loaded)
-            else:
-                if os.getcwd() not in sys.path:  # `python main.py` puts the script's folder on the path, not the cwd
-                    sys.path.insert(0, os.getcwd())
-                loaded = importlib.import_module(module)
+            loaded = user_code.import_module(module)
         except Exception as error:  # pylint: disable=broad-except  (the user's code: any failure is one line)
             raise ValueError(f"{module} cannot be imported ({type(error).__name__}: "
                              f"{' '.join(str(error).split())[:200]})") from None
@@ -383,7 +374,10 @@ def without_final_activations(model: keras.Model):
             copies[id(layer)] = (layer, layer.__class__.from_config({**layer.get_config(), "activation": None}))
             return copies[id(layer)][1]
 
-        model = keras.models.clone_model(model, clone_function=clone)
+        # Cloned from an uncompiled model of the same graph: Keras compiles a clone of a compiled model again, which
+        # fails for a loss or metric function it cannot deserialize (a user's own, unregistered).
+        model = keras.models.clone_model(keras.Model(model.inputs, model.outputs, name=model.name),
+                                         clone_function=clone)
         for original, copy in copies.values():
             flatten_lib.set_weights(copy, original.get_weights())
     # An activation layer ends an output: the output is its input, the logits (the layers are shared, not trained).

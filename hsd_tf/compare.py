@@ -55,8 +55,8 @@ def compare(config: Config) -> Comparison:
                                   model_dir=os.path.join(config.model_dir, method))
         if config.verbose:
             print(f"\n==== {method}: {DESCRIPTIONS[method]} ({run.model_dir}) ====", flush=True)
-        try:
-            runs[method] = training.train_and_evaluate(run)
+        try:  # a given teacher is in the subject already: the model and its data are read once for every method
+            runs[method] = training.train_and_evaluate(run, subject=subject if config.teacher else None)
         except ExportError as error:  # trained; some file is missing: the comparison still stands
             runs[method] = error.results
             failures += [f"{method} {failure}" for failure in error.failures]
@@ -101,7 +101,7 @@ def advice(results: dict) -> str:
         if student_val - teacher_val <= ADVICE_RELATIVE_LOSS * abs(teacher_val):
             return ""
         lost = f"{100 * (student_val - teacher_val) / max(abs(teacher_val), 1e-12):.0f}% worse than"
-    name = "" if metric["name"] in ("accuracy", "acc") else f" in {metric['name']}"
+    name = "" if metric["name"] in ("accuracy", "acc") else f" in {metric['name']}"  # a classifier's: as it was
     return (f"Note: the student is {lost} the teacher{name} on the validation split. At small budgets l1 pruning and "
             "scratch training have done better than the cascade (docs/teaching_assistants.md): --mode=compare "
             "trains them at the same MACs from this teacher.")
@@ -147,7 +147,7 @@ def markdown(runs: dict, config: Config) -> str:
     """The comparison table: cost, the primary metric (accuracy for a classifier) and time of every model."""
     teacher = next(iter(runs.values()))["teacher"]
     name, higher = _metric_name(runs)
-    percent = name in ("accuracy", "acc")
+    percent = name == "acc" or name.endswith("accuracy")
     shown = (lambda v: format(100 * v, ".2f")) if percent else (lambda v: format(v, ".4g"))  # noqa: E731
     label = "accuracy" if percent else f"{name} ({'higher' if higher else 'lower'} is better)"
     lines = [
@@ -181,7 +181,7 @@ def plot(runs: dict, path: str, title: str) -> None:
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
     name, higher = _metric_name(runs)
-    scale = 100 if name in ("accuracy", "acc") else 1
+    scale = 100 if name == "acc" or name.endswith("accuracy") else 1
     figure, axes = plt.subplots(figsize=(6.5, 4.5))
     teacher = next(iter(runs.values()))["teacher"]
     for method, results in runs.items():

@@ -19,8 +19,6 @@ downloads them.
 import dataclasses
 import functools
 import gzip
-import importlib
-import importlib.util
 import os
 import socket
 import urllib.parse
@@ -28,6 +26,8 @@ from typing import Callable, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
+
+from hsd_tf import user_code
 
 AUTOTUNE = tf.data.AUTOTUNE
 TFDS_DATASETS = ("cifar10", "cifar100", "imagenet2012")
@@ -405,12 +405,7 @@ def load_module(dataset: str, batch_size: int, input_shape, input_keys, seed: in
     received = f"Received: dataset={dataset!r}"
     source = dataset[len("py:"):]
     try:
-        if source.endswith(".py"):
-            spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(source))[0], source)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(source)
+        module = user_code.import_module(source)
     except Exception as error:  # pylint: disable=broad-except  (the user's code: one line)
         raise DatasetError(f"--dataset: {source} cannot be imported ({type(error).__name__}: "
                            f"{' '.join(str(error).split())[:200]}). {received}") from None

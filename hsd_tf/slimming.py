@@ -163,7 +163,10 @@ def _keras_round_trip(model: keras.Model) -> Optional[str]:
             keras.saving.load_model(path)
         except Exception as error:  # pylint: disable=broad-except  (whatever Keras raises, reported in one line)
             text = " ".join(str(error).split())
-            return None if "safe_mode" in text else text[:300]
+            if "safe_mode" in text:
+                return None
+            cause = text.rsplit("Exception encountered: ", 1)  # Keras' loader ends with the error it met
+            return (f"loading it: {cause[1]}" if len(cause) == 2 else text)[:300]
     return None
 
 

@@ -42,7 +42,8 @@ CHECKPOINT = "cascade.weights.h5"
 TEACHER_CHECKPOINT = "teacher.weights.h5"
 
 
-def train_and_evaluate(config: Config, model: Optional[keras.Model] = None, data=None) -> dict:
+def train_and_evaluate(config: Config, model: Optional[keras.Model] = None, data=None,
+                       subject: Optional["Subject"] = None) -> dict:
     """Runs (or resumes) every phase and writes results.json.
 
     Every process reads `config.model_dir`; only the chief writes it, holding
@@ -57,6 +58,7 @@ def train_and_evaluate(config: Config, model: Optional[keras.Model] = None, data
         model: A trained Keras model to prune instead of `--arch` (`hsd_tf.prune`):
             it is the teacher, and no teacher is trained.
         data: The `hsd_tf.data.Data` to use instead of `--dataset` (with `model`).
+        subject: `prepare(config)` made already (`--mode=compare` reads the model once for every method).
 
     Returns:
         The results dictionary written to `<model_dir>/results.json`.
@@ -67,7 +69,7 @@ def train_and_evaluate(config: Config, model: Optional[keras.Model] = None, data
         export.ExportError: Some files could not be exported or failed verification; everything else is written.
         checkpoints.RunInterrupted: Ctrl-C; the message says where the run stopped and how to resume.
     """
-    return _run(config, prepare(config, model, data), rebuild_student=False)[0]
+    return _run(config, subject or prepare(config, model, data), rebuild_student=False)[0]
 
 
 def prune_model(config: Config, subject: "Subject") -> Tuple[dict, keras.Model]:

@@ -106,3 +106,34 @@ def test_a_cascade_student_far_below_its_teacher_on_validation_points_to_compare
     assert compare.advice(_results("hsd", 0.90, 0.95)) == ""  # above its teacher
     assert compare.advice(_results("l1", 0.9792, 0.7222)) == ""  # a baseline is what compare would train
     assert compare.advice(_results("hsd", None, None)) == ""  # --val_fraction=0: nothing held out to judge on
+
+
+def test_the_advice_reads_the_primary_metric_in_its_direction():
+    """An error (lower is better): the student 25% worse than its teacher is worth a comparison, 5% is not."""
+    def results(teacher_val, student_val):
+        return {"method": "hsd", "primary_metric": {"name": "mae", "higher_is_better": False},
+                "teacher": {"val_metric": teacher_val}, "views": [{"name": "student", "val_metric": student_val}]}
+
+    note = compare.advice(results(1.0, 1.25))
+    assert note.startswith("Note: the student is 25% worse than the teacher in mae") and "--mode=compare" in note
+    assert compare.advice(results(1.0, 1.05)) == "" and compare.advice(results(1.0, 0.8)) == ""
+
+
+def test_the_teacher_ladder_climbs_when_the_student_is_better_in_the_metrics_direction(tmp_path):
+    """An error metric: the student beats its teacher when its value is lower."""
+    from hsd_tf.callbacks import TeacherLadder  # pylint: disable=import-outside-toplevel
+
+    class Cascade:
+        ladder_rung_value = 0
+
+        def set_ladder_rung(self, rung=None):
+            if rung is not None:
+                self.ladder_rung_value = rung
+
+    ladder = TeacherLadder(["ta1", "teacher"], [2.0, 1.0], str(tmp_path / "ladder.json"), monitor="val_student_mae",
+                           better=lambda value, than: value < than, metric="mae")
+    ladder.set_model(Cascade())
+    ladder.on_epoch_end(0, {"val_student_mae": 2.5})
+    assert ladder.model.ladder_rung_value == 0
+    ladder.on_epoch_end(1, {"val_student_mae": 1.9})
+    assert ladder.model.ladder_rung_value == 1 and ladder.switches()[0]["to"] == "teacher"
