@@ -69,7 +69,8 @@ def train_and_evaluate(config: Config, model: Optional[keras.Model] = None, data
         export.ExportError: Some files could not be exported or failed verification; everything else is written.
         checkpoints.RunInterrupted: Ctrl-C; the message says where the run stopped and how to resume.
     """
-    return _run(config, subject or prepare(config, model, data), rebuild_student=False)[0]
+    distribution = _strategy(config)  # first: a multi-worker strategy configures TensorFlow's runtime at start-up
+    return _run(config, subject or prepare(config, model, data), rebuild_student=False, distribution=distribution)[0]
 
 
 def prune_model(config: Config, subject: "Subject") -> Tuple[dict, keras.Model]:
@@ -106,13 +107,20 @@ class Subject:
     trained: bool = False
 
 
-def _run(config: Config, subject: Subject, rebuild_student: bool):
-    start = time.time()
+def _strategy(config: Config):
+    """The run's tf.distribute strategy (`--strategy`), its replicas checked against the batch size."""
+    config.validate()
     try:
         distribution = strategy.make(config.strategy)
     except ValueError as error:
         raise ConfigError("strategy", config.strategy, str(error)) from None
     config.check_replicas(distribution.num_replicas_in_sync)
+    return distribution
+
+
+def _run(config: Config, subject: Subject, rebuild_student: bool, distribution=None):
+    start = time.time()
+    distribution = distribution or _strategy(config)
     config.check_model_dir()
     is_chief, worker = strategy.worker(distribution)
     lock = model_dir_lock(config.model_dir, refuse(config)) if is_chief else contextlib.nullcontext()
