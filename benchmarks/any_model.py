@@ -485,7 +485,7 @@ def measure(name: str, what: str, build) -> dict:
     row["step_seconds"] = time.perf_counter() - start
     slim = slimming.slim_view(cascade, 0, frozen=False, name="student", inference=True)
     masked = keras.tree.flatten(cascade.view_forward(0, batch, training=False, frozen=False)[0])
-    found = keras.tree.flatten(slim(slimming.model_inputs(inputs), training=False))
+    found = keras.tree.flatten(slim(graph.model_inputs(inputs), training=False))
     half = cascade.view_costs(frozen=False)[0]
     # A stage: a spatial size at which the model applies kernels larger than 1x1, the stem (kept whole by the
     # method) aside; it is pruned when some layer's output channels at that size are in a group.
@@ -514,8 +514,8 @@ def measure(name: str, what: str, build) -> dict:
         row["int8"] = f"runs on LiteRT's built-in kernels (XNNPACK refuses it), {row['int8']}"
     elif "error" not in int8:
         row["int8"] = f"runs, {row['int8']}"
-    why = slimming._keras_round_trip(deployed)  # pylint: disable=protected-access
-    own = why and slimming._keras_round_trip(model)  # pylint: disable=protected-access
+    why = slimming.keras_round_trip(deployed)
+    own = why and slimming.keras_round_trip(model)
     row["keras_file"] = ("saves and loads" if why is None else f"fails{', as the model itself does' if own else ''}: "
                          f"{why}")
     return row

@@ -143,11 +143,16 @@ def _metric_name(runs: dict) -> tuple:
     return metric["name"], metric["higher_is_better"]
 
 
+def _a_fraction(name: str) -> bool:
+    """An accuracy, shown in percent."""
+    return name == "acc" or name.endswith("accuracy")
+
+
 def markdown(runs: dict, config: Config) -> str:
     """The comparison table: cost, the primary metric (accuracy for a classifier) and time of every model."""
     teacher = next(iter(runs.values()))["teacher"]
     name, higher = _metric_name(runs)
-    percent = name == "acc" or name.endswith("accuracy")
+    percent = _a_fraction(name)
     shown = (lambda v: format(100 * v, ".2f")) if percent else (lambda v: format(v, ".4g"))  # noqa: E731
     label = "accuracy" if percent else f"{name} ({'higher' if higher else 'lower'} is better)"
     lines = [
@@ -181,7 +186,7 @@ def plot(runs: dict, path: str, title: str) -> None:
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
     name, higher = _metric_name(runs)
-    scale = 100 if name == "acc" or name.endswith("accuracy") else 1
+    scale = 100 if _a_fraction(name) else 1
     figure, axes = plt.subplots(figsize=(6.5, 4.5))
     teacher = next(iter(runs.values()))["teacher"]
     for method, results in runs.items():

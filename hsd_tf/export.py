@@ -103,20 +103,14 @@ def write_savedmodel(model, path: str, batch: Optional[int] = None) -> None:
 
 
 def signature_names(model):
-    """(input names, output names) of the exported signature: the model's own, made valid signature keys."""
+    """(input names, output names) of the exported signature: the model's own (`hsd_tf.task.output_keys`), made
+    valid signature keys."""
+    from hsd_tf.task import output_keys  # pylint: disable=import-outside-toplevel  (Keras: not at import time)
+
     def key(name):
         return re.sub(r"[^A-Za-z0-9_]", "_", name)
-    outputs = keras_output_names(model)
+    outputs, _ = output_keys(model, len(model.outputs))
     return [key(x.name) for x in model.inputs], [key(name) for name in outputs]
-
-
-def keras_output_names(model) -> List[str]:
-    """The model's output names in its order (dict keys for dict outputs)."""
-    structure = getattr(model, "_outputs_struct", None)
-    if isinstance(structure, dict):
-        return sorted(structure)
-    names = list(getattr(model, "output_names", None) or [])
-    return names if len(names) == len(model.outputs) else [f"output_{i}" for i in range(len(model.outputs))]
 
 
 def tflite_convertible(model) -> Optional[str]:
@@ -268,7 +262,9 @@ class Reference:
         self.dataset = dataset
         self.names = signature_names(keras_model)
         self.task = task if task is not None and not task.is_classifier else None
-        self.outputs = outputs_of(lambda inputs: keras_model(_model_inputs(inputs), training=False), dataset)
+        from hsd_tf.graph import model_inputs  # pylint: disable=import-outside-toplevel  (TensorFlow: not at import time)
+
+        self.outputs = outputs_of(lambda inputs: keras_model(model_inputs(inputs), training=False), dataset)
         if self.task is None:
             self.labels = labels_of(dataset)
             self.predicted = _top1(self.outputs[0])
@@ -681,12 +677,6 @@ def _flat_values(values) -> list:
 def _flat_inputs(inputs) -> list:
     """A batch's inputs as numpy arrays, one per model input."""
     return [x.numpy() if hasattr(x, "numpy") else np.asarray(x) for x in _flat_values(inputs)]
-
-
-def _model_inputs(inputs):
-    """A batch as a functional model takes it: the one tensor of a one-input model, else the list."""
-    inputs = _flat_values(inputs)
-    return inputs[0] if len(inputs) == 1 else inputs
 
 
 def _size(path: str) -> int:

@@ -329,21 +329,27 @@ def rebuilt(layer: keras.layers.Layer, **changes) -> keras.layers.Layer:
         Exception: Whatever the class raises when it cannot be rebuilt from its config at all.
     """
     config = {**_config(layer), **changes}  # raises NotImplementedError for a layer that has no config
-    parameters = inspect.signature(layer.__class__.__init__).parameters
-    accepted = set(parameters)
-    if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
-        accepted |= set(inspect.signature(keras.layers.Layer.__init__).parameters)
     try:
         copy = layer.__class__.from_config(config)
     except Exception:  # pylint: disable=broad-except  (whatever a constructor raises on entries it refuses)
-        copy = layer.__class__.from_config({k: v for k, v in config.items() if k in accepted})
+        copy = layer.__class__.from_config({k: v for k, v in config.items() if k in _accepted(layer)})
     if not type(layer).__module__.startswith("keras."):  # Keras' own layers load their configs
         own = copy.get_config
         try:
             copy.__class__.from_config(own())
         except Exception:  # pylint: disable=broad-except
+            accepted = _accepted(layer)
             copy.get_config = lambda: {k: v for k, v in own().items() if k in accepted}
     return copy
+
+
+def _accepted(layer: keras.layers.Layer) -> set:
+    """The config entries `layer`'s constructor takes (with Keras' base layer's, where it passes on `**kwargs`)."""
+    parameters = inspect.signature(layer.__class__.__init__).parameters
+    accepted = set(parameters)
+    if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+        accepted |= set(inspect.signature(keras.layers.Layer.__init__).parameters)
+    return accepted
 
 
 def _config(layer: keras.layers.Layer) -> dict:

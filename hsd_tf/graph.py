@@ -47,13 +47,13 @@ import tensorflow as tf
 
 from hsd_tf import flatten as flatten_lib
 
-# Layers that act on each channel alone: a channel's label passes through.
 # Pooling, padding, cropping, upsampling and spatial dropout of sequences (1-D), images (2-D) and volumes (3-D):
 # each channel alone, and a zero channel stays zero.
 SPATIAL_PER_CHANNEL = tuple(
     getattr(keras.layers, f"{kind}{rank}D") for rank in (1, 2, 3)
     for kind in ("MaxPooling", "AveragePooling", "GlobalAveragePooling", "GlobalMaxPooling", "ZeroPadding",
                  "Cropping", "UpSampling", "SpatialDropout"))
+# Layers that act on each channel alone: a channel's label passes through.
 PER_CHANNEL = (
     keras.layers.BatchNormalization, keras.layers.Activation, keras.layers.ReLU, keras.layers.LeakyReLU,
     keras.layers.PReLU, keras.layers.ELU, keras.layers.Softmax, keras.layers.Dropout,
@@ -315,6 +315,12 @@ def sample_inputs(model_trace: Trace, batch: int, rng: np.random.RandomState) ->
         samples.append(rng.randint(0, readers.get(key, 2), size=size).astype(dtype) if "int" in dtype
                        else rng.normal(size=size).astype(dtype))
     return samples
+
+
+def model_inputs(inputs):
+    """A batch as a functional model takes it: the one tensor of a one-input model, else the list."""
+    inputs = keras.tree.flatten(inputs)
+    return inputs[0] if len(inputs) == 1 else inputs
 
 
 def flat_masks(group_masks: Sequence) -> tf.Tensor:
@@ -898,8 +904,8 @@ def _axis_op_channels(node, inputs) -> List[List[int]]:
     elif kind == "Transpose":
         touched = op.axes is None or list(op.axes)[-1] % rank != channel
     elif kind == "Pad":
-        widths = list(op.pad_width) if len(op.pad_width) > 1 else list(op.pad_width) * rank
-        touched = tuple(widths[channel]) != (0, 0)
+        widths = pad_widths(op, rank)
+        touched = widths[channel] != (0, 0)
         if not np.all(np.isfinite(pad_value(node))):  # a masked channel times 0 would be NaN at the border
             raise _Unfollowable(f"it pads with {pad_value(node)}")
     elif kind in ("Squeeze", "ExpandDims"):
@@ -909,6 +915,12 @@ def _axis_op_channels(node, inputs) -> List[List[int]]:
     if touched or _last_dim(node.outputs[0]) != len(inputs[0]):
         raise _Unfollowable(f"{kind} acts along the channel axis")
     return [inputs[0] for _ in node.outputs]
+
+
+def pad_widths(op, rank: int) -> List[Tuple[int, int]]:
+    """A keras.ops pad's (before, after) widths, one pair per axis (one pair given applies to every axis)."""
+    widths = list(op.pad_width) if len(op.pad_width) > 1 else list(op.pad_width) * rank
+    return [tuple(w) for w in widths]
 
 
 def pad_value(node):

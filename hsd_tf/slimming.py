@@ -85,19 +85,13 @@ def check_slim(slim: keras.Model, reference, inputs) -> float:
         SlimmingError: Above `SLIM_TOLERANCE`.
     """
     expected = [np.asarray(r, np.float64) for r in keras.tree.flatten(reference)]
-    found = [np.asarray(f, np.float64) for f in keras.tree.flatten(slim(model_inputs(inputs), training=False))]
+    found = [np.asarray(f, np.float64) for f in keras.tree.flatten(slim(graph.model_inputs(inputs), training=False))]
     difference = max(float(np.abs(f - e).max() / max(np.abs(e).max(), 1e-12)) for f, e in zip(found, expected))
     if not difference <= SLIM_TOLERANCE:
         raise SlimmingError(
             f"the slim {slim.name} does not compute what its masked view computed (largest difference "
             f"{difference:.3g} of the largest output, allowed {SLIM_TOLERANCE:g})")
     return difference
-
-
-def model_inputs(inputs):
-    """A batch as a functional model takes it: the one array of a one-input model, else the list."""
-    inputs = keras.tree.flatten(inputs)
-    return inputs[0] if len(inputs) == 1 else inputs
 
 
 def rehearse(model_trace: graph.Trace, seed: int = 0, original: Optional[keras.Model] = None) -> float:
@@ -130,8 +124,8 @@ def rehearse(model_trace: graph.Trace, seed: int = 0, original: Optional[keras.M
     except Exception as error:  # pylint: disable=broad-except  (one line before training, not a crash after it)
         raise SlimmingError(f"the slim model cannot be built or run ({flatten.one_line(error)})") from None
     if original is not None:
-        why = _keras_round_trip(slim)
-        if why and not _keras_round_trip(original):
+        why = keras_round_trip(slim)
+        if why and not keras_round_trip(original):
             raise SlimmingError(f"the slim model cannot be saved as .keras and loaded back ({why}), though the model "
                                 "itself can")
     return difference
@@ -153,7 +147,7 @@ def _random_kept(model_trace: graph.Trace, rng) -> dict:
     return kept
 
 
-def _keras_round_trip(model: keras.Model) -> Optional[str]:
+def keras_round_trip(model: keras.Model) -> Optional[str]:
     """Why `model` cannot be saved as `.keras` and loaded back, in one line; None when it can (a model Keras loads
     only with `safe_mode=False`, holding a Lambda, counts as loaded: that is Keras' choice, not a defect)."""
     with tempfile.TemporaryDirectory() as directory:
@@ -274,7 +268,7 @@ def _edge_padding(step: graph.Step, readers) -> Optional[Callable]:
             or not np.all(np.isneginf(graph.pad_value(step.node)))):
         return None
     rank = len(step.node.input_tensors[0].shape)
-    widths = [tuple(w) for w in (op.pad_width if len(op.pad_width) > 1 else list(op.pad_width) * rank)]
+    widths = graph.pad_widths(op, rank)
     pools = readers.get(step.outputs[0], [])
     if not pools or any(widths[0]) or any(widths[-1]) or not all(
             isinstance(p, (keras.layers.MaxPooling1D, keras.layers.MaxPooling2D, keras.layers.MaxPooling3D))

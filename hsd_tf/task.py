@@ -47,7 +47,7 @@ import tensorflow as tf
 from keras.src.losses.losses import LossFunctionWrapper  # what compile makes of a loss function; not exported
 from keras.src.trainers import compile_utils
 
-from hsd_tf import losses
+from hsd_tf import graph, losses
 
 KINDS = ("classes", "binary", "values")
 FINAL_ACTIVATIONS = ("softmax", "sigmoid")
@@ -263,7 +263,7 @@ class Task:
         """
         if isinstance(predict, keras.Model):
             model = predict
-            predict = lambda inputs: model(_model_inputs(inputs), training=False)  # noqa: E731
+            predict = lambda inputs: model(graph.model_inputs(inputs), training=False)  # noqa: E731
         metrics = self.new_metrics()
         for batch in dataset:
             inputs, targets, weights = keras.utils.unpack_x_y_sample_weight(batch)
@@ -301,11 +301,6 @@ class _LossMetric(keras.metrics.Mean):
         values = self.loss.call(y_true, y_pred)
         values = _mean_per_example(values) if len(values.shape) > 1 else values
         return super().update_state(values, sample_weight=sample_weight)
-
-
-def _model_inputs(inputs):
-    inputs = keras.tree.flatten(inputs)
-    return inputs[0] if len(inputs) == 1 else inputs
 
 
 def from_model(model: keras.Model, activations: Sequence[Optional[str]], target_spec, compile_config=None,

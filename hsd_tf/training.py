@@ -196,7 +196,7 @@ def _train_and_evaluate(config: Config, out_dir: str, subject: Subject):
     if subject.trained:  # a float32 copy made in the strategy's scope, flattened: the user's model stays as it is
         model = dense_teacher = slimming.slim_model(subject.trace, {}, name="teacher")
     else:
-        model = _dense_model(config, subject, data)
+        model = _dense_model(config, data)
         dense_teacher = _teacher(config, out_dir, model, data, task)
     if config.teacher and subject.data is None:  # an image dataset, fed as the given teacher was trained
         data = _chosen_for_teacher(config, dense_teacher, data)
@@ -231,7 +231,7 @@ def _train_and_evaluate(config: Config, out_dir: str, subject: Subject):
     if config.export_views == "all":
         candidates.append((results["teacher"], lambda: slimming.slim_model(teacher_trace, {}, name="teacher",
                                                                           inference=True),
-                           lambda inputs: dense_teacher(slimming.model_inputs(inputs), training=False)))
+                           lambda inputs: dense_teacher(graph.model_inputs(inputs), training=False)))
     return results, candidates, data
 
 
@@ -345,7 +345,7 @@ def _train_scratch(config: Config, out_dir: str, model, dense_teacher, data, val
     trained = graph.trace(student, unpruned, data.input_shape)
 
     def reference(inputs):  # in 16 bits, its float32 copy: rounding must not pass for a slimming error
-        inputs = slimming.model_inputs(inputs)
+        inputs = graph.model_inputs(inputs)
         if keras.backend.standardize_dtype(student.compute_dtype) == "float32":
             return student(inputs, training=False)
         return slimming.slim_model(trained, {}, name="reference")(inputs, training=False)
@@ -754,10 +754,9 @@ def _finished_student(config: Config, subject: Subject) -> keras.Model:
     return slimming.with_final_activations(slim, subject.activations, task.keys, task.structure)
 
 
-def _dense_model(config: Config, subject: Subject, data) -> keras.Model:
+def _dense_model(config: Config, data) -> keras.Model:
     """The dense model to train as the teacher, built in the strategy's scope: a built-in or keras.applications
     model anew, a `.keras` file read again (its final activations taken off, as `prepare` took them)."""
-    del subject  # the same model as the subject's, made again where its teacher trains
     model = architectures.get(config.arch, data.input_shape, data.num_classes or None, config.width_multiplier)
     return architectures.without_final_activations(model)[0]
 
@@ -788,7 +787,7 @@ def pretrain_teacher(config: Config, subject: Optional[Subject] = None) -> str:
     config.save()
     keras.utils.set_random_seed(config.seed)
     data = subject.data or load_data(config, architectures.input_shape_of(config.arch))
-    _teacher(config, config.model_dir, _dense_model(config, subject, data), data, subject.task)
+    _teacher(config, config.model_dir, _dense_model(config, data), data, subject.task)
     return os.path.join(config.model_dir, "teacher", TEACHER_CHECKPOINT)
 
 

@@ -200,7 +200,7 @@ def test_a_model_beyond_classifiers_slims_to_what_its_masked_view_computes(patte
     assert np.isfinite(logs["loss"]) and f"student_{task.log_name()}" in logs
     slim = slimming.slim_view(cascade, 0, frozen=False)
     masked = keras.tree.flatten(cascade.view_forward(0, inputs, training=False, frozen=False)[0])
-    found = keras.tree.flatten(slim(slimming.model_inputs(inputs)))
+    found = keras.tree.flatten(slim(graph.model_inputs(inputs)))
     assert len(found) == len(masked) == len(task.outputs)
     for f, m in zip(found, masked):
         assert f.shape == m.shape and np.abs(np.asarray(f) - np.asarray(m)).max() <= 1e-5 * np.abs(m).max()
