@@ -79,6 +79,16 @@ _HELP = {
     "joint_epochs": "Epochs of joint training with masks recomputed every step.",
     "frozen_epochs": "Epochs of joint training with frozen masks (the paper uses 10 on ImageNet).",
     "finetune_epochs": "Epochs of student fine-tuning with the teacher ladder.",
+    "distill_from": "Whom each view of the cascade learns from while every view trains: above (the paper: the view "
+                    "just above, the top view from the pre-trained teacher), top (every view from the full view, "
+                    "in-place distillation as in slimmable networks), all (every larger model, teachers dropped at "
+                    "random per step). Masks follow the view above's gradient in each.",
+    "finetune_from": "The weights the cascade's student fine-tunes from: joint (the paper: those of the joint "
+                     "training) or teacher (the pre-trained teacher's under the mask the joint training chose: the "
+                     "cascade as a search for the student's architecture).",
+    "equal": "What the baselines (--method=l1 or scratch, or those of --mode=compare) are given to match the "
+             "cascade: epochs (joint + frozen + finetune epochs, the default) or compute (the epochs whose "
+             "forward-backward passes cost what the cascade of these flags costs, docs/command_line.md).",
     "batch_size": "Global batch size.",
     "learning_rate": "Peak learning rate of the cascade phases (SGD, Nesterov).",
     "lr_cycle_epochs": "Length of one cosine cycle in epochs, adjusted so that each phase holds a whole number "

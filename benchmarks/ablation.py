@@ -21,6 +21,22 @@ the tool itself (`hsd_tf.training.train_and_evaluate`, teacher given):
                         learned mask trained the way l1 + KD is, which separates what the mask adds from what the
                         cascade's joint training adds
 
+What weight-sharing networks since the paper do differently, each a flag of the cascade (issue 30):
+
+    hsd 2 TAs from top  `--distill_from=top`: every pruned view learns from the full view (in-place distillation,
+                        Universally Slimmable Networks, BigNAS), not from the view just above
+    hsd 2 TAs from all  `--distill_from=all`: every view from every larger model, teachers dropped at random
+                        (densely guided KD)
+    hsd 2 TAs frozen early  masks searched for the first quarter of the joint epochs (`--joint_epochs`), then
+                        frozen while every view trains on (`--frozen_epochs`: the rest), as Once-for-All fixes its
+                        sub-networks before training them
+    hsd 2 TAs from teacher  `--finetune_from=teacher`: the joint training as a search for the student's
+                        architecture, the student then fine-tuned from the teacher's weights (AutoSlim's search,
+                        then train)
+    l1 + KD equal compute, l1 equal compute, scratch equal compute
+                        `--equal=compute`: the baseline trained for the epochs that cost what the 2-TA cascade
+                        does (Liu et al.'s Scratch-B), not for its epochs
+
 Every variant trains joint + finetune epochs after the teacher. With --family, `l1 + KD` is also trained at the MACs
 of each assistant of `hsd 2 TAs` below the dense one: one cascade run trains a family of models, and each member
 is set against l1 at its own cost. Each variant picks its learning rate from --learning_rates by its accuracy on
@@ -60,6 +76,14 @@ VARIANTS = {
     "l1": dict(method="l1", kd_weight=0.0),
     "scratch": dict(method="scratch"),
     "l1 + KD on hsd mask": dict(method="l1"),
+    "hsd 2 TAs from top": dict(method="hsd", num_ta=2, distill_from="top"),
+    "hsd 2 TAs from all": dict(method="hsd", num_ta=2, distill_from="all"),
+    "hsd 2 TAs frozen early": lambda study: dict(method="hsd", num_ta=2, joint_epochs=max(1, study.joint_epochs // 4),
+                                                 frozen_epochs=study.joint_epochs - max(1, study.joint_epochs // 4)),
+    "hsd 2 TAs from teacher": dict(method="hsd", num_ta=2, finetune_from="teacher"),
+    "l1 + KD equal compute": dict(method="l1", num_ta=2, equal="compute"),
+    "l1 equal compute": dict(method="l1", num_ta=2, kd_weight=0.0, equal="compute"),
+    "scratch equal compute": dict(method="scratch", num_ta=2, equal="compute"),
 }
 BEST = "hsd 2 TAs"
 # Variants trained on the student channels of another variant's run (same dataset, budget and seed, at that
@@ -106,6 +130,21 @@ def run_dir(study: Study, spec: Run) -> str:
     return os.path.join(study.out_dir, "runs", spec.name)
 
 
+def settings(study: Study, label: str) -> dict:
+    """The variant's settings of the tool (some depend on the study's epochs)."""
+    variant = VARIANTS[label]
+    return variant(study) if callable(variant) else dict(variant)
+
+
+def plain_epochs(study: Study, label: str) -> float:
+    """The variant's training after its teacher in epochs of plain steps (`hsd_tf.compute`)."""
+    from hsd_tf import compute  # pylint: disable=import-outside-toplevel
+
+    return round(compute.plain_epochs(study.config(**settings(study, label))), 2)
+
+
+
+
 def train(study: Study, spec: Run, budget_kind: str) -> dict:
     """Trains one run (or reads back its finished result); returns its result row."""
     from hsd_tf import training  # pylint: disable=import-outside-toplevel
@@ -119,14 +158,15 @@ def train(study: Study, spec: Run, budget_kind: str) -> dict:
     start = time.time()
     budget = dict(macs_budget=spec.budget) if budget_kind == "macs" else dict(prune_ratio=spec.budget)
     results = training.train_and_evaluate(study.config(
-        **VARIANTS[spec.label], **budget, masks_from=spec.masks_from or None, seed=spec.seed,
+        **settings(study, spec.label), **budget, masks_from=spec.masks_from or None, seed=spec.seed,
         teacher=study.teacher_path, model_dir=model_dir, learning_rate=spec.learning_rate,
         teacher_learning_rate=spec.learning_rate))
     student = results["views"][0]
     row = {key: student[key] for key in ("accuracy", "val_accuracy", "params", "macs", "fewest_layer_filters")}
     row.update(dataclasses.asdict(spec), dataset=study.dataset, teacher=results["teacher"],
                views=[{key: view[key] for key in ("name", "accuracy", "params", "macs")} for view in results["views"]],
-               seconds=round(time.time() - start, 1), code=code)
+               seconds=round(time.time() - start, 1), code=code, plain_epochs=plain_epochs(study, spec.label),
+               training_seconds=results["training_cost"]["seconds"])
     with open(row_path, "w") as f:
         json.dump(row, f, indent=2)
     return row
@@ -178,8 +218,8 @@ def summarize(rows) -> list:
         entry = {"budget": budget, "label": label, "seeds": len(members),
                  "learning_rate": members[0].get("learning_rate"),
                  "fewest_layer_filters": min(m.get("fewest_layer_filters", 0) for m in members)}
-        for key in ("accuracy", "params", "macs"):
-            values = np.array([m[key] for m in members], dtype=float)
+        for key in ("accuracy", "params", "macs", "training_seconds", "plain_epochs"):
+            values = np.array([m.get(key, np.nan) for m in members], dtype=float)
             entry[key] = float(values.mean())
             entry[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
         summary.append(entry)
@@ -230,6 +270,14 @@ CONTRASTS = (
     ("l1 + KD", "scratch", "the teacher's weights and KD against training the small network alone"),
     ("l1 + KD on hsd mask", "l1 + KD", "the cascade's learned mask against the L1 mask, both trained as l1 + KD"),
     ("hsd 2 TAs", "l1 + KD on hsd mask", "the cascade's joint training against fine-tuning its own mask with KD"),
+    ("hsd 2 TAs from top", "hsd 2 TAs", "every view taught by the full view against by the view above"),
+    ("hsd 2 TAs from all", "hsd 2 TAs", "every view taught by every larger model against by the view above"),
+    ("hsd 2 TAs frozen early", "hsd 2 TAs", "masks frozen after a quarter of the joint epochs against moving to the end"),
+    ("hsd 2 TAs from teacher", "hsd 2 TAs", "the student fine-tuned from the teacher's weights against from the joint "
+                                            "training's"),
+    ("l1 + KD equal compute", "l1 + KD", "l1 + KD given the cascade's compute against its epochs"),
+    ("l1 equal compute", "l1", "l1 given the cascade's compute against its epochs"),
+    ("scratch equal compute", "scratch", "scratch given the cascade's compute against its epochs"),
 )
 
 
@@ -260,15 +308,19 @@ def markdown(datasets, command_line, wall_seconds) -> str:
             f"{teacher['params']:,} params, {teacher['macs']:,} MACs.",
             "",
             f"| budget ({unit}) | variant | lr | seeds | accuracy (%) | params | MACs | MACs / teacher | "
-            "fewest filters in a layer |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "fewest filters in a layer | plain epochs | training seconds |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for e in summary:
             lines.append(
                 f"| {e['budget']} | {e['label']} | {e['learning_rate']} | {e['seeds']} | "
                 f"{100 * e['accuracy']:.2f} +- {100 * e['accuracy_std']:.2f} | {e['params']:,.0f} | "
                 f"{e['macs']:,.0f} +- {e['macs_std']:,.0f} | {e['macs'] / teacher['macs']:.3f} | "
-                f"{e['fewest_layer_filters']} |")
+                f"{e['fewest_layer_filters']} | {e['plain_epochs']:.1f} | {e['training_seconds']:,.0f} |")
+        lines += ["", "Plain epochs: the training after the teacher in epochs of forward-backward passes of one batch "
+                  "through one model, a forward pass counted as a third of one (`hsd_tf.compute`); training seconds: "
+                  "the epochs' measured time after the teacher (results.json's `training_cost`), mean over seeds, "
+                  "two runs at a time on one thread each (rows from before it was measured: blank)."]
         budgets = sorted({e["budget"] for e in summary if e["label"] in VARIANTS and e["budget"] in info["budgets"]})
         main_summary = [e for e in summary if e["budget"] in budgets]
         lines += ["", "Students of one budget, largest over smallest mean MACs: " + ", ".join(
@@ -424,9 +476,10 @@ def main(argv):
             [cell for cell in cells if cell[2] not in MASK_SOURCES],
             [cell for cell in cells if cell[2] in MASK_SOURCES],
         ):
+            # Every variant at one rate before the next rate: an interrupted grid has every variant's first rates.
             rows = run_all([(name, Run(label, budget, FLAGS.selection_seed, rate,
                                        source(name, budget, label, FLAGS.selection_seed)))
-                            for name, budget, label in phase for rate in rates])
+                            for rate in rates for name, budget, label in phase])
             chosen.update(select_learning_rates(rows, FLAGS.selection_seed))
             grid_rows += rows
             other_rows += run_all([(name, Run(label, budget, seed, chosen[(name, budget, label)],

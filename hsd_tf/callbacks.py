@@ -1,7 +1,9 @@
-"""The callbacks of the cascade's phases: the teacher ladder, the mask-change log, the non-finite-loss stop."""
+"""The callbacks of the cascade's phases: the teacher ladder, the mask-change log, the training clock, the
+non-finite-loss stop."""
 
 import json
 import os
+import time
 
 import keras
 import numpy as np
@@ -89,6 +91,42 @@ class MaskChangeLog(keras.callbacks.Callback):
         for name in self.names:
             changes[name].append(int(round(float(logs[f"{name}_changes"]))))
         write_json(self.log_path, changes)
+
+
+class TrainingClock(keras.callbacks.Callback):
+    """Records the seconds each training epoch took in a JSON file that survives resuming.
+
+    An epoch redone after an interruption replaces its entry, so the sum is the
+    time of one pass over every epoch (the interrupted, unfinished one is not
+    counted). Validation at the epoch's end is included: every method runs it.
+
+    Args:
+        log_path: JSON file `{"1": seconds of epoch 1, ...}`.
+    """
+
+    def __init__(self, log_path):
+        super().__init__()
+        self.log_path = log_path
+        self._start = 0.0
+
+    @staticmethod
+    def seconds(log_path) -> float:
+        """The recorded epochs' total seconds (0 when none was recorded)."""
+        if not os.path.exists(log_path):
+            return 0.0
+        with open(log_path) as f:
+            return float(sum(json.load(f).values()))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        recorded = {}
+        if os.path.exists(self.log_path):
+            with open(self.log_path) as f:
+                recorded = {k: v for k, v in json.load(f).items() if int(k) <= epoch}
+        recorded[str(epoch + 1)] = round(time.perf_counter() - self._start, 3)
+        write_json(self.log_path, recorded)
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):

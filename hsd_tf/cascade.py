@@ -17,6 +17,14 @@ Phases (`Cascade.phase`):
   "finetune": only the student (shared kernels and its own layers) trains,
       taught by the current rung of the teacher ladder: frozen snapshots of
       T1..TN (`set_ladder`) and finally the pre-trained teacher.
+
+Whom each view learns from in the phases that train every view (`distill_from`):
+  "above": view i from view i+1, TN from the pre-trained teacher (the paper).
+  "top": every view below TN from TN, the full view (in-place distillation of
+      Universally Slimmable Networks and BigNAS); TN from the pre-trained teacher.
+  "all": view i from every model above it, views i+1..N and the pre-trained
+      teacher, each dropped at random (densely guided KD, Son et al. 2021).
+Its masks follow the view above's score gradient (Eq. 5) whatever it learns from.
 """
 
 from typing import List, Optional, Sequence
@@ -31,6 +39,11 @@ from hsd_tf.ratios import validate_macs_fractions, validate_prune_ratios
 
 PHASES = ("joint", "frozen", "finetune")
 SALIENCIES = ("score", "per_mac")
+DISTILL_SOURCES = ("above", "top", "all")
+# With distill_from="all", each teacher of a view is kept with this probability at every step; when the draw keeps
+# none, the view above teaches alone. Son et al. drop teachers like dropout, at random per step; one half keeps
+# each teacher as often as not.
+TEACHER_KEEP_PROBABILITY = 0.5
 
 
 def view_names(num_views: int) -> List[str]:
@@ -176,6 +189,12 @@ class Cascade(keras.Model):
         task: The model's `hsd_tf.task.Task`: its own loss, the distillation
             of its outputs and its metrics. Default: a classifier's
             cross-entropy, KD and accuracy.
+        distill_from: Whom each view learns from in the joint and frozen
+            phases: "above" (the paper), "top" or "all" (the module's
+            docstring).
+        seed: Seeds the random teacher drops of distill_from="all"; each
+            step's draw depends only on it and the step, so a resumed run
+            draws what an uninterrupted one would.
 
     Raises:
         graph.UnsupportedLayerError: A layer the tracer cannot follow.
@@ -199,6 +218,8 @@ class Cascade(keras.Model):
         input_shape: Optional[Sequence[int]] = None,
         saliency: str = "score",
         task: Optional[task_lib.Task] = None,
+        distill_from: str = "above",
+        seed: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -234,6 +255,10 @@ class Cascade(keras.Model):
             raise ValueError(f"saliency must be one of {SALIENCIES}, and per_mac needs macs_fractions. "
                              f"Received: saliency={saliency!r}, macs_fractions={macs_fractions}")
         self.saliency = saliency
+        if distill_from not in DISTILL_SOURCES:
+            raise ValueError(f"distill_from must be one of {DISTILL_SOURCES}. Received: distill_from={distill_from!r}")
+        self.distill_from = distill_from
+        self.seed = int(seed)
         floors = masks.layer_floors(trace.group_widths, self.max_layer_prune_ratio, self.min_layer_filters)
         if self.round_to > 1:
             floors = masks.rounded_floors(floors, trace.group_widths, self.round_to)
@@ -326,12 +351,7 @@ class Cascade(keras.Model):
             teacher: Dense model of this structure, matched by layer name
                 (the names of its flat model, `hsd_tf.flatten`).
         """
-        source = graph.layers_by_name(flatten.flatten(teacher, self.trace.input_shapes[0]).model)
-        for name, layer in self.shared.items():
-            flatten.set_weights(layer, source[name].get_weights())
-        for view in self.views:
-            for name, layer in view.own.items():
-                flatten.set_weights(layer, source[name].get_weights())
+        source = self._copy_weights(teacher, range(len(self.views)))
         # A channel's score sums the normalised L1 norms of the filters it stands for.
         scores = [np.zeros(g.width, np.float32) for g in self.trace.groups]
         counted = set()
@@ -346,6 +366,26 @@ class Cascade(keras.Model):
         for view in self.views:
             for variable, score in zip(view.scores, scores):
                 variable.assign(score)
+
+    def restart_student_from(self, teacher: keras.Model) -> None:
+        """Gives the student the dense pre-trained weights again, under its masks: `--finetune_from=teacher`.
+
+        The shared kernels and the student's own layers are overwritten, so
+        call it after the ladder's snapshot (`set_ladder`), which keeps the
+        assistants' weights. The masks and every view's scores stay.
+        """
+        self._copy_weights(teacher, [0])
+
+    def _copy_weights(self, teacher: keras.Model, views) -> dict:
+        """Copies the dense model's weights into the shared layers and the own layers of `views` (indices), matched
+        by the names of its flat model; returns those layers by name."""
+        source = graph.layers_by_name(flatten.flatten(teacher, self.trace.input_shapes[0]).model)
+        for name, layer in self.shared.items():
+            flatten.set_weights(layer, source[name].get_weights())
+        for index in views:
+            for name, layer in self.views[index].own.items():
+                flatten.set_weights(layer, source[name].get_weights())
+        return source
 
     def freeze_masks(self) -> None:
         """Stores every view's current top-k masks, filled to its MAC budget; later phases use them."""
@@ -396,7 +436,7 @@ class Cascade(keras.Model):
             max_layer_prune_ratio=self.max_layer_prune_ratio, min_layer_filters=self.min_layer_filters,
             mask_hysteresis=self.mask_hysteresis, unpruned_layers=self.unpruned_layers,
             macs_fractions=self.macs_fractions, round_to=self.round_to, saliency=self.saliency, task=self.task,
-            name=f"{self.name}_snapshot",
+            distill_from=self.distill_from, seed=self.seed, name=f"{self.name}_snapshot",
         )
         for key, layer in self.shared.items():
             flatten.set_weights(copy.shared[key], layer.get_weights())
@@ -518,15 +558,36 @@ class Cascade(keras.Model):
         shared = [v for layer in self.shared.values() for v in layer.trainable_variables]
         return shared + [v for i in views for v in self.views[i].weight_variables()]
 
-    def _teacher_outputs(self, index: int, outputs, inputs):
-        """Detached logits and hints of the teacher of view `index`."""
+    def _teachers(self, index: int, outputs, pretrained):
+        """The (logits, hints) of every teacher of view `index` this step (`distill_from`), nearest first.
+
+        Args:
+            index: The view.
+            outputs: Every active view's (logits, hints).
+            pretrained: Returns the pre-trained teacher's (logits, hints), run once per step.
+        """
         if self.phase == "finetune":
-            return self.ladder_teacher(self._rung, inputs)
-        if index + 1 < len(outputs):
-            return outputs[index + 1]
-        if self.teacher is None:
-            raise ValueError("Training the top view needs the pre-trained teacher; pass teacher=.")
-        return self.teacher_forward(inputs)
+            return [pretrained("ladder")]
+        top = len(outputs) - 1
+        if index == top:
+            return [pretrained("teacher")]
+        if self.distill_from == "above":
+            return [outputs[index + 1]]
+        if self.distill_from == "top":
+            return [outputs[top]]
+        return list(outputs[index + 1:]) + [pretrained("teacher")]
+
+    def _teacher_weights(self, index: int, count: int):
+        """Each teacher's weight in view `index`'s loss this step: 1 for one teacher; with several, those kept by
+        a draw (each with TEACHER_KEEP_PROBABILITY; the nearest alone when none is) share it equally."""
+        if count == 1:
+            return [1.0]
+        step = tf.cast(self.optimizer.iterations, tf.int32)
+        draw = tf.random.stateless_uniform([count], seed=tf.stack([self.seed, step * len(self.views) + index]))
+        kept = tf.cast(draw < TEACHER_KEEP_PROBABILITY, tf.float32)
+        kept = tf.where(tf.reduce_sum(kept) > 0, kept, tf.one_hot(0, count))
+        weights = kept / tf.reduce_sum(kept)
+        return [weights[j] for j in range(count)]
 
     def train_step(self, data):
         inputs, targets, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -541,14 +602,8 @@ class Cascade(keras.Model):
         hard = [self.views[i].hard_masks(frozen) for i in active]
         with tf.GradientTape() as tape:
             outputs = [self.view_forward(i, inputs, training=True, hard_masks=hard[i]) for i in active]
-            terms = []
-            for i in active:
-                teacher_logits, teacher_hints = self._teacher_outputs(i, outputs, inputs)
-                terms.append(losses.pair_loss(
-                    targets, outputs[i][0], teacher_logits, outputs[i][1], teacher_hints,
-                    kd_weight=self.kd_weight, temperature=self.temperature,
-                    hint_weight=self.hint_weight, task=self.task, sample_weight=sample_weight,
-                ))
+            pretrained = self._pretrained_once(inputs)
+            terms = [self._view_loss(i, outputs, pretrained, targets, sample_weight) for i in active]
             total = tf.add_n([t["loss"] for t in terms])
             scaled_total = self.optimizer.scale_loss(total)
         # A mask gathered from its group's scores (a concatenation's) has a sparse gradient.
@@ -578,6 +633,36 @@ class Cascade(keras.Model):
             self._trackers[f"{name}_kept"].update_state(self.views[i].kept_fraction(current[i]))
         self._trackers["loss"].update_state(total * replicas)
         return self._logs(active, frozen)
+
+    def _pretrained_once(self, inputs):
+        """`pretrained(kind)`: the (logits, hints) of the frozen pre-trained teacher ("teacher") or of the
+        ladder's rung ("ladder") on `inputs`, run at most once per step however many views learn from it."""
+        found = {}
+
+        def pretrained(kind):
+            if kind not in found:
+                if kind == "ladder":
+                    found[kind] = self.ladder_teacher(self._rung, inputs)
+                elif self.teacher is None:
+                    raise ValueError("Training the top view needs the pre-trained teacher; pass teacher=.")
+                else:
+                    found[kind] = self.teacher_forward(inputs)
+            return found[kind]
+
+        return pretrained
+
+    def _view_loss(self, index: int, outputs, pretrained, targets, sample_weight) -> dict:
+        """View `index`'s loss terms: the pair loss against each of its teachers, averaged with their weights (the
+        model's own loss is the same in each, so it keeps its weight)."""
+        teachers = self._teachers(index, outputs, pretrained)
+        terms = [losses.pair_loss(targets, outputs[index][0], logits, outputs[index][1], hints,
+                                  kd_weight=self.kd_weight, temperature=self.temperature,
+                                  hint_weight=self.hint_weight, task=self.task, sample_weight=sample_weight)
+                 for logits, hints in teachers]
+        if len(terms) == 1:
+            return terms[0]
+        weights = self._teacher_weights(index, len(terms))
+        return {key: tf.add_n([w * t[key] for w, t in zip(weights, terms)]) for key in terms[0]}
 
     def _apply_score_gradients(self, score_grads) -> None:
         """Eq. 5: view i's scores step along view i+1's score gradient."""
@@ -642,6 +727,8 @@ class Cascade(keras.Model):
             "macs_fractions": self.macs_fractions,
             "round_to": self.round_to,
             "saliency": self.saliency,
+            "distill_from": self.distill_from,
+            "seed": self.seed,
         }
 
 

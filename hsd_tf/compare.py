@@ -51,8 +51,10 @@ def compare(config: Config) -> Comparison:
         teacher = config.teacher or training.pretrain_teacher(dataclasses.replace(config, mode="train"), subject)
     runs, failures = {}, []
     for method in config.compare_methods:
+        # The cascade's own settings go to its run, --equal to the baselines'.
+        own = dict(equal="epochs") if method == "hsd" else dict(distill_from="above", finetune_from="joint")
         run = dataclasses.replace(config, mode="train", method=method, teacher=teacher,
-                                  model_dir=os.path.join(config.model_dir, method))
+                                  model_dir=os.path.join(config.model_dir, method), **own)
         if config.verbose:
             print(f"\n==== {method}: {DESCRIPTIONS[method]} ({run.model_dir}) ====", flush=True)
         try:  # a given teacher is in the subject already: the model and its data are read once for every method
@@ -158,8 +160,8 @@ def markdown(runs: dict, config: Config) -> str:
     lines = [
         f"# {config.arch} on {config.dataset}: {', '.join(runs)} at {budget(config)}",
         "",
-        f"Every method trains {config.epochs_after_teacher()} epochs after the same teacher. Test {label}; "
-        f"validation {name} on the hold-out of the training split (what model selection may use).",
+        f"{_epochs_line(config)} Test {label}; validation {name} on the hold-out of the training split (what model "
+        "selection may use).",
         "",
         f"| model | params | MACs | MACs / teacher | val {name} | test {name} | vs teacher |",
         "|---|---|---|---|---|---|---|",
@@ -171,10 +173,38 @@ def markdown(runs: dict, config: Config) -> str:
             f"| {label_} | {entry['params']:,} | {entry['macs']:,} | {entry['macs'] / teacher['macs']:.3f} | "
             f"{'' if val is None else shown(val)} | {shown(_test(entry))} | "
             + (f"{round(100 * difference, 2) + 0.0:+.2f} |" if percent else f"{difference + 0.0:+.4g} |"))
-    seconds = {method: results.get("wall_seconds_this_invocation") for method, results in runs.items()}
-    lines += ["", "Training time (s, the invocation that finished each run): "
-              + ", ".join(f"{method} {value}" for method, value in seconds.items() if value is not None), ""]
+    lines += ["", *cost_table(runs), ""]
     return "\n".join(lines)
+
+
+def _epochs_line(config: Config) -> str:
+    if config.equal == "compute":
+        baselines = ", ".join(f"{method} {config.baseline_epochs(method)}" for method in config.compare_methods
+                              if method != "hsd")
+        return (f"After the same teacher, the cascade trains {config.epochs_after_teacher()} epochs and each baseline "
+                f"the epochs that cost as much (`--equal=compute`; {baselines}).")
+    return f"Every method trains {config.epochs_after_teacher()} epochs after the same teacher."
+
+
+def cost_table(runs: dict) -> List[str]:
+    """Each method's training after the teacher: epochs, plain steps (forward-backward passes of one batch through
+    one model, a forward pass a third of one: `hsd_tf.compute`) and measured seconds, each against the cascade's."""
+    costs = {method: results["training_cost"] for method, results in runs.items() if "training_cost" in results}
+    if not costs:
+        return []
+    reference = costs.get("hsd")
+
+    def against(key, cost):
+        return f" ({cost[key] / reference[key]:.2f}x)" if reference and reference[key] else ""
+
+    lines = ["Training cost after the teacher (plain steps: forward-backward passes of one batch through one model, "
+             "a forward pass counted as a third of one; seconds: the epochs' measured time on this machine):", "",
+             "| method | epochs | plain steps | seconds |", "|---|---|---|---|"]
+    for method, cost in costs.items():
+        epochs = sum(phase["epochs"] for phase in cost["phases"].values())
+        lines.append(f"| {method} | {epochs} | {cost['plain_steps']:,.0f}{against('plain_steps', cost)} | "
+                     f"{cost['seconds']:,.0f}{against('seconds', cost)} |")
+    return lines
 
 
 def plot(runs: dict, path: str, title: str) -> None:

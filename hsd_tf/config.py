@@ -10,7 +10,7 @@ import json
 import os
 from typing import List, Optional
 
-from hsd_tf import export, ratios
+from hsd_tf import compute, export, ratios
 
 SCORE_OPTIMIZERS = ("sgd", "rmsprop", "adam")
 SCORE_SCHEDULES = ("cosine", "constant")
@@ -23,7 +23,8 @@ MIXED_PRECISION = ("float32", "bfloat16", "float16")
 # What must match between a run and the model_dir it resumes.
 IDENTITY_FIELDS = ("method", "dataset", "arch", "num_ta", "prune_ratio", "ta_ratios", "width_multiplier", "image_size",
                    "max_layer_prune_ratio", "min_layer_filters", "max_train_examples", "unpruned_layers",
-                   "macs_budget", "round_to", "saliency", "masks_from", "preprocessing", "augment")
+                   "macs_budget", "round_to", "saliency", "masks_from", "preprocessing", "augment", "distill_from",
+                   "finetune_from", "equal")
 # Where each method's last trained state is: a finished run has it.
 FINAL_CHECKPOINTS = {"hsd": ("finetune", "cascade.weights.h5"), "l1": ("finetune", "cascade.weights.h5"),
                      "scratch": ("scratch", "student.weights.h5")}
@@ -31,6 +32,12 @@ FINAL_CHECKPOINTS = {"hsd": ("finetune", "cascade.weights.h5"), "l1": ("finetune
 PREPROCESSINGS = ("auto", "raw", "unit", "symmetric", "caffe", "torch", "tf")
 AUGMENTATIONS = ("auto", "flip_crop", "flip", "crop", "none")
 METRIC_DIRECTIONS = ("auto", "higher", "lower")  # `hsd_tf.task.DIRECTIONS`
+# Whom each view of the cascade learns from in the phases that train every view (`hsd_tf.cascade.DISTILL_SOURCES`).
+DISTILL_SOURCES = ("above", "top", "all")
+# The weights the student's fine-tuning starts from: the joint training's, or the pre-trained teacher's.
+FINETUNE_STARTS = ("joint", "teacher")
+# What a baseline is given to match the cascade: the same epochs after the teacher, or the same compute.
+EQUAL_BUDGETS = ("epochs", "compute")
 
 
 class ConfigError(ValueError):
@@ -77,6 +84,9 @@ class Config:
     joint_epochs: int = 80
     frozen_epochs: int = 0
     finetune_epochs: int = 80
+    distill_from: str = "above"
+    finetune_from: str = "joint"
+    equal: str = "epochs"
     batch_size: int = 128
     learning_rate: float = 0.008
     lr_cycle_epochs: int = 5
@@ -128,6 +138,14 @@ class Config:
     def epochs_after_teacher(self) -> int:
         """What every method trains after the teacher: the cascade's joint + frozen + finetune epochs."""
         return self.joint_epochs + self.frozen_epochs + self.finetune_epochs
+
+    def baseline_epochs(self, method: Optional[str] = None) -> int:
+        """The epochs l1 or scratch (`method`, default this run's) train: the cascade's epochs after the teacher,
+        or with `equal="compute"` as many as cost what the cascade of these settings does (`hsd_tf.compute`)."""
+        if self.equal == "compute":
+            return compute.equal_compute_epochs(method or self.method, self.joint_epochs, self.frozen_epochs,
+                                                self.finetune_epochs, self.num_ta)
+        return self.epochs_after_teacher()
 
     def validate(self) -> None:
         """Raises ConfigError naming the first bad setting that can be judged without the stack.
@@ -219,6 +237,17 @@ class Config:
             raise ConfigError("max_train_examples", self.max_train_examples, "must be 0 (all) or more")
         if self.frozen_epochs < 0:
             raise ConfigError("frozen_epochs", self.frozen_epochs, "must be 0 or more")
+        _choice("distill_from", self.distill_from, DISTILL_SOURCES)
+        _choice("finetune_from", self.finetune_from, FINETUNE_STARTS)
+        _choice("equal", self.equal, EQUAL_BUDGETS)
+        cascade_only = "distill_from" if self.distill_from != "above" else (
+            "finetune_from" if self.finetune_from != "joint" else None)
+        if cascade_only and self.method != "hsd" and self.mode != "compare":
+            raise ConfigError(cascade_only, getattr(self, cascade_only), f"changes the cascade's training; "
+                              f"--method={self.method} trains the student alone")
+        if self.equal == "compute" and self.method == "hsd" and self.mode != "compare":
+            raise ConfigError("equal", self.equal, "gives a baseline (--method=l1 or scratch, or the baselines of "
+                              "--mode=compare) the cascade's compute; the cascade's own is what they are given")
         for name in ("learning_rate", "teacher_learning_rate", "score_learning_rate", "temperature"):
             if not getattr(self, name) > 0:
                 raise ConfigError(name, getattr(self, name), "must be positive")

@@ -5,6 +5,8 @@
     frozen    all views, masks frozen                        (--frozen_epochs)
     finetune  the student alone, teacher ladder T1..TN, then the pre-trained
               teacher                                        (--finetune_epochs)
+              from the joint phases' weights, or with --finetune_from=teacher
+              from the pre-trained teacher's under the student's mask
 
 Every phase writes `<model_dir>/<phase>/cascade.weights.h5` when it ends; a
 re-run loads finished phases instead of redoing them, and `EpochBackup`
@@ -25,13 +27,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hsd_tf import architectures, costs, graph, masks, slimming, strategy
+from hsd_tf import architectures, compute, costs, graph, masks, slimming, strategy
 from hsd_tf import data as data_lib
 from hsd_tf import task as task_lib
 from hsd_tf import export as export_lib
 from hsd_tf import teacher as teacher_lib
 from hsd_tf.cascade import PHASES, Cascade
-from hsd_tf.callbacks import MaskChangeLog, StopOnNonFiniteLoss, TeacherLadder
+from hsd_tf.callbacks import MaskChangeLog, StopOnNonFiniteLoss, TeacherLadder, TrainingClock
 from hsd_tf.checkpoints import (EpochBackup, RunInterrupted, StopOnInterrupt, discard_backup, interrupts_noted,
                                 load_weights, model_dir_lock, read_checkpoint, save_weights, write_json)
 from hsd_tf.config import FINAL_CHECKPOINTS, Config, ConfigError
@@ -40,6 +42,7 @@ from hsd_tf.summaries import CascadeSummaries
 
 CHECKPOINT = "cascade.weights.h5"
 TEACHER_CHECKPOINT = "teacher.weights.h5"
+CLOCK = "seconds.json"  # each phase's seconds per epoch (`TrainingClock`)
 
 
 def train_and_evaluate(config: Config, model: Optional[keras.Model] = None, data=None,
@@ -227,12 +230,25 @@ def _train_and_evaluate(config: Config, out_dir: str, subject: Subject):
     }
     train = _train_scratch if config.method == "scratch" else _train_cascade
     candidates = train(config, out_dir, model, dense_teacher, data, validation, teacher_val, results, task)
+    results["training_cost"] = training_cost(config, data.steps_per_epoch)
     results["prune_ratios"] = [view["prune_ratio"] for view in results["views"]]
     if config.export_views == "all":
         candidates.append((results["teacher"], lambda: slimming.slim_model(teacher_trace, {}, name="teacher",
                                                                           inference=True),
                            lambda inputs: dense_teacher(graph.model_inputs(inputs), training=False)))
     return results, candidates, data
+
+
+def training_cost(config: Config, steps_per_epoch: int) -> dict:
+    """What the run's training after its teacher cost: per phase and in all, its steps, forward-backward and
+    forward passes, plain steps (`hsd_tf.compute`) and the seconds its epochs took (`TrainingClock`)."""
+    method = config.method
+    epochs = ({"joint": config.joint_epochs, "frozen": config.frozen_epochs, "finetune": config.finetune_epochs}
+              if method == "hsd" else {METHOD_PHASES[method][0]: config.baseline_epochs()})
+    phases = {phase: compute.phase_cost(method, phase, count, steps_per_epoch, config.num_ta,
+                                        TrainingClock.seconds(os.path.join(config.model_dir, phase, CLOCK)))
+              for phase, count in epochs.items() if count}
+    return {"equal": config.equal, "phases": phases, **compute.total(list(phases.values()))}
 
 
 def _record_metrics(entry: dict, task: task_lib.Task, test: dict, val: Optional[float]) -> None:
@@ -258,7 +274,7 @@ def _cascade(config: Config, model: keras.Model, input_shape, task: task_lib.Tas
         temperature=config.temperature, hint_weight=config.hint_weight,
         max_layer_prune_ratio=config.max_layer_prune_ratio, min_layer_filters=config.min_layer_filters,
         mask_hysteresis=config.mask_hysteresis, unpruned_layers=config.unpruned_layers, input_shape=input_shape,
-        saliency=config.saliency, task=task, name="cascade",
+        saliency=config.saliency, task=task, distill_from=config.distill_from, seed=config.seed, name="cascade",
     )
 
 
@@ -294,8 +310,10 @@ def _train_cascade(config: Config, out_dir: str, model, dense_teacher, data, val
     ladder = TeacherLadder(ladder_names, ladder_values, os.path.join(out_dir, "finetune", "ladder.json"),
                            monitor=f"val_{cascade.metric_name()}", better=task.better, metric=task.primary)
     cascade.set_ladder(snapshot)
+    if hsd and config.finetune_from == "teacher":  # the joint phases chose the mask; the teacher's weights train it
+        cascade.restart_student_from(dense_teacher)
     _run_phase(config, out_dir, cascade, "finetune",
-               config.finetune_epochs if hsd else config.epochs_after_teacher(), data, validation, [ladder])
+               config.finetune_epochs if hsd else config.baseline_epochs(), data, validation, [ladder])
 
     student_test = cascade.evaluate(data.test, return_dict=True, verbose=0)
     student_val = cascade.evaluate(data.val, return_dict=True, verbose=0) if data.val is not None else None
@@ -330,7 +348,7 @@ def _train_scratch(config: Config, out_dir: str, model, dense_teacher, data, val
     its teacher. What pruning must beat to be worth its teacher."""
     del teacher_val  # no ladder: scratch learns from the targets alone
     student, view, unpruned = _scratch_student(config, model, dense_teacher, data.input_shape, task)
-    epochs = config.epochs_after_teacher()
+    epochs = config.baseline_epochs()
     path = os.path.join(config.model_dir, *FINAL_CHECKPOINTS["scratch"])
     if os.path.exists(path):
         read_checkpoint(lambda: load_weights(student, path), path, "train the scratch student again")
@@ -885,7 +903,8 @@ def _fit(model, config, out_dir, phase, epochs, data, validation, callbacks=()) 
             data.train_from(first_epoch, epochs), epochs=epochs, initial_epoch=first_epoch,
             steps_per_epoch=data.steps_per_epoch, validation_data=validation, verbose=config.verbose,
             shuffle=False,  # train_from already shuffles, per epoch and reproducibly
-            callbacks=[StopOnNonFiniteLoss(phase, backup), StopOnInterrupt(), *callbacks, EpochBackup(backup)]
+            callbacks=[StopOnNonFiniteLoss(phase, backup), StopOnInterrupt(), *callbacks,
+                       TrainingClock(os.path.join(out_dir, phase, CLOCK)), EpochBackup(backup)]
             + ([keras.callbacks.TensorBoard(os.path.join(out_dir, "logs", phase))] if config.tensorboard else []),
         )
     except KeyboardInterrupt:

@@ -99,10 +99,19 @@ def test_each_budget_names_the_code_versions_that_trained_its_rows():
 
 
 def test_every_variant_is_a_valid_run_of_the_tool_with_the_settings_its_name_says():
-    study = ablation.Study("/study", 0.125, 1, 1, 1, 64, dataset="fashion_mnist")
-    configs = {label: study.config(**settings, macs_budget=0.1) for label, settings in ablation.VARIANTS.items()}
+    study = ablation.Study("/study", 0.125, 1, 8, 8, 64, dataset="fashion_mnist")
+    configs = {label: study.config(**ablation.settings(study, label), macs_budget=0.1) for label in ablation.VARIANTS}
+    for config in configs.values():
+        config.validate()
     assert [configs[label].num_ta for label in ("hsd 2 TAs", "hsd 2 TAs no KD", "hsd 0 TAs")] == [2, 2, 0]
     assert configs["hsd 2 TAs no KD"].kd_weight == configs["l1"].kd_weight == 0.0
     assert configs["hsd 2 TAs"].kd_weight == configs["l1 + KD"].kd_weight == 0.4
     assert {configs[label].method for label in ("l1", "l1 + KD", "l1 + KD on hsd mask")} == {"l1"}
     assert configs["hsd 2 TAs per_mac"].saliency == "per_mac"
+    assert [configs[f"hsd 2 TAs from {source}"].distill_from for source in ("top", "all")] == ["top", "all"]
+    assert configs["hsd 2 TAs from teacher"].finetune_from == "teacher"
+    frozen = configs["hsd 2 TAs frozen early"]
+    assert (frozen.joint_epochs, frozen.frozen_epochs, frozen.finetune_epochs) == (2, 6, 8)  # 16 epochs as the rest
+    assert {label: configs[label].baseline_epochs() for label in configs if "equal compute" in label} == {
+        "l1 + KD equal compute": 28, "l1 equal compute": 28, "scratch equal compute": 37}
+    assert ablation.plain_epochs(study, "hsd 2 TAs") == ablation.plain_epochs(study, "hsd 2 TAs frozen early") == 37.33

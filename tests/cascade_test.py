@@ -178,10 +178,11 @@ def test_prune_ratio_rules():
 
 
 def test_config_round_trip():
-    cascade, _ = make_cascade(tiny_residual(), [0.5, 0.0])
+    cascade = Cascade(tiny_residual(), [0.5, 0.0], distill_from="all", seed=4)
     clone = Cascade.from_config(cascade.get_config())
     assert clone.trace.groups == cascade.trace.groups
     assert clone.prune_ratios == cascade.prune_ratios
+    assert (clone.distill_from, clone.seed) == ("all", 4)
 
 
 def test_mask_changes_count_the_filters_each_score_update_switched(batch):
@@ -330,3 +331,73 @@ def test_an_adapted_normalization_keeps_its_statistics_in_every_copy():
     np.testing.assert_allclose(cascade.view_forward(1, signals)[0], model(signals), rtol=1e-5, atol=1e-5)
     slim = slimming.slim_view(cascade, 1, frozen=False)
     np.testing.assert_allclose(slim(signals), model(signals), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("source", ["above", "top"])
+def test_each_view_learns_from_the_teacher_distill_from_names(source, batch):
+    """above: view i's KD term is against view i+1 (the paper); top: every view below the full one against the
+    full view (in-place distillation). The top view learns from the pre-trained teacher either way."""
+    images, labels = batch
+    teacher = randomize(tiny_chain(), 0)
+    cascade = Cascade(tiny_chain(), [0.6, 0.3, 0.0], teacher=teacher, distill_from=source)
+    cascade.initialize_from(teacher)
+    cascade.compile(optimizer=keras.optimizers.SGD(0.0), score_optimizer=keras.optimizers.SGD(0.0))
+    outputs = [cascade.view_forward(i, images, training=True)[0] for i in range(3)]
+    teacher_logits = cascade.teacher_forward(images)[0]
+    cascade.train_on_batch(images, labels)  # learning rates 0: the step's views are those above
+    kd = {name: float(cascade.metric_result(f"{name}_kd")) for name in cascade.view_names}
+    nearest = {"above": [outputs[1], outputs[2]], "top": [outputs[2], outputs[2]]}[source]
+    for i, name in enumerate(["student", "ta1"]):
+        expected = float(tf.reduce_mean(losses.distillation_loss(outputs[i], nearest[i], 15.0)))
+        assert kd[name] == pytest.approx(expected, rel=1e-4)
+    assert kd["ta2"] == pytest.approx(float(tf.reduce_mean(losses.distillation_loss(outputs[2], teacher_logits, 15.0))),
+                                      rel=1e-4)
+    if source == "top":  # not vacuous: the student's two possible teachers differ
+        assert not np.allclose(outputs[1].numpy(), outputs[2].numpy(), atol=1e-3)
+
+
+def test_with_every_larger_model_as_teacher_the_kept_ones_share_the_kd_term(batch):
+    """distill_from="all": each step every teacher of a view is kept at random, the kept ones weigh equally, the
+    nearest alone when none is kept; the draw depends on the seed and the step only, so a resumed run repeats it."""
+    images, _ = batch
+    teacher = randomize(tiny_chain(), 0)
+    cascade = Cascade(tiny_chain(), [0.6, 0.3, 0.0], teacher=teacher, distill_from="all", seed=3)
+    cascade.compile(optimizer=keras.optimizers.SGD(0.0))
+    seen = set()
+    for step in range(40):
+        cascade.optimizer.iterations.assign(step)
+        weights = [float(w) for w in cascade._teacher_weights(0, 3)]  # pylint: disable=protected-access
+        assert sum(weights) == pytest.approx(1.0)
+        kept = [w > 0 for w in weights]
+        assert all(w == pytest.approx(1.0 / sum(kept)) for w, k in zip(weights, kept) if k)
+        seen.add(tuple(kept))
+        again = [float(w) for w in cascade._teacher_weights(0, 3)]  # pylint: disable=protected-access
+        assert again == weights
+    assert len(seen) >= 4  # the draws vary from step to step
+    outputs = [cascade.view_forward(i, images, training=True) for i in range(3)]
+    found = cascade._teachers(0, outputs, lambda kind: ("pretrained", kind))  # pylint: disable=protected-access
+    assert found[:2] == outputs[1:] and found[2] == ("pretrained", "teacher")
+
+
+def test_restarting_the_student_from_the_teacher_keeps_the_assistants_and_the_masks(batch):
+    """--finetune_from=teacher: after the ladder's snapshot, the student computes what the pre-trained teacher's
+    weights give under its mask; the snapshot's assistants and every mask stay as the joint training left them."""
+    images, labels = batch
+    cascade, teacher = make_cascade(tiny_chain(), [0.5, 0.0])
+    fresh = Cascade(tiny_chain(), [0.5, 0.0], teacher=teacher)
+    fresh.initialize_from(teacher)
+    for _ in range(2):
+        cascade.train_on_batch(images, labels)
+    cascade.freeze_masks()
+    snapshot = cascade.snapshot()
+    ta1 = snapshot.view_forward(1, images)[0].numpy()
+    masks = cascade.hard_masks(0)
+    cascade.restart_student_from(teacher)
+    fresh.views[0].remember_masks([tf.constant(m) for m in masks])
+    fresh.set_phase("frozen")
+    cascade.set_phase("frozen")
+    np.testing.assert_allclose(cascade.view_forward(0, images)[0].numpy(), fresh.view_forward(0, images)[0].numpy(),
+                               atol=1e-5)
+    np.testing.assert_array_equal(snapshot.view_forward(1, images)[0].numpy(), ta1)
+    for before, after in zip(masks, cascade.hard_masks(0)):
+        np.testing.assert_array_equal(before, after)

@@ -78,6 +78,36 @@ def test_the_report_is_written_and_ends_the_console_and_a_rerun_reads_it_back(co
         assert json.load(f) == report
 
 
+def test_every_run_reports_its_training_cost_and_the_table_sets_it_against_the_cascades(compared):
+    """Plain steps per step: the 1-TA cascade's joint epoch 2 + 1/3, fine-tuning and l1 4/3, scratch 1."""
+    model_dir, _, report = compared
+    cost = {method: results["training_cost"] for method, results in report["runs"].items()}
+    steps = cost["hsd"]["phases"]["joint"]["steps"]
+    assert steps > 0 and all(c["steps"] == 2 * steps for c in cost.values())  # 2 epochs each, as many steps
+    assert cost["hsd"]["plain_steps"] == pytest.approx(steps * (7 / 3 + 4 / 3), abs=0.2)
+    assert cost["l1"]["plain_steps"] == pytest.approx(2 * steps * 4 / 3, abs=0.2)
+    assert cost["scratch"]["plain_steps"] == 2 * steps and cost["scratch"]["forward"] == 0
+    assert all(c["seconds"] > 0 for c in cost.values())
+    with open(os.path.join(model_dir, "compare.md")) as f:
+        table = f.read()
+    ratio = cost["scratch"]["plain_steps"] / cost["hsd"]["plain_steps"]
+    assert f"| scratch | 2 | {cost['scratch']['plain_steps']:,.0f} ({ratio:.2f}x) |" in table
+
+
+def test_equal_compute_gives_a_baseline_the_epochs_of_the_cascades_compute(compared, tmp_path):
+    """The cascade of these flags costs 2 + 1/3 + 4/3 = 3.67 plain epochs: scratch gets 4 epochs, not 2."""
+    model_dir, _, _ = compared
+    result = run_main("--method=scratch", "--equal=compute",
+                      f"--teacher={os.path.join(model_dir, 'teacher', 'teacher.weights.h5')}",
+                      f"--model_dir={tmp_path / 'scratch_b'}", *TINY_COMPARE)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "scratch_b" / "results.json") as f:
+        cost = json.load(f)["training_cost"]
+    assert cost["equal"] == "compute" and cost["phases"]["scratch"]["epochs"] == 4
+    with open(tmp_path / "scratch_b" / "scratch" / "seconds.json") as f:
+        assert sorted(json.load(f), key=int) == ["1", "2", "3", "4"]  # every epoch timed
+
+
 def test_a_baseline_trains_another_runs_student_channels_with_masks_from(compared, tmp_path):
     """--masks_from: l1 keeps the cascade's learned channels (its mask trained as l1 trains), at their cost."""
     model_dir, _, report = compared

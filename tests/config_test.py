@@ -29,6 +29,11 @@ def test_importing_the_settings_loads_no_tensorflow_or_keras():
     (dict(method="l1", num_ta=1, ta_ratios=[0.0]), "ta_ratios"),
     (dict(mode="compare", compare_methods=["hsd", "taylor"]), "compare_methods"),
     (dict(mode="compare", compare_methods=["l1", "l1"]), "compare_methods"),
+    (dict(distill_from="below"), "distill_from"),
+    (dict(method="l1", distill_from="top"), "distill_from"),  # the cascade's alone
+    (dict(method="scratch", finetune_from="teacher"), "finetune_from"),
+    (dict(equal="flops"), "equal"),
+    (dict(method="hsd", equal="compute"), "equal"),  # the baselines are given the cascade's compute
 ])
 def test_settings_refuse_what_they_can_judge_alone(bad, flag):
     with pytest.raises(ConfigError, match="Received") as error:
@@ -51,10 +56,11 @@ def test_the_settings_offer_the_preprocessing_and_augmentation_choices_of_the_da
     assert (config.PREPROCESSINGS, config.AUGMENTATIONS) == (data.PREPROCESSINGS, data.AUGMENTATIONS)
 
 
-def test_the_settings_offer_the_saliencies_of_the_cascade():
+def test_the_settings_offer_the_saliencies_and_distillation_sources_of_the_cascade():
     from hsd_tf import cascade, config  # pylint: disable=import-outside-toplevel
 
     assert config.SALIENCIES == cascade.SALIENCIES
+    assert config.DISTILL_SOURCES == cascade.DISTILL_SOURCES
 
 
 def test_a_baseline_method_has_the_students_budget_alone():
