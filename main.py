@@ -55,6 +55,9 @@ _HELP = {
     "masks_from": "With --method=l1 or scratch: a finished run's model_dir (or its results.json) whose student's "
                   "channels the baseline keeps instead of the L1 ranking, e.g. an hsd run's: its learned mask "
                   "trained as l1 is, which tells the mask's worth from the cascade's training.",
+    "masks_from_counts": "With --masks_from: keep only as many channels per layer as that run's student, chosen by "
+                         "the teacher's L1 ranking within each layer: its architecture without its choice of "
+                         "filters.",
     "ta_ratios": "Prune ratios of the assistants from T1 up, ending at 0; default: even spacing.",
     "width_multiplier": "Scales every layer width of the built-in architectures, for small runs.",
     "image_size": "Image side for folder: datasets whose model leaves its input size open (a model with a fixed "

@@ -33,6 +33,11 @@ What weight-sharing networks since the paper do differently, each a flag of the 
     hsd 2 TAs from teacher  `--finetune_from=teacher`: the joint training as a search for the student's
                         architecture, the student then fine-tuned from the teacher's weights (AutoSlim's search,
                         then train)
+    scratch on hsd mask `--method=scratch --masks_from=<hsd 2 TAs run>`: the cascade's architecture trained from
+                        random weights; set against scratch, what the architecture alone is worth
+    l1 + KD at hsd counts  `--method=l1 --masks_from=<hsd 2 TAs run> --masks_from_counts`: the cascade's channels
+                        per layer, the teacher's largest filters within each: its architecture with l1's choice of
+                        filters
     l1 + KD equal compute, l1 equal compute, scratch equal compute
                         `--equal=compute`: the baseline trained for the epochs that cost what the 2-TA cascade
                         does (Liu et al.'s Scratch-B), not for its epochs
@@ -84,16 +89,21 @@ VARIANTS = {
     "l1 + KD equal compute": dict(method="l1", num_ta=2, equal="compute"),
     "l1 equal compute": dict(method="l1", num_ta=2, kd_weight=0.0, equal="compute"),
     "scratch equal compute": dict(method="scratch", num_ta=2, equal="compute"),
+    "scratch on hsd mask": dict(method="scratch"),
+    "l1 + KD at hsd counts": dict(method="l1", masks_from_counts=True),
 }
 BEST = "hsd 2 TAs"
 # Variants trained on the student channels of another variant's run (same dataset, budget and seed, at that
 # variant's chosen learning rate), so they run once their source has.
-MASK_SOURCES = {"l1 + KD on hsd mask": BEST}
+MASK_SOURCES = {"l1 + KD on hsd mask": BEST, "scratch on hsd mask": BEST, "l1 + KD at hsd counts": BEST}
 
 flags.DEFINE_string("out_dir", "runs/equal_macs", "Where the teachers and every run are trained (resumable).")
 flags.DEFINE_string("docs_dir", "docs", "Where the report, its .json and its .png are written.")
 flags.DEFINE_string("docs_name", "equal_macs", "The report's file name, without extension.")
-flags.DEFINE_list("datasets", ["fashion_mnist", "digits"], "Datasets: digits and/or fashion_mnist.")
+flags.DEFINE_list("datasets", ["fashion_mnist", "digits"], "Datasets: digits, fashion_mnist (28x28 grey images "
+                  "zero-padded to 32x32x3, the tool's own reader), fashion_mnist_folder (the same images written to "
+                  "a folder as PNG files and read as a user's own images are, --dataset=folder:, resized to "
+                  "32x32x3).")
 flags.DEFINE_enum("budget_kind", "macs", ["macs", "filters"], "macs: --budgets are MAC budgets (--macs_budget); "
                   "filters: prune ratios (--prune_ratio).")
 flags.DEFINE_list("budgets", ["0.25", "0.1"], "The students' budgets.")
@@ -163,7 +173,7 @@ def train(study: Study, spec: Run, budget_kind: str) -> dict:
         teacher_learning_rate=spec.learning_rate))
     student = results["views"][0]
     row = {key: student[key] for key in ("accuracy", "val_accuracy", "params", "macs", "fewest_layer_filters")}
-    row.update(dataclasses.asdict(spec), dataset=study.dataset, teacher=results["teacher"],
+    row.update(dataclasses.asdict(spec), dataset=study.key, teacher=results["teacher"],
                views=[{key: view[key] for key in ("name", "accuracy", "params", "macs")} for view in results["views"]],
                seconds=round(time.time() - start, 1), code=code, plain_epochs=plain_epochs(study, spec.label),
                training_seconds=results["training_cost"]["seconds"])
@@ -178,7 +188,7 @@ def mask_source(study: Study, budget: float, label: str, seed: int, chosen: dict
     if label not in MASK_SOURCES:
         return ""
     origin = MASK_SOURCES[label]
-    return run_dir(study, Run(origin, budget, seed, chosen[(study.dataset, budget, origin)]))
+    return run_dir(study, Run(origin, budget, seed, chosen[(study.key, budget, origin)]))
 
 
 def later_seeds(label: str, seeds, selection_seed: int, single_seed_variants) -> list:
@@ -275,6 +285,11 @@ CONTRASTS = (
     ("hsd 2 TAs frozen early", "hsd 2 TAs", "masks frozen after a quarter of the joint epochs against moving to the end"),
     ("hsd 2 TAs from teacher", "hsd 2 TAs", "the student fine-tuned from the teacher's weights against from the joint "
                                             "training's"),
+    ("scratch on hsd mask", "scratch", "the cascade's architecture against l1's, both trained from scratch"),
+    ("l1 + KD at hsd counts", "l1 + KD", "the cascade's per-layer counts against l1's, both with the L1 ranking and "
+                                         "KD"),
+    ("l1 + KD on hsd mask", "l1 + KD at hsd counts", "the cascade's choice of filters within its per-layer counts "
+                                                     "against the L1 choice"),
     ("l1 + KD equal compute", "l1 + KD", "l1 + KD given the cascade's compute against its epochs"),
     ("l1 equal compute", "l1", "l1 given the cascade's compute against its epochs"),
     ("scratch equal compute", "scratch", "scratch given the cascade's compute against its epochs"),
@@ -420,7 +435,48 @@ DESCRIPTIONS = {
     "digits": "scikit-learn's digits: 1,293 training, 144 validation and 360 test images",
     "fashion_mnist": "Fashion-MNIST: the first {train:,} of 58,800 training images, {val:,} validation images held "
                      "out of the training split, all 10,000 test images",
+    "fashion_mnist_folder": "Fashion-MNIST as a user's folder of 28x28 grey PNG files (`--dataset=folder:`, resized to "
+                            "32x32x3): the same {train:,} training and {val:,} validation images, split by the folder "
+                            "reader, all 10,000 test images",
 }
+
+
+def study_of(name: str) -> Study:
+    """The study of one --datasets name in <out_dir>/<name>."""
+    out_dir = os.path.join(FLAGS.out_dir, name)
+    validation = round(60000 * FLAGS.fashion_val_fraction)
+    if name == "fashion_mnist":
+        return Study.from_flags(out_dir, dataset=name, max_train_examples=FLAGS.fashion_train_examples,
+                                val_fraction=FLAGS.fashion_val_fraction)
+    if name == "fashion_mnist_folder":
+        root = fashion_mnist_folder(os.path.join(out_dir, "images"), FLAGS.fashion_train_examples, validation)
+        return Study.from_flags(out_dir, dataset=f"folder:{root}", name=name,
+                                val_fraction=validation / (validation + FLAGS.fashion_train_examples))
+    return Study.from_flags(out_dir, dataset=name)
+
+
+def fashion_mnist_folder(root: str, train_examples: int, val_examples: int) -> str:
+    """Writes Fashion-MNIST as a user's folder of images (root/train/<class>/*.png, root/test/<class>/*.png), once:
+    the validation and first training images of the tool's own split (the same seed, so the same images the
+    fashion_mnist study holds out and trains on), and every test image. Returns root."""
+    done = os.path.join(root, "written")
+    if os.path.exists(done):
+        return root
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+
+    from hsd_tf import data  # pylint: disable=import-outside-toplevel
+
+    train_images, train_labels, test_images, test_labels = data.fashion_mnist_arrays()
+    order = np.random.RandomState(data.SPLIT_SEED).permutation(len(train_labels))[:val_examples + train_examples]
+    for split, images, labels in (("train", train_images[order], train_labels[order]),
+                                  ("test", test_images, test_labels)):
+        for index, (image, label) in enumerate(zip(images, labels)):
+            folder = os.path.join(root, split, str(label))
+            os.makedirs(folder, exist_ok=True)
+            Image.fromarray(image).save(os.path.join(folder, f"{index:05d}.png"))
+    with open(done, "w") as f:
+        f.write(f"{val_examples + train_examples} training and {len(test_labels)} test images\n")
+    return root
 
 
 def main(argv):
@@ -442,12 +498,10 @@ def main(argv):
     if orphans:
         raise app.UsageError(f"--variants: {orphans} train the mask of {[MASK_SOURCES[o] for o in orphans]}, "
                              f"which is not among them. Received: {FLAGS.variants}")
-    studies = {
-        name: Study.from_flags(os.path.join(FLAGS.out_dir, name), dataset=name,
-                               max_train_examples=FLAGS.fashion_train_examples if name == "fashion_mnist" else 0,
-                               val_fraction=FLAGS.fashion_val_fraction if name == "fashion_mnist" else 0.1)
-        for name in FLAGS.datasets
-    }
+    unknown = sorted(set(FLAGS.datasets) - set(DESCRIPTIONS))
+    if unknown:
+        raise app.UsageError(f"--datasets: unknown {unknown}; expected some of {list(DESCRIPTIONS)}")
+    studies = {name: study_of(name) for name in FLAGS.datasets}
     cells = [(name, budget, label) for name in studies for budget in budgets for label in FLAGS.variants]
     if FLAGS.family and FLAGS.budget_kind == "macs" and BEST in FLAGS.variants:
         cells += [(name, matched, "l1 + KD") for name in studies for budget in budgets

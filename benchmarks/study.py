@@ -44,6 +44,7 @@ class Study:
         dataset: digits or fashion_mnist.
         max_train_examples: Training subset (0: all).
         val_fraction: Held out of the training split for the ladder and model selection.
+        name: What the study's rows call its data (default: `dataset`), e.g. for a folder: dataset.
     """
 
     out_dir: str
@@ -55,6 +56,12 @@ class Study:
     dataset: str = "digits"
     max_train_examples: int = 0
     val_fraction: float = 0.1
+    name: str = ""
+
+    @property
+    def key(self) -> str:
+        """The data's name in rows and reports."""
+        return self.name or self.dataset
 
     def config(self, **overrides):
         """A `Config` for the study's dataset and VGG16 at its width, as the digits demo, without export or logs."""

@@ -23,7 +23,7 @@ MIXED_PRECISION = ("float32", "bfloat16", "float16")
 # What must match between a run and the model_dir it resumes.
 IDENTITY_FIELDS = ("method", "dataset", "arch", "num_ta", "prune_ratio", "ta_ratios", "width_multiplier", "image_size",
                    "max_layer_prune_ratio", "min_layer_filters", "max_train_examples", "unpruned_layers",
-                   "macs_budget", "round_to", "saliency", "masks_from", "preprocessing", "augment", "distill_from",
+                   "macs_budget", "round_to", "saliency", "masks_from", "masks_from_counts", "preprocessing", "augment", "distill_from",
                    "finetune_from", "equal")
 # Where each method's last trained state is: a finished run has it.
 FINAL_CHECKPOINTS = {"hsd": ("finetune", "cascade.weights.h5"), "l1": ("finetune", "cascade.weights.h5"),
@@ -68,6 +68,7 @@ class Config:
     round_to: int = 1
     saliency: str = "score"
     masks_from: Optional[str] = None
+    masks_from_counts: bool = False
     ta_ratios: Optional[List[float]] = None
     width_multiplier: float = 1.0
     unpruned_layers: List[str] = dataclasses.field(default_factory=list)
@@ -228,6 +229,9 @@ class Config:
                                   "run's student channels; the cascade learns its own")
             if not os.path.isfile(self.masks_from_results()):
                 raise ConfigError("masks_from", self.masks_from, "no results.json of a finished run there")
+        if self.masks_from_counts and not self.masks_from:
+            raise ConfigError("masks_from_counts", self.masks_from_counts, "takes the per-layer counts of the run "
+                              "--masks_from names; none is named")
         _choice("saliency", self.saliency, SALIENCIES)
         if self.saliency != "score" and not self.macs_budget:
             raise ConfigError("saliency", self.saliency, "weighs scores against MACs, so it needs --macs_budget")

@@ -392,11 +392,16 @@ def _scratch_student(config: Config, model: keras.Model, dense_teacher: keras.Mo
 
 
 def _freeze_baseline_masks(config: Config, cascade: Cascade) -> None:
-    """l1's and scratch's student channels: the L1 ranking within the budget, or `--masks_from` another run's."""
+    """l1's and scratch's student channels: the L1 ranking within the budget, `--masks_from` another run's, or with
+    `--masks_from_counts` as many per layer as that run's, the L1 ranking within each layer (the scores still hold
+    the teacher's L1 norms here)."""
     if not config.masks_from:
         cascade.freeze_masks()
         return
     kept = masks_from(config, cascade.trace)
+    if config.masks_from_counts:
+        kept = {g.name: np.argsort(-score.numpy(), kind="stable")[:len(kept[g.name])]
+                for g, score in zip(cascade.trace.groups, cascade.views[0].scores)}
     cascade.views[0].remember_masks([np.isin(np.arange(g.width), kept[g.name]).astype(np.float32)
                                      for g in cascade.trace.groups])
 

@@ -101,8 +101,10 @@ def test_each_budget_names_the_code_versions_that_trained_its_rows():
 def test_every_variant_is_a_valid_run_of_the_tool_with_the_settings_its_name_says():
     study = ablation.Study("/study", 0.125, 1, 8, 8, 64, dataset="fashion_mnist")
     configs = {label: study.config(**ablation.settings(study, label), macs_budget=0.1) for label in ablation.VARIANTS}
-    for config in configs.values():
-        config.validate()
+    for label, config in configs.items():
+        if label not in ablation.MASK_SOURCES:  # those need their source run's results.json
+            config.validate()
+    assert configs["l1 + KD at hsd counts"].masks_from_counts and configs["scratch on hsd mask"].method == "scratch"
     assert [configs[label].num_ta for label in ("hsd 2 TAs", "hsd 2 TAs no KD", "hsd 0 TAs")] == [2, 2, 0]
     assert configs["hsd 2 TAs no KD"].kd_weight == configs["l1"].kd_weight == 0.0
     assert configs["hsd 2 TAs"].kd_weight == configs["l1 + KD"].kd_weight == 0.4

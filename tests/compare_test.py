@@ -124,6 +124,30 @@ def test_a_baseline_trains_another_runs_student_channels_with_masks_from(compare
     assert student["prune_ratio"] == pytest.approx(1 - hsd["filters_kept"] / hsd["filters_total"], abs=1e-4)
 
 
+def test_masks_from_counts_keeps_the_runs_per_layer_counts_with_the_teachers_largest_filters(compared, tmp_path):
+    """--masks_from_counts: the cascade's architecture (channels per layer, so its MACs) with l1's choice of filters
+    within each layer: the teacher's largest layer-normalised L1 norms."""
+    model_dir, _, report = compared
+    teacher = os.path.join(model_dir, "teacher", "teacher.weights.h5")
+    result = run_main("--method=l1", f"--masks_from={os.path.join(model_dir, 'hsd')}", "--masks_from_counts",
+                      f"--teacher={teacher}", f"--model_dir={tmp_path / 'l1_hsd_counts'}", *TINY_COMPARE)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "l1_hsd_counts" / "results.json") as f:
+        student = json.load(f)["views"][0]
+    hsd = report["runs"]["hsd"]["views"][0]
+    assert {g: len(c) for g, c in student["kept_channels"].items()} == {g: len(c) for g, c in hsd["kept_channels"].items()}
+    assert student["macs"] == hsd["macs"] and student["kept_channels"] != hsd["kept_channels"]
+    import keras  # pylint: disable=import-outside-toplevel
+
+    from hsd_tf import architectures, masks  # pylint: disable=import-outside-toplevel
+
+    dense = architectures.vgg16((32, 32, 3), 10, width_multiplier=0.0625)
+    dense.load_weights(teacher)
+    for group, channels in student["kept_channels"].items():
+        norms = masks.l1_scores(keras.ops.convert_to_numpy(dense.get_layer(group).kernel))
+        assert sorted(channels) == sorted(np.argsort(-norms, kind="stable")[:len(channels)].tolist()), group
+
+
 def _results(method, teacher_val, student_val):
     return {"method": method, "teacher": {"val_accuracy": teacher_val} if teacher_val is not None else {},
             "views": [{"name": "student"} | ({"val_accuracy": student_val} if student_val is not None else {})]}
