@@ -115,6 +115,9 @@ flags.DEFINE_list("single_seed_variants", ["hsd 2 TAs per_mac"],
                   "never judged a win. Default: per_mac, 4.75 validation points behind the paper's rule on "
                   "Fashion-MNIST at 0.25, not worth two more seeds of the cascade.")
 flags.DEFINE_integer("selection_seed", 0, "The seed whose validation accuracy picks each variant's learning rate.")
+flags.DEFINE_bool("report_only", False, "Train nothing: write the report of the runs already finished (a study "
+                  "under way, or one paused across sessions), each variant's learning rate chosen among the rates "
+                  "it has finished.")
 flags.DEFINE_integer("fashion_train_examples", 12000, "Fashion-MNIST training subset (the teacher must reach 88%).")
 flags.DEFINE_float("fashion_val_fraction", 0.02, "Fashion-MNIST validation hold-out (1,200 images).")
 FLAGS = flags.FLAGS
@@ -306,6 +309,8 @@ def markdown(datasets, command_line, wall_seconds) -> str:
         f"Command: `{command_line}` (wall time {wall_seconds / 60:.1f} min for the runs not already finished, on "
         "this machine, 2 cores).",
         "",
+        *(["**Interim report** (`--report_only`): the runs finished so far; each variant's learning rate is chosen "
+           "among the rates it has finished (the grid below shows which).", ""] if FLAGS.report_only else []),
         f"VGG16 at width {FLAGS.width_multiplier}; every variant trains {FLAGS.joint_epochs + FLAGS.finetune_epochs} "
         f"epochs after the one shared teacher (hsd: {FLAGS.joint_epochs} joint + {FLAGS.finetune_epochs} "
         "fine-tuning; l1 and scratch: all of them in one phase). Each variant picks its learning rate from the grid "
@@ -508,10 +513,13 @@ def main(argv):
                   for matched in family_budgets(budget)]
     context = multiprocessing.get_context("spawn")  # a fresh TensorFlow per worker
     with concurrent.futures.ProcessPoolExecutor(FLAGS.jobs, mp_context=context, initializer=single_thread) as pool:
-        for future in [pool.submit(study.pretrain_teacher) for study in studies.values()]:
+        for future in [pool.submit(study.pretrain_teacher) for study in studies.values() if not FLAGS.report_only]:
             future.result()
 
         def run_all(specs):
+            if FLAGS.report_only:
+                specs = [(name, spec) for name, spec in specs if spec.masks_from is not None
+                         and os.path.exists(os.path.join(run_dir(studies[name], spec), "row.json"))]
             rows = []
             for row in pool.map(train, [studies[name] for name, _ in specs], [spec for _, spec in specs],
                                 [FLAGS.budget_kind] * len(specs)):
@@ -522,6 +530,8 @@ def main(argv):
             return rows
 
         def source(name, budget, label, seed):
+            if FLAGS.report_only and label in MASK_SOURCES and (name, budget, MASK_SOURCES[label]) not in chosen:
+                return None  # its source has no finished run: neither has it
             return mask_source(studies[name], budget, label, seed, chosen)
 
         # Sources first: a variant trained on another's mask runs once that one has, at every seed.
@@ -538,7 +548,7 @@ def main(argv):
             grid_rows += rows
             other_rows += run_all([(name, Run(label, budget, seed, chosen[(name, budget, label)],
                                               source(name, budget, label, seed)))
-                                   for name, budget, label in phase
+                                   for name, budget, label in phase if (name, budget, label) in chosen
                                    for seed in later_seeds(label, seeds, FLAGS.selection_seed,
                                                            FLAGS.single_seed_variants)])
     datasets = {}

@@ -1,5 +1,7 @@
 """Training compute: plain steps per method and phase, and the epochs that give a baseline the cascade's compute."""
 
+import json
+
 import pytest
 
 from hsd_tf import compute
@@ -33,3 +35,20 @@ def test_a_phase_entry_counts_its_passes_and_the_totals_add_up():
                      "seconds": 3.0}
     assert compute.total([joint, finetune]) == {"steps": 30, "forward_backward": 50, "forward": 30,
                                                 "plain_steps": 60.0, "seconds": 4.5}
+
+
+def test_the_training_clock_keeps_one_entry_per_epoch_across_a_resume(tmp_path):
+    """An epoch redone after an interruption replaces its entry; later, unfinished entries are dropped."""
+    from hsd_tf.callbacks import TrainingClock  # pylint: disable=import-outside-toplevel
+
+    path = str(tmp_path / "phase" / "seconds.json")
+    first = TrainingClock(path)
+    for epoch in range(3):
+        first.on_epoch_begin(epoch)
+        first.on_epoch_end(epoch)
+    resumed = TrainingClock(path)  # the backup held 1 epoch: epochs 2 and 3 run again
+    resumed.on_epoch_begin(1)
+    resumed.on_epoch_end(1)
+    with open(path) as f:
+        assert sorted(json.load(f)) == ["1", "2"]
+    assert TrainingClock.seconds(path) >= 0 and TrainingClock.seconds(str(tmp_path / "none.json")) == 0.0
