@@ -72,6 +72,14 @@ from absl import app, flags  # noqa: E402
 
 from study import Study, code_version, command, single_thread  # noqa: E402
 
+
+def frozen_early(joint_epochs: int) -> dict:
+    """`hsd 2 TAs frozen early`: masks searched for the first quarter of the study's joint epochs, frozen for the
+    rest (as many epochs in all as every other variant)."""
+    searched = max(1, joint_epochs // 4)
+    return dict(method="hsd", num_ta=2, joint_epochs=searched, frozen_epochs=joint_epochs - searched)
+
+
 VARIANTS = {
     "hsd 2 TAs": dict(method="hsd", num_ta=2),
     "hsd 2 TAs per_mac": dict(method="hsd", num_ta=2, saliency="per_mac"),
@@ -83,8 +91,7 @@ VARIANTS = {
     "l1 + KD on hsd mask": dict(method="l1"),
     "hsd 2 TAs from top": dict(method="hsd", num_ta=2, distill_from="top"),
     "hsd 2 TAs from all": dict(method="hsd", num_ta=2, distill_from="all"),
-    "hsd 2 TAs frozen early": lambda study: dict(method="hsd", num_ta=2, joint_epochs=max(1, study.joint_epochs // 4),
-                                                 frozen_epochs=study.joint_epochs - max(1, study.joint_epochs // 4)),
+    "hsd 2 TAs frozen early": lambda study: frozen_early(study.joint_epochs),
     "hsd 2 TAs from teacher": dict(method="hsd", num_ta=2, finetune_from="teacher"),
     "l1 + KD equal compute": dict(method="l1", num_ta=2, equal="compute"),
     "l1 equal compute": dict(method="l1", num_ta=2, kd_weight=0.0, equal="compute"),
@@ -93,6 +100,7 @@ VARIANTS = {
     "l1 + KD at hsd counts": dict(method="l1", masks_from_counts=True),
 }
 BEST = "hsd 2 TAs"
+
 # Variants trained on the student channels of another variant's run (same dataset, budget and seed, at that
 # variant's chosen learning rate), so they run once their source has.
 MASK_SOURCES = {"l1 + KD on hsd mask": BEST, "scratch on hsd mask": BEST, "l1 + KD at hsd counts": BEST}

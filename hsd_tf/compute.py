@@ -35,6 +35,11 @@ def steps_cost(method: str, phase: str, num_ta: int = 0) -> Dict[str, float]:
     raise ValueError(f"No phase {phase!r} in --method={method}")
 
 
+def baseline_phase(method: str) -> str:
+    """The one phase l1 or scratch trains after the teacher (`hsd_tf.training.METHOD_PHASES`)."""
+    return "scratch" if method == "scratch" else "finetune"
+
+
 def plain_steps_per_step(method: str, phase: str, num_ta: int = 0) -> float:
     cost = steps_cost(method, phase, num_ta)
     return cost["forward_backward"] + FORWARD_COST * cost["forward"]
@@ -49,9 +54,8 @@ def cascade_plain_epochs(joint_epochs: int, frozen_epochs: int, finetune_epochs:
 def equal_compute_epochs(method: str, joint_epochs: int, frozen_epochs: int, finetune_epochs: int,
                          num_ta: int) -> int:
     """Epochs of `method` (l1 or scratch) whose plain steps are closest to the cascade's of these settings."""
-    phase = "scratch" if method == "scratch" else "finetune"
     cascade = cascade_plain_epochs(joint_epochs, frozen_epochs, finetune_epochs, num_ta)
-    return max(1, round(cascade / plain_steps_per_step(method, phase)))
+    return max(1, round(cascade / plain_steps_per_step(method, baseline_phase(method))))
 
 
 def plain_epochs(config) -> float:
@@ -59,8 +63,7 @@ def plain_epochs(config) -> float:
     assistants and `equal`)."""
     if config.method == "hsd":
         return cascade_plain_epochs(config.joint_epochs, config.frozen_epochs, config.finetune_epochs, config.num_ta)
-    phase = "scratch" if config.method == "scratch" else "finetune"
-    return config.baseline_epochs() * plain_steps_per_step(config.method, phase)
+    return config.baseline_epochs() * plain_steps_per_step(config.method, baseline_phase(config.method))
 
 
 def phase_cost(method: str, phase: str, epochs: int, steps_per_epoch: int, num_ta: int,

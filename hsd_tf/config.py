@@ -23,8 +23,8 @@ MIXED_PRECISION = ("float32", "bfloat16", "float16")
 # What must match between a run and the model_dir it resumes.
 IDENTITY_FIELDS = ("method", "dataset", "arch", "num_ta", "prune_ratio", "ta_ratios", "width_multiplier", "image_size",
                    "max_layer_prune_ratio", "min_layer_filters", "max_train_examples", "unpruned_layers",
-                   "macs_budget", "round_to", "saliency", "masks_from", "masks_from_counts", "preprocessing", "augment", "distill_from",
-                   "finetune_from", "equal")
+                   "macs_budget", "round_to", "saliency", "masks_from", "masks_from_counts", "preprocessing", "augment",
+                   "distill_from", "finetune_from", "equal")
 # Where each method's last trained state is: a finished run has it.
 FINAL_CHECKPOINTS = {"hsd": ("finetune", "cascade.weights.h5"), "l1": ("finetune", "cascade.weights.h5"),
                      "scratch": ("scratch", "student.weights.h5")}
