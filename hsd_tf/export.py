@@ -651,7 +651,12 @@ def outputs_of(model, dataset) -> list:
 
 
 def labels_of(dataset) -> np.ndarray:
-    return np.concatenate([np.asarray(_flat_values(_unpack(batch)[1])[0]) for batch in dataset])
+    """A classifier's class per example: its targets as class indices, (n, 1) indices flattened, one-hot (or soft)
+    targets of a categorical cross-entropy by their largest entry."""
+    labels = np.concatenate([np.asarray(_flat_values(_unpack(batch)[1])[0]) for batch in dataset])
+    if labels.ndim == 2 and labels.shape[-1] > 1:
+        return np.argmax(labels, axis=-1)
+    return labels.reshape(len(labels))
 
 
 def _top1(outputs: np.ndarray) -> np.ndarray:

@@ -168,3 +168,13 @@ def test_a_model_of_several_inputs_and_outputs_is_exported_and_verified_output_b
     np.testing.assert_allclose(served["size"], model([images[:4], words[:4]])[1], rtol=1e-5, atol=1e-6)
     interpreter = export.TFLiteModel(entries["tflite_int8"]["path"])
     assert {d["dtype"] for d in interpreter.runner.get_input_details().values()} == {np.int8, np.int32}
+
+
+def test_a_classifiers_labels_are_class_indices_whether_its_targets_are_indices_or_one_hot():
+    """A model compiled with categorical cross-entropy (the keras.io convnet) has one-hot targets: its exported
+    files are checked against their argmax, not refused with a broadcast error after training."""
+    classes = np.array([2, 0, 1, 2])
+    images = np.zeros((4, 3), np.float32)
+    for targets in (classes, classes[:, None], np.eye(3, dtype=np.float32)[classes]):
+        dataset = tf.data.Dataset.from_tensor_slices((images, targets)).batch(3)
+        np.testing.assert_array_equal(export.labels_of(dataset), classes)
