@@ -32,7 +32,9 @@ _HELP = {
               "within the same budget and floors, fine-tuned with cross-entropy and KD (--kd_weight) for "
               "joint + frozen + finetune epochs; scratch: l1's architecture from random weights, trained with the "
               "teacher's recipe for as many epochs.",
-    "compare_methods": "The methods --mode=compare trains, each in <model_dir>/<method>.",
+    "compare_methods": "The methods --mode=compare trains, each in <model_dir>/<method>: hsd, l1, scratch, and "
+                       "l1_on_hsd_mask and scratch_on_hsd_mask, the cascade student's channels (its architecture) "
+                       "trained as l1 and as scratch are (after hsd, whose run they need).",
     "dataset": "cifar10, cifar100, imagenet2012 (tfds), digits (offline, bundled with scikit-learn), "
                "folder:PATH (PATH/train/<class>/*, PATH/test/<class>/*), or py:FILE.py (or py:module) whose "
                "datasets() returns (train, validation, test) tf.data.Datasets of (inputs, targets) in your "

@@ -247,6 +247,15 @@ def summarize(rows) -> list:
     return summary
 
 
+def _cost(summary, entry: dict, key: str, spec: str) -> str:
+    """An entry's training cost for the report; for a variant of MASK_SOURCES, its own plus its source's run's,
+    which it cannot do without."""
+    own = format(entry[key], spec)
+    source = next((e for e in summary if e["budget"] == entry["budget"]
+                   and e["label"] == MASK_SOURCES.get(entry["label"])), None)
+    return f"{own} + {format(source[key], spec)}" if source else own
+
+
 def verdict(summary, budget: float, best: str, others=None) -> tuple:
     """(lines, wins): `best` against every other label (or `others`) at `budget`.
 
@@ -344,11 +353,13 @@ def markdown(datasets, command_line, wall_seconds) -> str:
                 f"| {e['budget']} | {e['label']} | {e['learning_rate']} | {e['seeds']} | "
                 f"{100 * e['accuracy']:.2f} +- {100 * e['accuracy_std']:.2f} | {e['params']:,.0f} | "
                 f"{e['macs']:,.0f} +- {e['macs_std']:,.0f} | {e['macs'] / teacher['macs']:.3f} | "
-                f"{e['fewest_layer_filters']} | {e['plain_epochs']:.1f} | {e['training_seconds']:,.0f} |")
+                f"{e['fewest_layer_filters']} | {_cost(summary, e, 'plain_epochs', '.1f')} | "
+                f"{_cost(summary, e, 'training_seconds', ',.0f')} |")
         lines += ["", "Plain epochs: the training after the teacher in epochs of forward-backward passes of one batch "
                   "through one model, a forward pass counted as a third of one (`hsd_tf.compute`); training seconds: "
                   "the epochs' measured time after the teacher (results.json's `training_cost`), mean over seeds, "
-                  "two runs at a time on one thread each (rows from before it was measured: blank)."]
+                  "two runs at a time on one thread each (rows from before it was measured: blank). A variant "
+                  "trained on another's student channels costs its own training plus that run's (`own + source`)."]
         budgets = sorted({e["budget"] for e in summary if e["label"] in VARIANTS and e["budget"] in info["budgets"]})
         main_summary = [e for e in summary if e["budget"] in budgets]
         lines += ["", "Students of one budget, largest over smallest mean MACs: " + ", ".join(

@@ -2,9 +2,11 @@
 
     python main.py --mode=compare --flagfile=flags/digits_demo.cfg --macs_budget=0.25 --model_dir=runs/compare
 
-Every method of `--compare_methods` (hsd, l1, scratch by default) is an ordinary
+Every method of `--compare_methods` (hsd, l1, scratch, scratch_on_hsd_mask by default) is an ordinary
 run of `hsd_tf.training` in `<model_dir>/<method>`, so each resumes on its own and
-each exports its student. They share one teacher: `--teacher`, or one trained
+each exports its student. `l1_on_hsd_mask` and `scratch_on_hsd_mask` train the
+cascade student's channels as l1 and scratch do (`--masks_from` the hsd run):
+its architecture without its joint training, search then train as AutoSlim does. They share one teacher: `--teacher`, or one trained
 here once (`<model_dir>/teacher`). The comparison is written as compare.json
 (every run's results), compare.md (the table the console ends with) and
 compare.png (the primary metric on the test split, accuracy for a classifier,
@@ -19,7 +21,7 @@ from typing import List
 
 from hsd_tf import training
 from hsd_tf.checkpoints import model_dir_lock, write_json
-from hsd_tf.config import Config
+from hsd_tf.config import ON_HSD_MASK, Config
 from hsd_tf.export import ExportError
 
 
@@ -53,7 +55,9 @@ def compare(config: Config) -> Comparison:
     for method in config.compare_methods:
         # The cascade's own settings go to its run, --equal to the baselines'.
         own = dict(equal="epochs") if method == "hsd" else dict(distill_from="above", finetune_from="joint")
-        run = dataclasses.replace(config, mode="train", method=method, teacher=teacher,
+        if method in ON_HSD_MASK:  # validated: the cascade's run is finished by now
+            own.update(masks_from=os.path.join(config.model_dir, "hsd"))
+        run = dataclasses.replace(config, mode="train", method=ON_HSD_MASK.get(method, method), teacher=teacher,
                                   model_dir=os.path.join(config.model_dir, method), **own)
         if config.verbose:
             print(f"\n==== {method}: {DESCRIPTIONS[method]} ({run.model_dir}) ====", flush=True)
@@ -106,7 +110,7 @@ def advice(results: dict) -> str:
     name = "" if metric["name"] in ("accuracy", "acc") else f" in {metric['name']}"  # a classifier's: as it was
     return (f"Note: the student is {lost} the teacher{name} on the validation split. At small budgets l1 pruning and "
             "scratch training have done better than the cascade (docs/teaching_assistants.md): --mode=compare "
-            "trains them at the same MACs from this teacher.")
+            "trains them at the same MACs from this teacher, and the cascade's architecture alone.")
 
 
 def _val(entry: dict):
@@ -122,6 +126,8 @@ DESCRIPTIONS = {
     "hsd": "the cascade, hierarchical self-distillation",
     "l1": "L1-norm filter pruning of the teacher, fine-tuned with cross-entropy and KD",
     "scratch": "l1's architecture from random weights",
+    "l1_on_hsd_mask": "the cascade student's channels in the teacher's weights, fine-tuned as l1 is",
+    "scratch_on_hsd_mask": "the cascade student's channels from random weights, trained as scratch is",
 }
 
 
@@ -179,8 +185,8 @@ def markdown(runs: dict, config: Config) -> str:
 
 def _epochs_line(config: Config) -> str:
     if config.equal == "compute":
-        baselines = ", ".join(f"{method} {config.baseline_epochs(method)}" for method in config.compare_methods
-                              if method != "hsd")
+        baselines = ", ".join(f"{method} {config.baseline_epochs(ON_HSD_MASK.get(method, method))}"
+                              for method in config.compare_methods if method != "hsd")
         return (f"After the same teacher, the cascade trains {config.epochs_after_teacher()} epochs and each baseline "
                 f"the epochs that cost as much (`--equal=compute`; {baselines}).")
     return f"Every method trains {config.epochs_after_teacher()} epochs after the same teacher."
@@ -204,6 +210,10 @@ def cost_table(runs: dict) -> List[str]:
         epochs = sum(phase["epochs"] for phase in cost["phases"].values())
         lines.append(f"| {method} | {epochs} | {cost['plain_steps']:,.0f}{against('plain_steps', cost)} | "
                      f"{cost['seconds']:,.0f}{against('seconds', cost)} |")
+    on_mask = [method for method in costs if method in ON_HSD_MASK]
+    if on_mask:
+        lines += ["", f"{' and '.join(on_mask)} train the channels the cascade found: their cost comes on top of "
+                  "the cascade's."]
     return lines
 
 

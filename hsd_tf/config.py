@@ -17,6 +17,11 @@ SCORE_SCHEDULES = ("cosine", "constant")
 MODES = ("train", "profile", "export", "compare")
 # hsd: the cascade; l1 and scratch: the simple alternatives at the same budget (`hsd_tf.training`).
 METHODS = ("hsd", "l1", "scratch")
+# --mode=compare's baselines on the cascade's own student channels, its architecture at the budget: method -> the
+# method that trains it (`--masks_from` the cascade's run). They tell the architecture the cascade found from its
+# joint training, which decided the result on some data (docs/teaching_assistants.md, "Second round").
+ON_HSD_MASK = {"l1_on_hsd_mask": "l1", "scratch_on_hsd_mask": "scratch"}
+COMPARE_METHODS = METHODS + tuple(ON_HSD_MASK)
 SALIENCIES = ("score", "per_mac")  # `hsd_tf.cascade.SALIENCIES`, repeated so that no TensorFlow loads
 EXPORT_VIEWS = ("student", "all")
 MIXED_PRECISION = ("float32", "bfloat16", "float16")
@@ -59,7 +64,8 @@ class Config:
 
     mode: str = "train"
     method: str = "hsd"
-    compare_methods: List[str] = dataclasses.field(default_factory=lambda: ["hsd", "l1", "scratch"])
+    compare_methods: List[str] = dataclasses.field(
+        default_factory=lambda: ["hsd", "l1", "scratch", "scratch_on_hsd_mask"])
     dataset: str = "cifar10"
     arch: str = "vgg16"
     num_ta: int = 2
@@ -157,13 +163,17 @@ class Config:
         _choice("mode", self.mode, MODES)
         _choice("method", self.method, METHODS)
         if self.mode == "compare":
+            listed = ",".join(self.compare_methods)
             if not self.compare_methods or len(set(self.compare_methods)) != len(self.compare_methods):
-                raise ConfigError("compare_methods", ",".join(self.compare_methods),
-                                  f"expected distinct names among {', '.join(METHODS)}")
-            for method in self.compare_methods:
-                if method not in METHODS:
-                    raise ConfigError("compare_methods", ",".join(self.compare_methods),
-                                      f"{method!r} is no method; expected some of {', '.join(METHODS)}")
+                raise ConfigError("compare_methods", listed,
+                                  f"expected distinct names among {', '.join(COMPARE_METHODS)}")
+            for position, method in enumerate(self.compare_methods):
+                if method not in COMPARE_METHODS:
+                    raise ConfigError("compare_methods", listed,
+                                      f"{method!r} is no method; expected some of {', '.join(COMPARE_METHODS)}")
+                if method in ON_HSD_MASK and "hsd" not in self.compare_methods[:position]:
+                    raise ConfigError("compare_methods", listed, f"{method} trains the cascade's student channels, so "
+                                      "hsd must come before it")
         if self.ta_ratios and self.method != "hsd":
             raise ConfigError("ta_ratios", self.ta_ratios, f"are the cascade's; --method={self.method} trains the "
                               "student alone")

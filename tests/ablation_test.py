@@ -79,6 +79,15 @@ def test_the_hsd_mask_variant_trains_the_channels_of_hsd_at_its_seed_budget_and_
     assert ablation.Run("l1 + KD on hsd mask", 0.25, 1, 0.01, "/x").name == "l1_KD_on_hsd_mask-b0.25-s1-lr0.01"
 
 
+def test_a_variant_on_another_runs_channels_is_charged_that_runs_training_too():
+    rows = [dict(_row("hsd 2 TAs", 0.1, 0, 0.8), plain_epochs=37.33, training_seconds=500.0),
+            dict(_row("scratch on hsd mask", 0.1, 0, 0.8), plain_epochs=16.0, training_seconds=120.0),
+            dict(_row("scratch", 0.1, 0, 0.8), plain_epochs=16.0, training_seconds=110.0)]
+    summary = {e["label"]: e for e in ablation.summarize(rows)}
+    assert ablation._cost(summary.values(), summary["scratch on hsd mask"], "plain_epochs", ".1f") == "16.0 + 37.3"
+    assert ablation._cost(summary.values(), summary["scratch"], "training_seconds", ",.0f") == "110"
+
+
 def test_one_seed_is_never_judged_a_win():
     """A difference of one seed against one seed has no spread to measure it by: reported, never a win."""
     summary = ablation.summarize([_row("hsd 2 TAs", 0.25, 0, 0.90), _row("l1", 0.25, 0, 0.80)])

@@ -26,13 +26,13 @@ def compared(tmp_path_factory):
 def test_every_method_trains_one_student_within_the_same_mac_budget(compared):
     _, _, report = compared
     runs = report["runs"]
-    assert list(runs) == ["hsd", "l1", "scratch"]
+    assert list(runs) == ["hsd", "l1", "scratch", "scratch_on_hsd_mask"]
     teacher_macs = runs["hsd"]["teacher"]["macs"]
     students = {method: results["views"][0] for method, results in runs.items()}
     macs = [student["macs"] for student in students.values()]
     assert max(macs) <= 0.3 * teacher_macs
     assert max(macs) / min(macs) - 1 < 0.03, macs
-    assert [len(results["views"]) for results in runs.values()] == [2, 1, 1]  # the cascade's TA is in its family
+    assert [len(results["views"]) for results in runs.values()] == [2, 1, 1, 1]  # the cascade's TA is in its family
     assert all(results["teacher"] == runs["hsd"]["teacher"] for results in runs.values())  # one teacher for all
 
 
@@ -146,6 +146,41 @@ def test_masks_from_counts_keeps_the_runs_per_layer_counts_with_the_teachers_lar
     for group, channels in student["kept_channels"].items():
         norms = masks.l1_scores(keras.ops.convert_to_numpy(dense.get_layer(group).kernel))
         assert sorted(channels) == sorted(np.argsort(-norms, kind="stable")[:len(channels)].tolist()), group
+
+
+def test_the_cascades_architecture_trains_as_each_baseline_beside_it(compared, tmp_path):
+    """l1_on_hsd_mask and scratch_on_hsd_mask keep the cascade student's channels (so its MACs and params) and train
+    them as l1 and scratch do; the methods already finished are read back, not trained again."""
+    import shutil  # pylint: disable=import-outside-toplevel
+
+    import keras  # pylint: disable=import-outside-toplevel
+
+    model_dir, _, report = compared
+    copy = str(tmp_path / "compare")
+    # Without the finished scratch_on_hsd_mask run: it names the cascade's run by its path, which the copy moves.
+    shutil.copytree(model_dir, copy, ignore=lambda folder, _: ["scratch_on_hsd_mask"] if folder == model_dir else [])
+    result = run_main("--mode=compare", f"--model_dir={copy}", *TINY_COMPARE,
+                      "--compare_methods=hsd,l1,scratch,l1_on_hsd_mask,scratch_on_hsd_mask")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(copy, "compare.json")) as f:
+        runs = json.load(f)["runs"]
+    assert list(runs) == ["hsd", "l1", "scratch", "l1_on_hsd_mask", "scratch_on_hsd_mask"]
+    assert {m: runs[m] for m in ("hsd", "l1", "scratch")} == {m: report["runs"][m] for m in ("hsd", "l1", "scratch")}
+    hsd = runs["hsd"]["views"][0]
+    for method, trained_as in (("l1_on_hsd_mask", "l1"), ("scratch_on_hsd_mask", "scratch")):
+        student = runs[method]["views"][0]
+        assert runs[method]["method"] == trained_as and runs[method]["masks_from"] == os.path.join(copy, "hsd")
+        assert student["kept_channels"] == hsd["kept_channels"]
+        assert (student["macs"], student["params"]) == (hsd["macs"], hsd["params"])
+        assert runs[method]["training_cost"]["plain_steps"] == pytest.approx(
+            runs[trained_as]["training_cost"]["plain_steps"])
+    first_conv = {method: keras.saving.load_model(os.path.join(copy, method, "export", "student.keras"))
+                  .get_layer("block1_conv1").get_weights()[0] for method in ("l1_on_hsd_mask", "scratch_on_hsd_mask")}
+    assert not np.allclose(*first_conv.values())  # one fine-tuned from the teacher, one from random weights
+    with open(os.path.join(copy, "compare.md")) as f:
+        table = f.read()
+    assert "| l1_on_hsd_mask student |" in table and "| scratch_on_hsd_mask student |" in table
+    assert "l1_on_hsd_mask and scratch_on_hsd_mask train the channels the cascade found" in table
 
 
 def _results(method, teacher_val, student_val):

@@ -29,6 +29,7 @@ def test_importing_the_settings_loads_no_tensorflow_or_keras():
     (dict(method="l1", num_ta=1, ta_ratios=[0.0]), "ta_ratios"),
     (dict(mode="compare", compare_methods=["hsd", "taylor"]), "compare_methods"),
     (dict(mode="compare", compare_methods=["l1", "l1"]), "compare_methods"),
+    (dict(mode="compare", compare_methods=["scratch_on_hsd_mask", "hsd"]), "compare_methods"),  # hsd must run first
     (dict(distill_from="below"), "distill_from"),
     (dict(method="l1", distill_from="top"), "distill_from"),  # the cascade's alone
     (dict(method="scratch", finetune_from="teacher"), "finetune_from"),
