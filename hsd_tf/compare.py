@@ -212,7 +212,8 @@ def cost_table(runs: dict) -> List[str]:
                      f"{cost['seconds']:,.0f}{against('seconds', cost)} |")
     on_mask = [method for method in costs if method in ON_HSD_MASK]
     if on_mask:
-        lines += ["", f"{' and '.join(on_mask)} train the channels the cascade found: their cost comes on top of "
+        verb, whose = ("trains", "its") if len(on_mask) == 1 else ("train", "their")
+        lines += ["", f"{' and '.join(on_mask)} {verb} the channels the cascade found: {whose} cost comes on top of "
                   "the cascade's."]
     return lines
 

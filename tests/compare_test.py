@@ -69,6 +69,7 @@ def test_the_report_is_written_and_ends_the_console_and_a_rerun_reads_it_back(co
         table = f.read()
     assert "| hsd student |" in table and "| l1 student |" in table and "| scratch student |" in table
     assert "| hsd ta1 |" in table
+    assert "scratch_on_hsd_mask trains the channels the cascade found: its cost comes on top of" in table
     assert table.strip() in stdout
     assert stdout.rstrip().splitlines()[-1].startswith("comparison:")
     again = run_main("--mode=compare", f"--model_dir={model_dir}", *TINY_COMPARE)
