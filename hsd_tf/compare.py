@@ -2,12 +2,13 @@
 
     python main.py --mode=compare --flagfile=flags/digits_demo.cfg --macs_budget=0.25 --model_dir=runs/compare
 
-Every method of `--compare_methods` (hsd, l1, scratch, scratch_on_hsd_mask by default) is an ordinary
-run of `hsd_tf.training` in `<model_dir>/<method>`, so each resumes on its own and
-each exports its student. `l1_on_hsd_mask` and `scratch_on_hsd_mask` train the
-cascade student's channels as l1 and scratch do (`--masks_from` the hsd run):
-its architecture without its joint training, search then train as AutoSlim does. They share one teacher: `--teacher`, or one trained
-here once (`<model_dir>/teacher`). The comparison is written as compare.json
+Every method of `--compare_methods` (hsd, l1, scratch, scratch_on_hsd_mask by
+default) is an ordinary run of `hsd_tf.training` in `<model_dir>/<method>`, so
+each resumes on its own and each exports its student. `l1_on_hsd_mask` and
+`scratch_on_hsd_mask` train the cascade student's channels as l1 and scratch do
+(`--masks_from` the hsd run): its architecture without its joint training,
+search then train as AutoSlim does. They share one teacher: `--teacher`, or one
+trained here once (`<model_dir>/teacher`). The comparison is written as compare.json
 (every run's results), compare.md (the table the console ends with) and
 compare.png (the primary metric on the test split, accuracy for a classifier,
 against MACs; every view of the cascade is a point of the same plot, since one
@@ -21,7 +22,7 @@ from typing import List
 
 from hsd_tf import training
 from hsd_tf.checkpoints import model_dir_lock, write_json
-from hsd_tf.config import ON_HSD_MASK, Config
+from hsd_tf.config import ON_HSD_MASK, Config, trained_as
 from hsd_tf.export import ExportError
 
 
@@ -57,7 +58,7 @@ def compare(config: Config) -> Comparison:
         own = dict(equal="epochs") if method == "hsd" else dict(distill_from="above", finetune_from="joint")
         if method in ON_HSD_MASK:  # validated: the cascade's run is finished by now
             own.update(masks_from=os.path.join(config.model_dir, "hsd"))
-        run = dataclasses.replace(config, mode="train", method=ON_HSD_MASK.get(method, method), teacher=teacher,
+        run = dataclasses.replace(config, mode="train", method=trained_as(method), teacher=teacher,
                                   model_dir=os.path.join(config.model_dir, method), **own)
         if config.verbose:
             print(f"\n==== {method}: {DESCRIPTIONS[method]} ({run.model_dir}) ====", flush=True)
@@ -185,7 +186,7 @@ def markdown(runs: dict, config: Config) -> str:
 
 def _epochs_line(config: Config) -> str:
     if config.equal == "compute":
-        baselines = ", ".join(f"{method} {config.baseline_epochs(ON_HSD_MASK.get(method, method))}"
+        baselines = ", ".join(f"{method} {config.baseline_epochs(trained_as(method))}"
                               for method in config.compare_methods if method != "hsd")
         return (f"After the same teacher, the cascade trains {config.epochs_after_teacher()} epochs and each baseline "
                 f"the epochs that cost as much (`--equal=compute`; {baselines}).")

@@ -22,6 +22,11 @@ METHODS = ("hsd", "l1", "scratch")
 # joint training, which decided the result on some data (docs/teaching_assistants.md, "Second round").
 ON_HSD_MASK = {"l1_on_hsd_mask": "l1", "scratch_on_hsd_mask": "scratch"}
 COMPARE_METHODS = METHODS + tuple(ON_HSD_MASK)
+
+
+def trained_as(compare_method: str) -> str:
+    """The method (`METHODS`) that trains a method of --compare_methods."""
+    return ON_HSD_MASK.get(compare_method, compare_method)
 SALIENCIES = ("score", "per_mac")  # `hsd_tf.cascade.SALIENCIES`, repeated so that no TensorFlow loads
 EXPORT_VIEWS = ("student", "all")
 MIXED_PRECISION = ("float32", "bfloat16", "float16")
